@@ -1,0 +1,10 @@
+# Conveniences; the README's two commands are ./scripts/demo and ./scripts/test.
+.PHONY: demo test lint bench
+demo:
+	./scripts/demo
+test:
+	./scripts/test
+lint:
+	./scripts/test --co -q >/dev/null && .venv/bin/python -m ruff check runcomfy_async tests && .venv/bin/python -m mypy
+bench:
+	.venv/bin/python -m benchmarks

@@ -1,0 +1,402 @@
+"""``RunComfy``: configuration, lifecycle and the one request pipeline every API call goes through.
+
+Pipeline: limiter.acquire() -> send (transport) -> classify (protocol) -> retry/backoff -> data.
+Uploads to and downloads from object storage use :meth:`RunComfy.storage_session` instead: they
+take no rate-limit token and never carry the Authorization header (DESIGN, rules of the pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import logging
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from . import errors
+from ._limiter import Limiter, Priority, TokenBucket
+from ._protocol import (
+    API,
+    RequestSpec,
+    Retry,
+    decode_response,
+    is_retryable_status,
+    parse_retry_after,
+    redact_url,
+)
+from ._retry import RetryPolicy
+from ._transport import Timeouts, Transport, UnsentTransportError
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .resources.datasets import Datasets
+
+__all__ = ["ClientState", "RunComfy"]
+
+logger = logging.getLogger("runcomfy_async")
+
+DEFAULT_URLS = {
+    API.TRAINER: "https://trainer-api.runcomfy.net",
+    API.MODEL: "https://model-api.runcomfy.net",
+    API.SERVER: "https://api.runcomfy.net",
+}
+_URL_ENV = {
+    API.TRAINER: "RUNCOMFY_TRAINER_URL",
+    API.MODEL: "RUNCOMFY_MODEL_URL",
+    API.SERVER: "RUNCOMFY_SERVER_URL",
+}
+#: Seconds to pause the bucket after a 429 without a usable Retry-After.
+DEFAULT_RATE_LIMIT_PAUSE = 1.0
+
+
+class ClientState(enum.Enum):
+    """Where a client is in its life: not yet opened, open, or closed for good."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(api: API, url: str) -> str:
+    """A base URL without trailing slash; plain http only for loopback (the emulator)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.ConfigurationError(
+            f"{api.value} base URL {redact_url(url)!r} is not an http(s) URL; "
+            f"pass e.g. {DEFAULT_URLS[api]!r}"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise errors.ConfigurationError(
+            f"{api.value} base URL {redact_url(url)!r} uses plain http to a non-loopback host, "
+            "which would send the API token unencrypted; use https"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise errors.ConfigurationError(
+            f"{api.value} base URL must not contain credentials, a query or a fragment; "
+            "pass only scheme://host[:port][/prefix]"
+        )
+    return url.rstrip("/")
+
+
+def _resolve_token(token: str | None) -> str:
+    if token is None:
+        token = os.environ.get("RUNCOMFY_API_TOKEN")
+    if not token:
+        raise errors.ConfigurationError(
+            "no API token: pass RunComfy(token=...) or set RUNCOMFY_API_TOKEN "
+            "(find the token on your runcomfy.com Profile page)"
+        )
+    if token != token.strip() or any(c.isspace() for c in token):
+        raise errors.ConfigurationError(
+            "the API token contains whitespace or a newline (often from copying it or from "
+            "`echo` into a file); strip it before passing it"
+        )
+    return token
+
+
+class RunComfy:
+    """Async client for RunComfy's Trainer, Model and Server APIs.
+
+    Use as ``async with RunComfy() as rc:``. It owns an ``aiohttp.ClientSession`` (or borrows the
+    one passed as ``session``, which it then never closes) and one rate limiter shared by every
+    call made through it.
+
+    Args:
+        token: API token; defaults to ``RUNCOMFY_API_TOKEN``.
+        user_id: account user id, needed only by the machine (Server) API; defaults to
+            ``RUNCOMFY_USER_ID``.
+        trainer_url, model_url, server_url: base URLs of the three hosts; default to
+            ``RUNCOMFY_TRAINER_URL`` / ``RUNCOMFY_MODEL_URL`` / ``RUNCOMFY_SERVER_URL`` or the
+            production hosts.
+        rate: requests per second for the built-in token bucket (account limit: 1).
+        burst: bucket capacity of the built-in token bucket.
+        limiter: a :class:`Limiter` to use instead (e.g. a ``RedisTokenBucket`` that several
+            processes share).
+        session: an ``aiohttp.ClientSession`` to borrow.
+        timeout: seconds for one API call's total time, or a :class:`Timeouts`.
+        max_retries: retries after the first try (connection errors, 429, 5xx).
+        retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
+
+    Raises:
+        ConfigurationError: no token, a malformed token or an unsafe base URL.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        user_id: str | None = None,
+        trainer_url: str | None = None,
+        model_url: str | None = None,
+        server_url: str | None = None,
+        rate: float = 1.0,
+        burst: int = 2,
+        limiter: Limiter | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | Timeouts | None = None,
+        max_retries: int = 4,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._token = _resolve_token(token)
+        self.user_id = user_id if user_id is not None else os.environ.get("RUNCOMFY_USER_ID")
+        given = {API.TRAINER: trainer_url, API.MODEL: model_url, API.SERVER: server_url}
+        self._urls = {
+            api: _check_base_url(api, given[api] or os.environ.get(_URL_ENV[api]) or default)
+            for api, default in DEFAULT_URLS.items()
+        }
+        self.limiter: Limiter = limiter if limiter is not None else TokenBucket(rate, burst)
+        self._owns_limiter = limiter is None
+        if isinstance(timeout, Timeouts):
+            self.timeouts = timeout
+        elif timeout is not None:
+            self.timeouts = Timeouts(total=float(timeout), read=float(timeout))
+        else:
+            self.timeouts = Timeouts()
+        self.retry = retry or RetryPolicy(max_attempts=max_retries + 1)
+        self._session = session
+        self._owns_session = session is None
+        self._transport: Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rng = random.Random()
+        self.state = ClientState.UNOPENED
+        self.api_calls = 0
+        self._collections: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"RunComfy(state={self.state.value}, trainer_url={self._urls[API.TRAINER]!r}, "
+            f"model_url={self._urls[API.MODEL]!r}, server_url={self._urls[API.SERVER]!r}, "
+            f"user_id={self.user_id!r}, token=***)"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Create the session (when owned) and bind the client to the running event loop."""
+        if self.state is ClientState.CLOSED:
+            raise errors.ClientClosedError(
+                "this RunComfy client was closed; create a new one (clients are not reopenable)"
+            )
+        if self.state is ClientState.OPEN:
+            return
+        self._loop = asyncio.get_running_loop()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=64),
+                headers={"User-Agent": f"runcomfy-async/{__version__}"},
+            )
+        self._transport = Transport(self._session, self.timeouts)
+        self.state = ClientState.OPEN
+
+    async def aclose(self) -> None:
+        """Close the owned session and limiter; idempotent. A borrowed session stays open."""
+        if self.state is ClientState.CLOSED:
+            return
+        self.state = ClientState.CLOSED
+        if self._owns_limiter:
+            await self.limiter.aclose()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._transport = None
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if (
+            getattr(self, "state", None) is ClientState.OPEN
+            and getattr(self, "_owns_session", False)
+            and self._session is not None
+            and not self._session.closed
+        ):
+            _warn(
+                "RunComfy client was not closed; use `async with RunComfy() as rc:` "
+                "or `await rc.aclose()`",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    def _check_usable(self) -> Transport:
+        """The transport, after checking the client is open and on the loop it was opened on."""
+        if self.state is ClientState.CLOSED or self._transport is None:
+            if self.state is ClientState.UNOPENED:
+                raise errors.ClientClosedError(
+                    "this RunComfy client is not open; use `async with RunComfy() as rc:` "
+                    "or `await rc.open()` first"
+                )
+            raise errors.ClientClosedError(
+                "this RunComfy client is closed; create a new one inside `async with`"
+            )
+        if asyncio.get_running_loop() is not self._loop:
+            raise errors.WrongEventLoopError(
+                "this RunComfy client was opened in another event loop; create one client per "
+                "event loop (e.g. in your FastAPI lifespan), not one at import time"
+            )
+        return self._transport
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (for object storage and ComfyUI traffic; carries no token)."""
+        self._check_usable()
+        assert self._session is not None
+        return self._session
+
+    def base_url(self, api: API) -> str:
+        """The base URL of one API host, without trailing slash."""
+        return self._urls[api]
+
+    def require_user_id(self) -> str:
+        """The account user id, or a clear error saying where to find it."""
+        if not self.user_id:
+            raise errors.ConfigurationError(
+                "the machine (Server) API needs your user id: pass RunComfy(user_id=...) or set "
+                "RUNCOMFY_USER_ID; it is the UUID in your dashboard URL "
+                "(https://www.runcomfy.com/comfyui/<user_id>/servers/...)"
+            )
+        return self.user_id
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    async def request(
+        self,
+        spec: RequestSpec,
+        *,
+        priority: Priority = Priority.USER,
+        data: Callable[[], Any] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
+        """Send one API call through limiter, retries and error mapping; return decoded JSON.
+
+        Args:
+            spec: what to send.
+            priority: ``Priority.BACKGROUND`` for polls, so user calls overtake them.
+            data: builds a fresh request body per attempt (a multipart upload); a consumed
+                iterator is never replayed (STYLE rule 7).
+            timeout: overrides the API timeout (uploads need a longer one).
+
+        Raises:
+            APIError: the server answered with an error (after retries where allowed).
+            TransportError: no answer (after retries where allowed).
+        """
+        transport = self._check_usable()
+        url = self._urls[spec.api] + spec.path
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        safe_url = redact_url(url)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limiter.acquire(priority)
+            self.api_calls += 1
+            retry_after: float | None = None
+            try:
+                raw = await transport.send(
+                    spec.method,
+                    url,
+                    headers=headers,
+                    params=spec.params,
+                    json=spec.json,
+                    data=data,
+                    timeout=timeout,
+                )
+            except errors.TransportError as exc:
+                retryable = spec.retry is Retry.SAFE or isinstance(exc, UnsentTransportError)
+                failure: errors.RunComfyError = exc
+                status = 0
+            else:
+                status = raw.status
+                if status == 429:
+                    retry_after = _retry_after(raw.headers)
+                    await self.limiter.pause(
+                        retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE
+                    )
+                try:
+                    result = decode_response(
+                        status, raw.headers, raw.body, method=spec.method, url=url, now=time.time()
+                    )
+                except errors.APIError as exc:
+                    failure = exc
+                    # A 429 was rejected before processing, so even a create may be repeated;
+                    # 5xx may have been processed, so only SAFE requests are repeated.
+                    retryable = exc.status == 429 or (
+                        spec.retry is Retry.SAFE and is_retryable_status(exc.status)
+                    )
+                    if exc.status == 429 and retry_after is None:
+                        retry_after = DEFAULT_RATE_LIMIT_PAUSE
+                else:
+                    logger.debug(
+                        "%s %s -> %s (attempt %d)", spec.method, safe_url, status, attempt,
+                        extra={"method": spec.method, "url": safe_url, "status": status,
+                               "attempt": attempt},
+                    )
+                    return result
+            delay = (
+                self.retry.next_delay(
+                    attempt,
+                    elapsed=time.monotonic() - started,
+                    retry_after=retry_after,
+                    rng=self._rng,
+                )
+                if retryable
+                else None
+            )
+            logger.debug(
+                "%s %s -> %s (attempt %d): %s; %s",
+                spec.method,
+                safe_url,
+                status or type(failure).__name__,
+                attempt,
+                failure,
+                f"retrying in {delay:.2f}s" if delay is not None else "giving up",
+                extra={"method": spec.method, "url": safe_url, "status": status,
+                       "attempt": attempt, "wait": delay},
+            )
+            if delay is None:
+                raise failure
+            await asyncio.sleep(delay)
+
+    # -- collections -----------------------------------------------------------------------
+
+    def _collection(self, name: str, factory: Callable[[RunComfy], Any]) -> Any:
+        if name not in self._collections:
+            self._collections[name] = factory(self)
+        return self._collections[name]
+
+    @property
+    def datasets(self) -> Datasets:
+        """Trainer datasets: create, list, upload, wait until READY."""
+        from .resources.datasets import Datasets
+
+        return self._collection("datasets", Datasets)  # type: ignore[no-any-return]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return parse_retry_after(headers.get("Retry-After"), now=time.time())

@@ -1,0 +1,270 @@
+"""Sans-I/O protocol: request specs in, data or errors out.
+
+Pure functions only (no aiohttp, no ``await``), so every decision about the wire -- what is an
+error, what may be retried, how long a server asked us to wait -- is tested without an event loop.
+References are to ../shared/API.md sections.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+
+from . import errors
+
+__all__ = [
+    "API",
+    "RequestSpec",
+    "Retry",
+    "decode_response",
+    "error_from_response",
+    "is_retryable_status",
+    "parse_retry_after",
+    "redact_url",
+]
+
+#: Status codes that mean "try again later" (API.md section 0, DESIGN "Rules of the pipeline").
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: Query keys whose values are harmless to log; every other value is masked.
+_SAFE_QUERY_KEYS = frozenset({"include_cost", "limit", "offset", "max_items", "size", "expires"})
+
+#: Numeric ``error_code`` -> the HTTP status it stands for (API.md section 0, suggested mapping).
+_CODE_STATUS = {
+    400001: 400,
+    400002: 402,
+    400004: 401,
+    401001: 401,
+    403001: 403,
+    403003: 403,
+    404001: 404,
+    409001: 409,
+    413001: 413,
+    422001: 422,
+    500001: 500,
+    10001: 402,
+}
+
+_STATUS_ERRORS: dict[int, type[errors.APIError]] = {
+    400: errors.BadRequestError,
+    401: errors.AuthenticationError,
+    402: errors.InsufficientBalanceError,
+    403: errors.PermissionDeniedError,
+    404: errors.NotFoundError,
+    409: errors.ConflictError,
+    413: errors.PayloadTooLargeError,
+    422: errors.BadRequestError,
+    429: errors.RateLimitError,
+}
+
+_EXCERPT = 200
+
+
+class API(enum.Enum):
+    """The three API hosts; each has its own base URL."""
+
+    TRAINER = "trainer"
+    MODEL = "model"
+    SERVER = "server"
+
+
+class Retry(enum.Enum):
+    """How a request may be retried.
+
+    ``SAFE``: idempotent (GET, DELETE, or a POST whose repeat is harmless): retry on connection
+    errors, 429 and 5xx. ``UNSENT``: a POST that could create something twice: retry only when the
+    request provably never reached the handler (connection refused, 429 -- a rate-limited request is
+    rejected before it is processed).
+    """
+
+    SAFE = "safe"
+    UNSENT = "unsent"
+
+
+@attrs.frozen(kw_only=True)
+class RequestSpec:
+    """One API call, as data: which host, method, path, query and JSON body."""
+
+    api: API
+    method: str
+    path: str
+    params: Mapping[str, str] | None = None
+    json: Any = None
+    retry: Retry = Retry.SAFE
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def is_retryable_status(status: int) -> bool:
+    """True for statuses that mean "the same request may succeed later"."""
+    return status in RETRYABLE_STATUSES
+
+
+def redact_url(url: str) -> str:
+    """The URL with every query value that could be a credential replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = [
+        (k, v if k.lower() in _SAFE_QUERY_KEYS else "***")
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(pairs, safe="*")))
+
+
+def _excerpt(body: bytes) -> str:
+    text = body[:_EXCERPT].decode("utf-8", errors="replace").strip()
+    text = " ".join(text.split())
+    return text + ("..." if len(body) > _EXCERPT else "")
+
+
+def _message_of(payload: Any) -> str | None:
+    """The human-readable message of an error body, whichever key the API used (API.md 0)."""
+    if not isinstance(payload, dict):
+        return None
+    for key in ("error_message", "message"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    err = payload.get("error")
+    if isinstance(err, str) and err:
+        return err
+    if isinstance(err, dict):
+        inner = _message_of(err)
+        if inner:
+            return inner
+    detail = payload.get("detail")
+    if isinstance(detail, str) and detail:
+        return detail
+    if isinstance(detail, list) and detail:
+        return "; ".join(_detail_line(item) for item in detail[:5])
+    return None
+
+
+def _detail_line(item: Any) -> str:
+    if isinstance(item, dict):
+        loc = ".".join(str(p) for p in item.get("loc", []) or [])
+        msg = str(item.get("msg", item))
+        return f"{loc}: {msg}" if loc else msg
+    return str(item)
+
+
+def _status_for_code(code: Any, http_status: int) -> int:
+    """The status of an error: the HTTP one, or the one an ``error_code`` implies on a 2xx."""
+    if http_status >= 400:
+        return http_status
+    if code == "rate_limited":
+        return 429
+    if isinstance(code, int):
+        if code in _CODE_STATUS:
+            return _CODE_STATUS[code]
+        guess = code // 1000
+        if 400 <= guess < 600:
+            return guess
+    return 400
+
+
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    method: str,
+    url: str,
+    payload: Any = None,
+    now: float = 0.0,
+) -> errors.APIError:
+    """Build the APIError subclass for an error answer (never includes the request's token)."""
+    if payload is None and body:
+        payload = _loads(body)
+    code = payload.get("error_code") if isinstance(payload, dict) else None
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    effective = _status_for_code(code, status)
+    message = _message_of(payload)
+    if message is None:
+        kind = "an empty body" if not body else f"a body without a message: {_excerpt(body)!r}"
+        message = f"the server answered with {kind}"
+    fallback = errors.ServerError if effective >= 500 else errors.APIError
+    cls = _STATUS_ERRORS.get(effective, fallback)
+    common: dict[str, Any] = {
+        "status": effective,
+        "code": code,
+        "detail": detail,
+        "method": method,
+        "url": redact_url(url),
+        "request_id": headers.get("X-Request-Id") or headers.get("x-request-id"),
+    }
+    if cls is errors.RateLimitError:
+        return errors.RateLimitError(
+            message, retry_after=parse_retry_after(headers.get("Retry-After"), now=now), **common
+        )
+    return cls(message, **common)
+
+
+_NOT_JSON = object()
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _NOT_JSON
+
+
+def decode_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    method: str,
+    url: str,
+    now: float = 0.0,
+) -> Any:
+    """Decoded JSON of a successful answer; raises the matching APIError otherwise.
+
+    A 2xx body with a non-null ``error_code`` is an error too (API.md section 0, "important
+    quirk"). An empty 2xx body decodes to None (DELETE answers may be empty, API.md 1.6).
+    """
+    payload = _loads(body) if body.strip() else None
+    if payload is _NOT_JSON:
+        if status >= 400:
+            raise error_from_response(status, headers, body, method=method, url=url, now=now)
+        raise errors.UnexpectedResponseError(
+            f"expected JSON but got: {_excerpt(body)!r}",
+            status=status,
+            method=method,
+            url=redact_url(url),
+            request_id=headers.get("X-Request-Id"),
+        )
+    if status >= 400 or (isinstance(payload, dict) and payload.get("error_code") is not None):
+        raise error_from_response(
+            status, headers, body, method=method, url=url, payload=payload, now=now
+        )
+    return payload

@@ -1,0 +1,243 @@
+"""The exception tree of runcomfy-async.
+
+Every exception the library raises on purpose derives from :class:`RunComfyError`::
+
+    RunComfyError
+    +-- ConfigurationError            bad client setup: missing token or user id, bad URL
+    +-- ClientClosedError             the client was closed, or never entered
+    +-- WrongEventLoopError           the client is used from another event loop than its own
+    +-- ValidationError               input refused before any byte was sent
+    |   +-- DatasetValidationError    a dataset folder breaks the upload rules (lists every problem)
+    |   +-- ConfigError               an AI Toolkit config the service would reject
+    +-- TransportError                connection failed, reset or timed out (no HTTP answer)
+    |   +-- APITimeoutError           a connect/read/total timeout expired
+    +-- APIError                      the server answered with an error
+    |   +-- BadRequestError           400 / 422 (the request was invalid)
+    |   +-- AuthenticationError       401 (token missing, wrong or expired)
+    |   +-- PermissionDeniedError     403
+    |   +-- InsufficientBalanceError  402 (top up the account)
+    |   +-- NotFoundError             404
+    |   +-- ConflictError             409 (e.g. a dataset name already taken)
+    |   +-- PayloadTooLargeError      413
+    |   +-- RateLimitError            429 after retries ran out
+    |   +-- ServerError               5xx after retries ran out
+    |   +-- UnexpectedResponseError   a body that is not the JSON the API documents
+    +-- UploadError                   one or more files could not be uploaded
+    +-- OperationFailed               a remote operation ended badly
+    |   +-- DatasetFailed             a dataset went FAILED
+    |   +-- JobFailed                 a training job went FAILED
+    |   +-- RequestFailed             a model request finished as failed
+    |   +-- RequestCancelled          a model request was cancelled
+    |   +-- MachineFailed             a machine stopped or errored while starting
+    +-- WaitTimeoutError              a client-side wait deadline passed
+
+Messages name the problem and the fix. None of them ever contains the API token.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigError",
+    "ConfigurationError",
+    "ConflictError",
+    "DatasetFailed",
+    "DatasetValidationError",
+    "InsufficientBalanceError",
+    "JobFailed",
+    "MachineFailed",
+    "NotFoundError",
+    "OperationFailed",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestCancelled",
+    "RequestFailed",
+    "RunComfyError",
+    "ServerError",
+    "TransportError",
+    "UnexpectedResponseError",
+    "UploadError",
+    "ValidationError",
+    "WaitTimeoutError",
+    "WrongEventLoopError",
+]
+
+
+class RunComfyError(Exception):
+    """Root of every error raised by runcomfy-async."""
+
+
+class ConfigurationError(RunComfyError):
+    """The client is set up wrongly (missing token or user id, bad base URL)."""
+
+
+class ClientClosedError(RunComfyError):
+    """The client is closed (or was never opened) and cannot send requests."""
+
+
+class WrongEventLoopError(RunComfyError):
+    """The client was opened in one event loop and used from another."""
+
+
+class ValidationError(RunComfyError, ValueError):
+    """Input was refused on the client before any byte was sent."""
+
+
+class DatasetValidationError(ValidationError):
+    """A set of dataset files breaks the upload rules; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        shown = "\n  - ".join(self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the dataset files; nothing was uploaded:"
+            f"\n  - {shown}{more}"
+        )
+
+
+class ConfigError(ValidationError):
+    """An AI Toolkit config that the training service would reject."""
+
+
+class TransportError(RunComfyError):
+    """No HTTP answer: the connection failed, was reset, or timed out."""
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        self.method = method
+        self.url = url
+        super().__init__(message)
+
+
+class APITimeoutError(TransportError, builtins.TimeoutError):
+    """A connect, read or total timeout expired."""
+
+
+class APIError(RunComfyError):
+    """The server answered with an error status or an error body.
+
+    Attributes:
+        status: the HTTP status code.
+        code: the API's ``error_code`` (int or string) when given.
+        message: the API's human-readable message.
+        detail: the API's ``detail`` (validation errors) when given.
+        method: the HTTP method of the failed request.
+        url: the request URL with any query secrets masked.
+        request_id: the server's request id header when given.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | str | None = None,
+        detail: Any = None,
+        method: str = "",
+        url: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.method = method
+        self.url = url
+        self.request_id = request_id
+        where = f" ({method} {url})" if method else ""
+        code_part = f" [{code}]" if code is not None else ""
+        rid = f" request_id={request_id}" if request_id else ""
+        super().__init__(f"HTTP {status}{code_part}: {message}{where}{rid}")
+
+
+class BadRequestError(APIError):
+    """400 or 422: the server found the request invalid."""
+
+
+class AuthenticationError(APIError):
+    """401: the token is missing, wrong or expired; check RUNCOMFY_API_TOKEN."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token may not access this resource."""
+
+
+class InsufficientBalanceError(APIError):
+    """402: the account balance is too low; top it up on runcomfy.com."""
+
+
+class NotFoundError(APIError):
+    """404: the resource does not exist (or expired)."""
+
+
+class ConflictError(APIError):
+    """409: the request conflicts with existing state (e.g. a dataset name in use)."""
+
+
+class PayloadTooLargeError(APIError):
+    """413: the body is larger than the endpoint accepts."""
+
+
+class RateLimitError(APIError):
+    """429 after every retry: the account's request rate limit was exceeded."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class ServerError(APIError):
+    """5xx after every retry: the service failed."""
+
+
+class UnexpectedResponseError(APIError):
+    """The body is not the JSON the API documents (an HTML proxy page, a cut body)."""
+
+
+class UploadError(RunComfyError):
+    """One or more files could not be uploaded; see ``report`` for each file's reason."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class OperationFailed(RunComfyError):
+    """A remote operation reached a failed terminal state."""
+
+    def __init__(self, message: str, *, error: Any = None, snapshot: Any = None) -> None:
+        self.error = error
+        self.snapshot = snapshot
+        super().__init__(message)
+
+
+class DatasetFailed(OperationFailed):
+    """The dataset went FAILED; ``error`` holds the server's reason."""
+
+
+class JobFailed(OperationFailed):
+    """The training job went FAILED; ``error`` holds the server's reason."""
+
+
+class RequestFailed(OperationFailed):
+    """The model request finished as failed; ``error`` holds the server's reason."""
+
+
+class RequestCancelled(OperationFailed):
+    """The model request was cancelled before it produced output."""
+
+
+class MachineFailed(OperationFailed):
+    """The machine stopped or errored before it became Ready."""
+
+
+class WaitTimeoutError(RunComfyError, builtins.TimeoutError):
+    """A client-side deadline passed while waiting for a remote state."""

@@ -1,0 +1,1 @@
+"""Collections and awaitable handles, one module per API; the only place paths are spelled."""

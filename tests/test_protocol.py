@@ -1,0 +1,164 @@
+"""Sans-I/O protocol decisions, tested without an event loop."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from multidict import CIMultiDict
+
+from runcomfy_async import errors
+from runcomfy_async._protocol import (
+    decode_response,
+    is_retryable_status,
+    parse_retry_after,
+    redact_url,
+)
+from runcomfy_async._retry import RetryPolicy
+
+URL = "https://trainer-api.runcomfy.net/prod/v1/trainers/datasets"
+
+
+def _decode(status: int, body: bytes, **headers: str) -> object:
+    return decode_response(status, CIMultiDict(headers), body, method="GET", url=URL)
+
+
+def test_json_success_decodes() -> None:
+    """A 2xx JSON body is returned as data."""
+    assert _decode(200, b'{"id": "x"}') == {"id": "x"}
+
+
+def test_empty_success_is_none() -> None:
+    """An empty 2xx body (a DELETE) decodes to None."""
+    assert _decode(204, b"") is None
+
+
+def test_error_code_on_200_is_an_error() -> None:
+    """A 2xx body with a non-null error_code raises (API.md section 0 quirk)."""
+    with pytest.raises(errors.NotFoundError) as info:
+        _decode(200, b'{"error_code": 404001, "error_message": "Request not found"}')
+    assert info.value.status == 404
+    assert info.value.code == 404001
+    assert "Request not found" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, errors.BadRequestError),
+        (401, errors.AuthenticationError),
+        (402, errors.InsufficientBalanceError),
+        (403, errors.PermissionDeniedError),
+        (404, errors.NotFoundError),
+        (409, errors.ConflictError),
+        (413, errors.PayloadTooLargeError),
+        (422, errors.BadRequestError),
+        (429, errors.RateLimitError),
+        (500, errors.ServerError),
+        (503, errors.ServerError),
+    ],
+)
+def test_status_maps_to_class(status: int, cls: type[errors.APIError]) -> None:
+    """Each documented status raises its own APIError subclass with the fields set."""
+    with pytest.raises(cls) as info:
+        decode_response(
+            status,
+            CIMultiDict({"X-Request-Id": "rid-1"}),
+            b'{"error_code": 1, "error_message": "nope"}',
+            method="POST",
+            url=URL,
+        )
+    exc = info.value
+    assert (exc.status, exc.message, exc.method, exc.request_id) == (status, "nope", "POST", "rid-1")
+
+
+def test_validation_detail_is_summarised() -> None:
+    """A FastAPI-style detail array becomes a readable message and stays on .detail."""
+    body = (
+        b'{"error_code": 422001, "detail": [{"loc": ["body", "name"], "msg": "field required"}]}'
+    )
+    with pytest.raises(errors.BadRequestError) as info:
+        _decode(422, body)
+    assert "body.name: field required" in str(info.value)
+    assert info.value.detail[0]["msg"] == "field required"
+
+
+def test_html_error_page_gives_excerpt() -> None:
+    """An HTML proxy page on 502 gives a ServerError quoting a short excerpt."""
+    with pytest.raises(errors.ServerError) as info:
+        _decode(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>")
+    assert "502 Bad Gateway" in str(info.value)
+
+
+def test_truncated_success_body_is_unexpected() -> None:
+    """A 200 whose JSON is cut off raises UnexpectedResponseError, not a JSONDecodeError."""
+    with pytest.raises(errors.UnexpectedResponseError):
+        _decode(200, b'{"id": "abc", "sta')
+
+
+def test_empty_error_body_is_clear() -> None:
+    """A 404 with no body still names the status and says the body was empty."""
+    with pytest.raises(errors.NotFoundError) as info:
+        _decode(404, b"")
+    assert "empty body" in str(info.value)
+
+
+def test_error_object_message_is_found() -> None:
+    """`error` given as an object with a message is read (API.md 2.3)."""
+    with pytest.raises(errors.BadRequestError) as info:
+        _decode(400, b'{"error": {"message": "bad yaml", "code": "X"}}')
+    assert "bad yaml" in str(info.value)
+
+
+def test_rate_limited_code_carries_retry_after() -> None:
+    """A 429 rate_limited answer exposes Retry-After in seconds."""
+    with pytest.raises(errors.RateLimitError) as info:
+        _decode(429, b'{"error_code": "rate_limited", "error_message": "slow down"}', **{
+            "Retry-After": "3"
+        })
+    assert info.value.retry_after == 3.0
+
+
+def test_parse_retry_after_forms() -> None:
+    """Retry-After parses as seconds or as an HTTP date; garbage gives None."""
+    assert parse_retry_after("2", now=0) == 2.0
+    assert parse_retry_after("1.5", now=0) == 1.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now=1445412480.0) == 5.0
+    assert parse_retry_after("soon", now=0) is None
+    assert parse_retry_after(None, now=0) is None
+    assert parse_retry_after("-4", now=0) == 0.0
+
+
+def test_retryable_statuses() -> None:
+    """429 and 500/502/503/504 are retryable; 400/401/404 are not."""
+    assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504))
+    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 409, 422))
+
+
+def test_redact_url_masks_signatures() -> None:
+    """Signed-URL query secrets are masked, harmless keys kept."""
+    url = "https://s.example/b/k.jpg?X-Goog-Signature=abc123&X-Goog-Credential=me&size=5"
+    red = redact_url(url)
+    assert "abc123" not in red and "me" not in red.split("?")[1].split("&")[1]
+    assert "size=5" in red
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    """Backoff grows exponentially, stays under the cap, and is random."""
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0)
+    rng = random.Random(1)
+    delays = [policy.backoff(a, rng) for a in range(1, 10)]
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+
+
+def test_next_delay_budget() -> None:
+    """No delay once attempts, total time, or a too-long Retry-After exhaust the budget."""
+    policy = RetryPolicy(max_attempts=3, total_timeout=10.0, max_retry_after=60.0)
+    rng = random.Random(0)
+    assert policy.next_delay(1, elapsed=0, retry_after=None, rng=rng) is not None
+    assert policy.next_delay(3, elapsed=0, retry_after=None, rng=rng) is None
+    assert policy.next_delay(1, elapsed=0, retry_after=120.0, rng=rng) is None
+    assert policy.next_delay(1, elapsed=9.9, retry_after=5.0, rng=rng) is None
+    delay = policy.next_delay(1, elapsed=0, retry_after=2.0, rng=rng)
+    assert delay is not None and 2.0 <= delay <= 2.25
