@@ -1,0 +1,308 @@
+"""The :class:`Emulator`: a local RunComfy on one port, started in-process for tests and demos."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from aiohttp import web
+
+from ._app import build_app
+from ._faults import FaultKind, FaultRule
+from ._state import EmulatorConfig, EmulatorState, RequestRecord
+
+if TYPE_CHECKING:
+    from runcomfy_async._client import RunComfy
+
+__all__ = ["Emulator"]
+
+
+def _url_host(host: str) -> str:
+    """The host part of the URL clients use: a wildcard bind is reached via loopback."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - recognising the wildcard, not binding to it
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+class Emulator:
+    """A faithful local RunComfy: Trainer, Model and Server APIs plus object storage, one port.
+
+    Use ``async with Emulator() as emu:`` (or :meth:`start` / :meth:`close`). Point a client at
+    ``emu.url`` with ``emu.token``, or call :meth:`client`.
+
+    Args:
+        host: interface to listen on.
+        port: TCP port; 0 picks a free one.
+        token: the account's bearer token; default a fresh ``rc_emu_...`` token.
+        user_id: the account's user id; default a fresh UUID.
+        rate_limit: requests per second per token on the API hosts; ``None`` switches it off.
+        burst: capacity of the rate-limit bucket.
+        speed: divides every simulated duration (``speed=50``: a 50 s step takes 1 s).
+        max_direct_upload: byte limit of one direct (multipart) dataset upload.
+        url_ttl: real seconds a signed URL stays valid.
+        seed: seeds the fault injector's random choices, so runs replay.
+        storage_dir: where uploaded files live; default a temporary directory removed on close.
+        dataset_processing_seconds: simulated time from a dataset's last file to READY.
+
+    Raises:
+        ValueError: a non-positive speed, rate or size.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        user_id: str | None = None,
+        rate_limit: float | None = 1.0,
+        burst: int = 3,
+        speed: float = 50.0,
+        max_direct_upload: int = 150_000_000,
+        url_ttl: float = 900.0,
+        seed: int = 0,
+        storage_dir: Path | None = None,
+        dataset_processing_seconds: float = 5.0,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError(f"rate_limit must be > 0 or None, got {rate_limit}")
+        if burst < 1 or max_direct_upload < 1 or url_ttl <= 0 or dataset_processing_seconds < 0:
+            raise ValueError("burst, max_direct_upload and url_ttl must be positive")
+        self.config = EmulatorConfig(
+            host=host,
+            port=port,
+            token=token if token is not None else "rc_emu_" + secrets.token_hex(16),
+            user_id=user_id if user_id is not None else str(uuid.uuid4()),
+            rate_limit=rate_limit,
+            burst=burst,
+            speed=speed,
+            max_direct_upload=max_direct_upload,
+            url_ttl=url_ttl,
+            seed=seed,
+            dataset_processing_seconds=dataset_processing_seconds,
+        )
+        self._storage_dir = storage_dir
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._runner: web.AppRunner | None = None
+        self._state: EmulatorState | None = None
+        self._url: str | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Listen on the configured host and port.
+
+        Raises:
+            RuntimeError: already started, or closed.
+            OSError: the port could not be bound.
+        """
+        if self._closed:
+            raise RuntimeError("this Emulator was closed; create a new one")
+        if self._runner is not None:
+            raise RuntimeError("this Emulator is already running")
+        if self._storage_dir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="runcomfy-emulator-")
+            root = Path(self._tempdir.name)
+        else:
+            root = self._storage_dir
+            root.mkdir(parents=True, exist_ok=True)
+        state = EmulatorState(self.config, root)
+        runner = web.AppRunner(
+            build_app(state), handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.host, self.config.port)
+            await site.start()
+        except BaseException:
+            # cleanup that re-raises, cancellation included
+            await runner.cleanup()
+            self._cleanup_tempdir()
+            raise
+        port = runner.addresses[0][1]
+        self._url = f"http://{_url_host(self.config.host)}:{port}"
+        state.base_url = self._url
+        state.storage.base_url = self._url
+        self._state = state
+        self._runner = runner
+        return self
+
+    async def close(self) -> None:
+        """Stop serving and remove the temporary storage; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        runner, self._runner = self._runner, None
+        try:
+            if runner is not None:
+                await runner.cleanup()
+        finally:
+            self._cleanup_tempdir()
+
+    def _cleanup_tempdir(self) -> None:
+        """Remove the default storage directory, if this emulator made one."""
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    async def __aenter__(self) -> Self:
+        """Start the emulator."""
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the emulator."""
+        await self.close()
+
+    # -- what clients need -----------------------------------------------------------------
+
+    @property
+    def state(self) -> EmulatorState:
+        """The live state, for emulator modules and advanced tests.
+
+        Raises:
+            RuntimeError: the emulator is not running.
+        """
+        if self._state is None:
+            raise RuntimeError("the Emulator is not running; use 'async with Emulator()'")
+        return self._state
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (no trailing slash): the base URL of every API.
+
+        Raises:
+            RuntimeError: the emulator was never started.
+        """
+        if self._url is None:
+            raise RuntimeError("the Emulator is not running; use 'async with Emulator()'")
+        return self._url
+
+    @property
+    def token(self) -> str:
+        """The bearer token the emulator accepts."""
+        return self.config.token
+
+    @property
+    def user_id(self) -> str:
+        """The account's user id (the Server API's ``{user_id}`` path segment)."""
+        return self.config.user_id
+
+    def client(self, **overrides: Any) -> RunComfy:
+        """A :class:`~runcomfy_async.RunComfy` pointed at this emulator with a valid token.
+
+        Args:
+            overrides: further ``RunComfy`` keyword arguments (or replacements of the defaults).
+        """
+        from runcomfy_async._client import RunComfy  # late: the client imports lazily
+
+        kwargs: dict[str, Any] = {
+            "token": self.token,
+            "user_id": self.user_id,
+            "trainer_url": self.url,
+            "model_url": self.url,
+            "server_url": self.url,
+        }
+        kwargs.update(overrides)
+        return RunComfy(**kwargs)
+
+    # -- inspection and control --------------------------------------------------------------
+
+    @property
+    def log(self) -> list[RequestRecord]:
+        """Every request received so far, oldest first (a snapshot)."""
+        return list(self.state.log)
+
+    def clear_log(self) -> None:
+        """Forget the requests logged so far."""
+        self.state.log.clear()
+
+    def stored_files(self, dataset_id: str) -> dict[str, tuple[int, str]]:
+        """``{filename: (size, sha256 hex)}`` of a dataset's files exactly as stored.
+
+        Raises:
+            KeyError: no such dataset.
+        """
+        return self.state.datasets.stored_files(dataset_id)
+
+    def fail_dataset(self, dataset_id: str, error: str = "Dataset validation failed") -> None:
+        """Force a dataset to FAILED with ``error`` (until another file arrives).
+
+        Raises:
+            KeyError: no such dataset.
+        """
+        self.state.datasets.fail(dataset_id, error)
+
+    def set_model_behavior(
+        self, model_id: str, *, fail: bool | str = False, duration: float | None = None
+    ) -> None:
+        """Make later Model API runs of ``model_id`` fail and/or run for ``duration``.
+
+        Args:
+            model_id: the model whose runs change (requests already submitted keep theirs).
+            fail: ``True`` (a default error) or the error message: runs end as ``failed``.
+            duration: simulated seconds per run (divided by ``speed``); None: the default.
+
+        Raises:
+            ValueError: a negative duration.
+        """
+        self.state.model_requests.set_behavior(model_id, fail=fail, duration=duration)
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock forward (expires URLs, ends processing) without sleeping."""
+        self.state.clock.advance(seconds)
+
+    def inject(
+        self,
+        kind: FaultKind,
+        *,
+        api: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        rate: float | None = None,
+        count: int | None = None,
+        skip: int = 0,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+    ) -> FaultRule:
+        """Inject a fault; see :class:`FaultRule` for the kinds and filters.
+
+        Returns:
+            The active rule; its ``fired`` counter shows how often it hit.
+
+        Raises:
+            ValueError: an unknown kind or API, or an out-of-range number.
+        """
+        rule = FaultRule(
+            kind=kind,
+            api=api,
+            method=method,
+            path=path,
+            rate=rate,
+            count=count,
+            skip=skip,
+            retry_after=retry_after,
+            delay=delay,
+        )
+        return self.state.faults.add(rule)
+
+    def remove_fault(self, rule: FaultRule) -> None:
+        """Deactivate one injected fault."""
+        self.state.faults.remove(rule)
+
+    def clear_faults(self) -> None:
+        """Deactivate every injected fault."""
+        self.state.faults.clear()

@@ -1,0 +1,215 @@
+"""The request pipeline in front of every handler: log, faults, bearer auth, account rate limit.
+
+Order (outermost first): the log wraps everything, so rejected, faulted and reset requests are
+recorded with the status actually sent; faults come before auth and the rate limit, so a faulted
+request neither reaches a handler nor spends a rate token; auth and the rate limit apply to the
+three API hosts only (storage is authorised by its URL signature, API.md section 1.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from ._state import RequestRecord
+from ._storage import StorageError, storage_error_response
+from ._wire import ApiError, error_response
+
+if TYPE_CHECKING:
+    from ._faults import FaultRule
+    from ._state import Api, EmulatorState
+
+__all__ = ["api_for_path", "make_middlewares", "mask_headers"]
+
+logger = logging.getLogger("runcomfy_async.testing")
+
+# Path prefix -> API, first match wins (API.md section 0: one host per API, one port here).
+_PREFIXES: Final[tuple[tuple[str, Api], ...]] = (
+    ("/prod/v1/trainers/", "trainer"),
+    ("/v1/", "model"),
+    ("/prod/api/users/", "server"),
+    ("/storage/", "storage"),
+    ("/comfyui/", "comfyui"),
+)
+_AUTHENTICATED: Final = frozenset({"trainer", "model", "server"})
+_SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SECRET_PREFIXES: Final = ("x-goog-", "x-amz-")
+REDACTED: Final = "<redacted>"
+
+_PROXY_PAGE: Final = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+_TRUNCATED_BODY: Final = '{"id": "00000000-0000-4000-8000-000000000000", "status": "RUNN'
+
+
+def api_for_path(path: str) -> Api:
+    """Which API a path belongs to; ``"other"`` for none (answered 404)."""
+    if path in ("/prod/v1/trainers", "/v1", "/storage", "/comfyui"):
+        path += "/"
+    for prefix, api in _PREFIXES:
+        if path.startswith(prefix):
+            return api
+    return "other"
+
+
+def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers for the log, with credential and signature values replaced by ``<redacted>``."""
+    masked: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        secret = lower in _SECRET_HEADERS or lower.startswith(_SECRET_PREFIXES)
+        shown = REDACTED if secret else value
+        masked[name] = f"{masked[name]}, {shown}" if name in masked else shown
+    return masked
+
+
+class _Reset(Exception):
+    """A fault asked for the connection to be dropped without an answer."""
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0), the rudest reset there is."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            logger.debug("could not set SO_LINGER; closing without RST")
+    transport.abort()
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (unknown route, bad method, body too large) in the API's body."""
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    message = "Not Found" if exc.status == 404 else exc.reason
+    return error_response(exc.status, exc.status * 1000 + 1, message, headers=headers)
+
+
+def _fault_response(rule: FaultRule) -> web.Response:
+    """The answer a fault sends instead of the real one."""
+    kind = rule.kind
+    if kind == "429":
+        headers = {}
+        if rule.retry_after is not None:
+            headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
+        return error_response(429, "rate_limited", "Too many requests", headers=headers)
+    if kind == "html":
+        return web.Response(status=502, text=_PROXY_PAGE, content_type="text/html")
+    if kind == "truncated":
+        return web.Response(status=200, text=_TRUNCATED_BODY, content_type="application/json")
+    if kind == "expire_url":
+        return storage_error_response(
+            403, "ExpiredToken", "The signed URL has expired; request a fresh one."
+        )
+    status = int(kind)
+    messages = {
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
+    return error_response(status, status * 1000 + 1, messages[status])
+
+
+def make_middlewares(state: EmulatorState) -> list[Middleware]:
+    """The middleware chain for one emulator, bound to its state."""
+
+    @web.middleware
+    async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record every request with the status sent; render errors as JSON; add X-Request-Id."""
+        seq = state.next_seq()
+        at = time.monotonic()
+        request_id = str(uuid.uuid4())
+        reset = False
+        try:
+            response = await handler(request)
+        except _Reset:
+            _abort(request)
+            response = web.Response(status=500)  # never written: the transport is gone
+            reset = True
+        except ConnectionError:
+            # the client went away mid-request (e.g. an aborted upload): nothing can be sent
+            response = web.Response(status=500)
+            reset = True
+        except (ApiError, StorageError) as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            response = _from_http_exception(exc)
+        except Exception:
+            logger.exception("emulator handler failed: %s %s", request.method, request.path)
+            response = error_response(500, 500001, "Internal Server Error")
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        state.record(
+            RequestRecord(
+                method=request.method,
+                path=request.path,
+                query=request.query_string,
+                status=0 if reset else response.status,
+                headers=mask_headers(request.headers),
+                at=at,
+                api=api_for_path(request.path),
+                authorized="Authorization" in request.headers,
+                body_size=request.content.total_bytes,
+                request_id=request_id,
+                seq=seq,
+            )
+        )
+        return response
+
+    @web.middleware
+    async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Apply the first fault rule that fires, before auth and the rate limit."""
+        rule = state.faults.pick(api_for_path(request.path), request.method, request.path)
+        if rule is None:
+            return await handler(request)
+        if rule.delay:
+            await asyncio.sleep(rule.delay)
+        if rule.kind == "slow":
+            return await handler(request)
+        if rule.kind == "reset":
+            raise _Reset
+        return _fault_response(rule)
+
+    expected_auth = f"Bearer {state.config.token}"
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bearer auth on the three API hosts (API.md section 0)."""
+        if api_for_path(request.path) in _AUTHENTICATED:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), expected_auth.encode()):
+                return error_response(401, 401001, "Unauthorized: invalid or missing bearer token")
+        return await handler(request)
+
+    @web.middleware
+    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """One token bucket per bearer token on the API hosts; 429 ``rate_limited`` beyond."""
+        if api_for_path(request.path) in _AUTHENTICATED:
+            wait = state.limiter.try_acquire(request.headers.get("Authorization", ""))
+            if wait is not None:
+                return error_response(
+                    429,
+                    "rate_limited",
+                    f"Too many requests: {state.limiter.describe()}",
+                    headers={"Retry-After": state.limiter.retry_after(wait)},
+                )
+        return await handler(request)
+
+    return [log_requests, inject_faults, authenticate, rate_limit]
