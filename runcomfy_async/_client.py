@@ -39,6 +39,9 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .resources.datasets import Datasets
+    from .resources.jobs import Jobs
+    from .resources.machines import Machines
+    from .resources.model_requests import Models
 
 __all__ = ["ClientState", "RunComfy"]
 
@@ -396,6 +399,27 @@ class RunComfy:
         from .resources.datasets import Datasets
 
         return self._collection("datasets", Datasets)  # type: ignore[no-any-return]
+
+    @property
+    def jobs(self) -> Jobs:
+        """AI Toolkit training jobs: submit, rebuild by id, wait, watch and download artifacts."""
+        from .resources.jobs import Jobs
+
+        return self._collection("jobs", Jobs)  # type: ignore[no-any-return]
+
+    @property
+    def machines(self) -> Machines:
+        """Server API machines: workflows, launch, wait until Ready, stop, drive ComfyUI."""
+        from .resources.machines import Machines
+
+        return self._collection("machines", Machines)  # type: ignore[no-any-return]
+
+    @property
+    def models(self) -> Models:
+        """Model API requests: submit, await the output, cancel while queued."""
+        from .resources.model_requests import Models
+
+        return self._collection("models", Models)  # type: ignore[no-any-return]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -5,6 +5,10 @@ priority first-come first-served, so hundreds of pollers take turns (none starve
 call (``Priority.USER``) gets one of the next tokens instead of queueing behind them. Each poller
 backs off on its own (fast at first, then slower up to a cap) and starts fast again whenever the
 state it watches changes.
+
+The deadline holds while a poll waits for its token too: under load a fetch can queue behind
+hundreds of others for longer than the caller is willing to wait, so it is cut off at the deadline
+(the limiter gives a cancelled waiter's place back).
 """
 
 from __future__ import annotations
@@ -80,12 +84,20 @@ async def poll_until(
     interval: float | None = None
     last_key: Hashable = object()
     while True:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise errors.WaitTimeoutError(
-                f"gave up waiting for {what} after {timeout:g}s; pass a larger timeout= "
-                "or check its status"
-            )
-        snapshot = await fetch()
+        if deadline is None:
+            snapshot = await fetch()
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _timed_out(what, timeout)
+            budget = asyncio.timeout(remaining)
+            try:
+                async with budget:
+                    snapshot = await fetch()
+            except TimeoutError:
+                if budget.expired():
+                    raise _timed_out(what, timeout) from None
+                raise  # the fetch's own timeout (APITimeoutError), not our deadline
         if on_snapshot is not None:
             maybe = on_snapshot(snapshot)
             if maybe is not None:
@@ -103,3 +115,11 @@ async def poll_until(
                 continue
             sleep_for = min(sleep_for, remaining)
         await asyncio.sleep(sleep_for)
+
+
+def _timed_out(what: str, timeout: float | None) -> errors.WaitTimeoutError:
+    """The error of a passed deadline, naming what was awaited and how to wait longer."""
+    return errors.WaitTimeoutError(
+        f"gave up waiting for {what} after {timeout:g}s; pass a larger timeout= "
+        "or check its status"
+    )

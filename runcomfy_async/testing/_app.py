@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
-from . import _storage, trainer_datasets
+from . import _storage, comfyui, control, model_api, server_api, trainer_datasets, trainer_jobs
 from ._middleware import make_middlewares
 
 if TYPE_CHECKING:
@@ -29,6 +29,11 @@ class RouteModule(Protocol):
 ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     _storage,
     trainer_datasets,
+    trainer_jobs,
+    model_api,
+    server_api,
+    comfyui,
+    control,  # GET /_emulator/log: emulator-only inspection
 )
 
 

@@ -20,6 +20,7 @@ from ._datasets import DatasetStore
 from ._faults import FaultSet
 from ._ratelimit import AccountLimiter
 from ._storage import ObjectStorage
+from .model_api import ModelRequestStore
 
 __all__ = ["Api", "EmulatorConfig", "EmulatorState", "RequestRecord"]
 
@@ -88,6 +89,7 @@ class EmulatorState:
             storage=self.storage,
             processing_seconds=config.dataset_processing_seconds,
         )
+        self.model_requests = ModelRequestStore(clock=self.clock, storage=self.storage)
         self.log: list[RequestRecord] = []
         self._seq = itertools.count()
         #: ``http://host:port``; set when the server is listening.

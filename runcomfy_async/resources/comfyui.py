@@ -1,0 +1,519 @@
+"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url`` (API.md 6).
+
+ComfyUI is not one of RunComfy's API hosts: its calls go over the client's session without a
+rate-limit token, and without the API token unless the caller opts in (API.md 6 leaves open
+whether RunComfy's proxy wants it; by default the token never leaves the API hosts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiofiles
+import aiofiles.os
+import aiohttp
+
+from .. import errors
+from .._client import _is_loopback
+from .._polling import PollPolicy, poll_until
+from .._protocol import decode_response, error_from_response, redact_url
+from .._transport import Timeouts, Transport, map_error
+from ..types.machines import ComfyEvent, ComfyFile
+
+__all__ = ["ComfyUI", "ComfyUIError", "ProgressCallback"]
+
+logger = logging.getLogger("runcomfy_async")
+
+ProgressCallback = Callable[[ComfyEvent], Awaitable[None] | None]
+
+_CHUNK = 1 << 20
+#: Seconds of WebSocket silence after which the history is checked, in case an event was missed.
+HISTORY_CHECK = 5.0
+
+
+class ComfyUIError(errors.RunComfyError):
+    """ComfyUI refused a prompt (``node_errors`` says which node and why) or failed running it.
+
+    Attributes:
+        node_errors: ``{node_id: {"errors": [...], "class_type": ...}}`` from ``/prompt``.
+        error: ComfyUI's ``error`` object, or the ``execution_error`` event's data.
+        prompt_id: the prompt concerned, when there is one.
+        status: the HTTP status of a refused request (None for execution failures).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_errors: Mapping[str, Any] | None = None,
+        error: Any = None,
+        prompt_id: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.node_errors = dict(node_errors or {})
+        self.error = error
+        self.prompt_id = prompt_id
+        self.status = status
+        super().__init__(message)
+
+
+def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
+    """One readable line per node error, e.g. ``node 4 (CheckpointLoaderSimple): ...``."""
+    lines = []
+    for node_id, entry in node_errors.items():
+        entry = entry if isinstance(entry, Mapping) else {}
+        for err in entry.get("errors") or [{}]:
+            err = err if isinstance(err, Mapping) else {"message": str(err)}
+            text = err.get("message") or err.get("type") or "invalid"
+            if err.get("details"):
+                text = f"{text}: {err['details']}"
+            lines.append(f"node {node_id} ({entry.get('class_type', '?')}): {text}")
+    return lines
+
+
+def _prompt_refused(status: int, payload: Any) -> ComfyUIError:
+    """The exception for a 400 from ``/prompt`` (API.md 6.1 error + node_errors shape)."""
+    payload = payload if isinstance(payload, Mapping) else {}
+    error = payload.get("error")
+    node_errors = payload.get("node_errors")
+    node_errors = node_errors if isinstance(node_errors, Mapping) else {}
+    if isinstance(error, Mapping):
+        summary = str(error.get("message") or error.get("type") or "invalid prompt")
+    else:
+        summary = str(error or "invalid prompt")
+    lines = _node_error_lines(node_errors)
+    detail = "".join(f"\n  - {line}" for line in lines)
+    return ComfyUIError(
+        f"ComfyUI refused the prompt (HTTP {status}): {summary}{detail}",
+        node_errors=node_errors,
+        error=error,
+        status=status,
+    )
+
+
+def _check_workflow(workflow: Any) -> dict[str, Any]:
+    """Refuse what ComfyUI would refuse for its shape alone, naming the fix, before sending."""
+    if isinstance(workflow, Mapping) and isinstance(workflow.get("nodes"), list):
+        raise errors.ValidationError(
+            "this is ComfyUI's UI workflow format (it has a 'nodes' list); export the workflow "
+            "with 'Save (API Format)' and pass that JSON"
+        )
+    if not isinstance(workflow, Mapping) or not workflow:
+        raise errors.ValidationError(
+            "workflow must be a non-empty dict of {node_id: {'class_type': ..., 'inputs': {...}}} "
+            "(ComfyUI's API format)"
+        )
+    problems = [
+        f"node {node_id!r}"
+        for node_id, node in workflow.items()
+        if not isinstance(node, Mapping)
+        or not isinstance(node.get("class_type"), str)
+        or not isinstance(node.get("inputs", {}), Mapping)
+    ]
+    if problems:
+        raise errors.ValidationError(
+            f"{', '.join(problems[:10])}: each node must be a dict with a string 'class_type' "
+            "and an 'inputs' dict (ComfyUI's API format)"
+        )
+    return {str(k): v for k, v in workflow.items()}
+
+
+def _check_prompt_id(prompt_id: object) -> str:
+    """Prompt ids go into URL paths; refuse anything that is not a plain id."""
+    if not isinstance(prompt_id, str) or not prompt_id or "/" in prompt_id:
+        raise errors.ValidationError(
+            f"prompt_id must be the id queue_prompt returned, got {prompt_id!r}"
+        )
+    return prompt_id
+
+
+def _files_of(entry: Mapping[str, Any]) -> list[ComfyFile]:
+    """Every file a history entry's ``outputs`` names (images, gifs, videos, audio...)."""
+    files = []
+    outputs = entry.get("outputs")
+    for node_id, produced in (outputs if isinstance(outputs, Mapping) else {}).items():
+        for items in (produced if isinstance(produced, Mapping) else {}).values():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, Mapping) and isinstance(item.get("filename"), str):
+                    files.append(
+                        ComfyFile(
+                            filename=item["filename"],
+                            subfolder=str(item.get("subfolder") or ""),
+                            type=str(item.get("type") or "output"),
+                            node_id=str(node_id),
+                        )
+                    )
+    return files
+
+
+def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> ComfyUIError:
+    """The exception for an ``execution_error`` / ``execution_interrupted`` (API.md 6.2)."""
+    where = f"node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
+    what = data.get("exception_message") or ("interrupted" if "interrupt" in kind else "failed")
+    return ComfyUIError(
+        f"prompt {prompt_id} {kind.removeprefix('execution_')}: {where} {what}".replace("  ", " "),
+        error=dict(data),
+        prompt_id=prompt_id,
+    )
+
+
+def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> ComfyUIError | None:
+    """The failure a finished history entry records, or None if it succeeded (API.md 6.1)."""
+    status = entry.get("status")
+    status = status if isinstance(status, Mapping) else {}
+    if status.get("status_str") != "error":
+        return None
+    for message in status.get("messages") or []:
+        if (
+            isinstance(message, list)
+            and len(message) == 2
+            and message[0] in ("execution_error", "execution_interrupted")
+            and isinstance(message[1], Mapping)
+        ):
+            return _execution_failed(prompt_id, message[1], message[0])
+    return ComfyUIError(f"prompt {prompt_id} failed", error=dict(status), prompt_id=prompt_id)
+
+
+def _safe_filename(name: str) -> str:
+    """A server-given file name reduced to its last part, so it cannot escape the target dir."""
+    base = Path(name.replace("\\", "/")).name
+    if base in ("", ".", ".."):
+        raise errors.UnexpectedResponseError(f"unusable output file name {name!r}", status=200)
+    return base
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The file in MiB chunks, read without blocking the loop."""
+    async with aiofiles.open(path, "rb") as f:
+        while chunk := await f.read(_CHUNK):
+            yield chunk
+
+
+class ComfyUI:
+    """Async client for one ComfyUI server: queue prompts, follow them, fetch their outputs.
+
+    Usually obtained from ``machine.comfyui()``.
+
+    Args:
+        session: the aiohttp session to use (the RunComfy client's).
+        base_url: the ComfyUI URL (a machine's ``main_service_url``).
+        timeouts: connect/read timeouts for calls and for transfers.
+        token: a bearer token to send (opt-in; https or loopback URLs only).
+        client_id: the ComfyUI client id prompts are queued under (default: a fresh UUID).
+
+    Raises:
+        ConfigurationError: a token would go over plain http to a non-loopback host.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        timeouts: Timeouts | None = None,
+        token: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.ConfigurationError(f"ComfyUI URL {redact_url(base_url)!r} is not http(s)")
+        if token is not None and parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise errors.ConfigurationError(
+                "refusing to send the API token over plain http to the ComfyUI URL; use https"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id or str(uuid.uuid4())
+        self.history_check = HISTORY_CHECK
+        self._session = session
+        self._timeouts = timeouts or Timeouts()
+        self._transport = Transport(session, self._timeouts)
+        self._headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self._client_ids: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"ComfyUI(base_url={self.base_url!r}, client_id={self.client_id!r})"
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        data: Callable[[], Any] | None = None,
+        keep_400: bool = False,
+    ) -> tuple[int, Any]:
+        """One JSON call: ``(status, decoded body)``; an error status raises, a 400 only if not
+        ``keep_400`` (``/prompt`` explains its 400s in ComfyUI's own shape)."""
+        url = self.base_url + path
+        raw = await self._transport.send(
+            method, url, headers=self._headers, params=params, json=json_body, data=data
+        )
+        if raw.status == 400 and keep_400:
+            try:
+                return raw.status, json.loads(raw.body)
+            except ValueError:
+                pass
+        return raw.status, decode_response(
+            raw.status, raw.headers, raw.body, method=method, url=url
+        )
+
+    async def queue_prompt(
+        self, workflow: Mapping[str, Any], *, client_id: str | None = None
+    ) -> str:
+        """Queue a workflow (ComfyUI API format) and return its ``prompt_id``.
+
+        Args:
+            workflow: ``{node_id: {"class_type": ..., "inputs": {...}}}`` ("Save (API Format)").
+            client_id: the ComfyUI client id to queue under (default: this client's); the
+                WebSocket events of the prompt go to that id.
+
+        Raises:
+            ValidationError: the workflow is not in API format (nothing is sent).
+            ComfyUIError: ComfyUI refused it; ``node_errors`` names the nodes and reasons.
+            APIError, TransportError: the server could not be reached or answered an error.
+        """
+        prompt = _check_workflow(workflow)
+        cid = client_id or self.client_id
+        # Not retried: a repeat after a lost answer would run the prompt twice.
+        status, payload = await self._call(
+            "POST", "/prompt", json_body={"prompt": prompt, "client_id": cid}, keep_400=True
+        )
+        if status == 400 or (isinstance(payload, Mapping) and payload.get("node_errors")):
+            raise _prompt_refused(status, payload)
+        prompt_id = payload.get("prompt_id") if isinstance(payload, Mapping) else None
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise errors.UnexpectedResponseError(
+                "ComfyUI's /prompt answer has no prompt_id", status=status
+            )
+        self._client_ids[prompt_id] = cid
+        return prompt_id
+
+    async def _history_entry(self, prompt_id: str) -> Mapping[str, Any] | None:
+        """The prompt's history entry, or None while it is unfinished (API.md 6.1)."""
+        _, payload = await self._call("GET", f"/history/{prompt_id}")
+        entry = payload.get(prompt_id) if isinstance(payload, Mapping) else None
+        return entry if isinstance(entry, Mapping) else None
+
+    async def wait(
+        self,
+        prompt_id: str,
+        *,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        poll: PollPolicy | None = None,
+    ) -> list[ComfyFile]:
+        """Wait until a prompt has run and return its output files.
+
+        Follows the WebSocket events (API.md 6.2) and falls back to polling ``/history`` when
+        the socket cannot be opened or drops.
+
+        Args:
+            prompt_id: what :meth:`queue_prompt` returned.
+            timeout: client-side deadline in seconds (None: as long as it takes).
+            progress: called with each :class:`ComfyEvent` about this prompt (sync or async).
+            poll: the schedule of the ``/history`` fallback.
+
+        Raises:
+            ComfyUIError: the prompt failed or was interrupted.
+            WaitTimeoutError: ``timeout`` passed first.
+        """
+        prompt_id = _check_prompt_id(prompt_id)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                await self._follow_socket(prompt_id, progress)
+                # After the socket (done, or failed): the history holds the outcome. ComfyUI
+                # sends execution_success just before it records the history, so poll for it.
+                entry = await poll_until(
+                    lambda: self._history_entry(prompt_id),
+                    lambda found: found is not None,
+                    policy=poll or PollPolicy(initial=0.25, max_interval=5.0),
+                    key=lambda found: found is not None,
+                    what=f"ComfyUI prompt {prompt_id}",
+                )
+        except TimeoutError as exc:
+            if scope.expired():
+                raise errors.WaitTimeoutError(
+                    f"gave up waiting for ComfyUI prompt {prompt_id} after {timeout:g}s; "
+                    "pass a larger timeout= or check ComfyUI's queue"
+                ) from exc
+            raise
+        self._client_ids.pop(prompt_id, None)
+        assert entry is not None  # poll_until returned a snapshot that passed the check
+        failure = _history_failure(prompt_id, entry)
+        if failure is not None:
+            raise failure
+        return _files_of(entry)
+
+    async def _follow_socket(self, prompt_id: str, progress: ProgressCallback | None) -> None:
+        """Follow the prompt's events until it finished, or until the socket fails (then the
+        caller's history polling takes over)."""
+        client_id = self._client_ids.get(prompt_id, self.client_id)
+        try:
+            ws = await self._session.ws_connect(
+                self.base_url + "/ws",
+                params={"clientId": client_id},
+                headers=self._headers,
+                heartbeat=30.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            logger.debug("ComfyUI WebSocket unavailable (%s); polling /history instead", exc)
+            return
+        async with ws:
+            # The prompt may have finished before the socket opened: its events are gone.
+            if await self._history_entry(prompt_id) is not None:
+                return
+            while True:
+                try:
+                    message = await ws.receive(timeout=self.history_check)
+                except TimeoutError:
+                    # Quiet for a while: the events may go to another client id; ask the history.
+                    if await self._history_entry(prompt_id) is not None:
+                        return
+                    continue
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    continue  # previews (API.md 6.2)
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    logger.debug("ComfyUI WebSocket closed (%s); polling /history", message.type)
+                    return
+                event = _parse_event(message.data)
+                if event is None or event.data.get("prompt_id") != prompt_id:
+                    continue
+                if progress is not None:
+                    maybe = progress(event)
+                    if maybe is not None:
+                        await maybe
+                if event.type in ("execution_error", "execution_interrupted"):
+                    raise _execution_failed(prompt_id, event.data, event.type)
+                if event.type == "execution_success" or (
+                    event.type == "executing" and event.data.get("node") is None
+                ):
+                    return
+
+    async def outputs(self, prompt_id: str) -> list[ComfyFile]:
+        """The output files of a finished prompt, from ``/history/{prompt_id}``.
+
+        Raises:
+            ComfyUIError: the prompt is not in the history (unfinished or unknown).
+        """
+        prompt_id = _check_prompt_id(prompt_id)
+        entry = await self._history_entry(prompt_id)
+        if entry is None:
+            raise ComfyUIError(
+                f"prompt {prompt_id} is not in ComfyUI's history: it has not finished (use "
+                "wait()) or is unknown",
+                prompt_id=prompt_id,
+            )
+        return _files_of(entry)
+
+    async def download(self, output: ComfyFile, dest: str | Path) -> Path:
+        """Stream one file from ``/view`` to disk; returns the path written.
+
+        Args:
+            output: a file from :meth:`outputs` or :meth:`wait`.
+            dest: a directory (the file keeps its name) or a file path.
+
+        Raises:
+            APIError: ComfyUI answered an error (404: no such file).
+            TransportError: the connection failed.
+        """
+        dest = Path(dest)
+        target = dest / _safe_filename(output.filename) if dest.is_dir() else dest
+        partial = target.with_name(target.name + ".part")
+        url = self.base_url + "/view"
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+        try:
+            async with self._session.get(
+                url, params=params, headers=self._headers, timeout=self._timeouts.for_transfer()
+            ) as resp:
+                await _check_view(resp, url)
+                async with aiofiles.open(partial, "wb") as f:
+                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                        await f.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            await _remove(partial)
+            raise map_error(exc, method="GET", url=url) from exc
+        except BaseException:
+            await _remove(partial)  # cleanup that re-raises, cancellation included
+            raise
+        await aiofiles.os.replace(partial, target)
+        return target
+
+    async def upload_image(
+        self, path: str | Path, *, subfolder: str = "", overwrite: bool = False
+    ) -> ComfyFile:
+        """Upload an image to ComfyUI's input folder (``/upload/image``), streamed from disk.
+
+        Args:
+            path: the image file.
+            subfolder: a subfolder of the input folder.
+            overwrite: replace a file of the same name instead of getting a renamed copy.
+
+        Returns:
+            The stored file (its name may differ: ComfyUI renames on collision); pass its
+            ``filename`` to a LoadImage node's ``image`` input.
+
+        Raises:
+            ValidationError: ``path`` is not a readable file (nothing is sent).
+        """
+        path = Path(path)
+        if not await aiofiles.os.path.isfile(path):
+            raise errors.ValidationError(f"{path} is not a file; pass the path of an image")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+        def body() -> aiohttp.FormData:
+            form = aiohttp.FormData()
+            form.add_field(
+                "image", _file_chunks(path), filename=path.name, content_type=content_type
+            )
+            form.add_field("type", "input")
+            form.add_field("subfolder", subfolder)
+            form.add_field("overwrite", "true" if overwrite else "false")
+            return form
+
+        # Not retried: the file body is consumed by the attempt; a failure surfaces to the caller.
+        _, payload = await self._call("POST", "/upload/image", data=body)
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("name"), str):
+            raise errors.UnexpectedResponseError("ComfyUI's upload answer has no name", status=200)
+        return ComfyFile(
+            filename=payload["name"],
+            subfolder=str(payload.get("subfolder") or ""),
+            type=str(payload.get("type") or "input"),
+        )
+
+
+def _parse_event(text: str) -> ComfyEvent | None:
+    """A text frame as an event; None for anything that is not ``{"type", "data"}`` JSON."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(message, Mapping) or not isinstance(message.get("type"), str):
+        return None
+    data = message.get("data")
+    return ComfyEvent(type=message["type"], data=data if isinstance(data, Mapping) else {})
+
+
+async def _check_view(resp: aiohttp.ClientResponse, url: str) -> None:
+    """Raise the matching error unless ``/view`` answered 200 with the file."""
+    if resp.status == 200:
+        return
+    body = await resp.read()
+    status = resp.status if resp.status >= 400 else 502
+    raise error_from_response(status, resp.headers, body, method="GET", url=url)
+
+
+async def _remove(path: Path) -> None:
+    """Drop a partial download so a failed one leaves nothing behind."""
+    with contextlib.suppress(FileNotFoundError):
+        await aiofiles.os.remove(path)

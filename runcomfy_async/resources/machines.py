@@ -1,0 +1,410 @@
+"""Server API machines (API.md section 4): the ``rc.machines`` collection and ``Machine`` handles.
+
+A machine bills from ``Ready`` until it is stopped, so a :class:`Machine` is both awaitable (wait
+until Ready) and an async context manager whose exit sends the stop request, also when the block
+raises or its task is cancelled (DESIGN rule 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import quote
+
+from .. import errors
+from .._converter import structure
+from .._limiter import Priority
+from .._polling import PollPolicy, poll_until
+from .._protocol import API, RequestSpec, Retry
+from ..types.machines import MachineInfo, MachineStatus, ServerType, Workflow
+from .comfyui import ComfyUI
+
+if TYPE_CHECKING:
+    from .._client import RunComfy
+
+__all__ = ["Machine", "Machines"]
+
+logger = logging.getLogger("runcomfy_async")
+
+#: Seconds a launched machine may answer 404 before we stop calling it "not registered yet"
+#: (API.md 4.4: the status GET may 404 right after launch).
+NOT_FOUND_GRACE = 60.0
+#: Seconds the stop request on leaving ``async with machine`` may take, retries included.
+STOP_TIMEOUT = 30.0
+
+
+def _users_path(user_id: str, suffix: str) -> str:
+    return f"/prod/api/users/{quote(user_id, safe='')}{suffix}"
+
+
+def _server_path(user_id: str, server_id: str, suffix: str = "") -> str:
+    return _users_path(user_id, f"/servers/{quote(server_id, safe='')}{suffix}")
+
+
+def _check_id(value: object, what: str) -> str:
+    """Ids are path segments: refuse what cannot be one before anything is sent."""
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise errors.ValidationError(
+            f"{what} must be a non-empty string without surrounding whitespace, got {value!r}"
+        )
+    return value
+
+
+def _check_seconds(value: object, what: str) -> int:
+    """The API takes whole seconds; a bool, float or non-positive number is a caller's mistake."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise errors.ValidationError(
+            f"{what} must be a positive whole number of seconds (e.g. 3600 for an hour), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _server_type(value: object) -> ServerType:
+    """A known server type, from the enum or its exact wire string (API.md 4.2)."""
+    valid = ", ".join(repr(t.value) for t in ServerType)
+    if isinstance(value, str):
+        try:
+            return ServerType(value)
+        except ValueError:
+            pass
+    raise errors.ValidationError(f"unknown server_type {value!r}; use one of {valid}")
+
+
+def _unwrap_list(payload: Any, key: str) -> list[Any]:
+    """A list endpoint's items, bare or wrapped as ``{key: [...]}`` (API.md 4.3)."""
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict) and isinstance(payload.get(key), list):
+        return list(payload[key])
+    raise errors.UnexpectedResponseError(
+        f"expected a list of {key} (bare or wrapped as {{{key!r}: [...]}})", status=200
+    )
+
+
+def _workflow(item: Any) -> Workflow:
+    """The API names the field ``workflow_name`` (API.md 4.1); ours is ``name``."""
+    if isinstance(item, dict) and "workflow_name" in item:
+        item = {k: v for k, v in item.items() if k != "workflow_name"} | {
+            "name": item["workflow_name"]
+        }
+    return structure(item, Workflow, what="workflow list")
+
+
+class Machine:
+    """An awaitable handle on one machine: ``await machine`` waits until Ready.
+
+    ``async with machine:`` stops the machine when the block is left, however it is left.
+
+    Attributes:
+        id: the ``server_id``.
+        main_service_url: the ComfyUI URL, set once a wait or status call saw the machine Ready.
+        stop_timeout: seconds the stop on leaving ``async with`` may take.
+    """
+
+    def __init__(self, client: RunComfy, server_id: str) -> None:
+        self._client = client
+        self.id = server_id
+        self.main_service_url: str | None = None
+        self.stop_timeout = STOP_TIMEOUT
+        # A 404 is "not registered yet" only until the machine was seen once (API.md 4.4).
+        self._seen = False
+
+    def __repr__(self) -> str:
+        return f"Machine(id={self.id!r}, main_service_url={self.main_service_url!r})"
+
+    async def status(self, *, priority: Priority = Priority.USER) -> MachineInfo:
+        """Ask the server for the machine's current state (never a cached one).
+
+        Raises:
+            ConfigurationError: the client has no user id.
+            NotFoundError: no such machine (not registered yet, or stopped and gone).
+        """
+        user_id = self._client.require_user_id()
+        payload = await self._client.request(
+            RequestSpec(api=API.SERVER, method="GET", path=_server_path(user_id, self.id)),
+            priority=priority,
+        )
+        info = structure(payload, MachineInfo, what="machine status")
+        self._seen = True
+        if info.current_status is MachineStatus.READY and info.main_service_url:
+            self.main_service_url = info.main_service_url
+        elif info.current_status.ended:
+            self.main_service_url = None
+        return info
+
+    async def wait_ready(
+        self,
+        *,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+        not_found_grace: float = NOT_FOUND_GRACE,
+    ) -> MachineInfo:
+        """Poll until the machine is Ready with its ComfyUI URL, and return that snapshot.
+
+        Args:
+            timeout: client-side deadline in seconds (None: as long as it takes).
+            poll: the polling schedule (default: 0.5 s, backing off to 10 s).
+            not_found_grace: seconds a machine never seen yet may answer 404 (not registered).
+
+        Raises:
+            MachineFailed: the machine stopped or errored while starting, or was never found.
+            WaitTimeoutError: ``timeout`` passed first.
+        """
+        first_404: float | None = None
+
+        async def fetch() -> MachineInfo | None:
+            nonlocal first_404
+            try:
+                return await self.status(priority=Priority.BACKGROUND)
+            except errors.NotFoundError as exc:
+                now = time.monotonic()
+                first_404 = now if first_404 is None else first_404
+                if self._seen:
+                    raise errors.MachineFailed(
+                        f"machine {self.id} disappeared (404) while starting: it was stopped",
+                        error=exc.message,
+                    ) from exc
+                if now - first_404 > not_found_grace:
+                    raise errors.MachineFailed(
+                        f"machine {self.id} was still not found {not_found_grace:g}s after the "
+                        "first 404; check the server id, or launch again",
+                        error=exc.message,
+                    ) from exc
+                return None
+
+        info = await poll_until(
+            fetch,
+            _settled,
+            policy=poll or PollPolicy(initial=0.5, max_interval=10.0),
+            timeout=timeout,
+            key=lambda i: None if i is None else i.current_status,
+            what=f"machine {self.id} to become Ready",
+        )
+        assert info is not None  # _settled is False for None
+        if info.current_status is not MachineStatus.READY:
+            raise errors.MachineFailed(
+                f"machine {self.id} went {info.current_status.value} before becoming Ready; "
+                "launch a new one (nothing is billed before Ready)",
+                error=info.current_status.value,
+                snapshot=info,
+            )
+        return info
+
+    def __await__(self) -> Generator[Any, None, MachineInfo]:
+        return self.wait_ready().__await__()
+
+    async def extend(self, seconds: int) -> MachineInfo:
+        """Set the machine's estimated running duration to ``seconds`` (API.md 4.5).
+
+        The value is the machine's whole running time, as the API takes it, not an increment.
+
+        Raises:
+            ValidationError: ``seconds`` is not a positive whole number (nothing is sent).
+            ConfigurationError: the client has no user id.
+        """
+        seconds = _check_seconds(seconds, "seconds")
+        user_id = self._client.require_user_id()
+        # Retry.SAFE: setting the duration to a value is idempotent, a repeat changes nothing.
+        payload = await self._client.request(
+            RequestSpec(
+                api=API.SERVER,
+                method="POST",
+                path=_server_path(user_id, self.id, "/update-estimated-duration"),
+                json={"update_estimated_duration": seconds},
+                retry=Retry.SAFE,
+            )
+        )
+        return structure(payload, MachineInfo, what="machine after the duration change")
+
+    async def stop(self) -> MachineInfo | None:
+        """Stop the machine (billing stops when this returns, API.md 4.6).
+
+        Returns:
+            The machine as the server described it (e.g. ``Stopping``), or None when it sent no
+            machine, or the machine was already gone (a 404 is not an error here).
+
+        Raises:
+            ConfigurationError: the client has no user id.
+        """
+        user_id = self._client.require_user_id()
+        try:
+            payload = await self._client.request(
+                RequestSpec(api=API.SERVER, method="DELETE", path=_server_path(user_id, self.id))
+            )
+        except errors.NotFoundError:
+            logger.debug("machine %s was already stopped (404 on DELETE)", self.id)
+            return None
+        self.main_service_url = None
+        if isinstance(payload, dict) and "server_id" in payload:
+            return structure(payload, MachineInfo, what="stopped machine")
+        return None
+
+    async def __aenter__(self) -> Self:
+        """The machine itself; leaving the block stops it (it does not wait for Ready)."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the machine, shielded from cancellation and bounded by ``stop_timeout``."""
+        stopping = asyncio.ensure_future(asyncio.wait_for(self.stop(), self.stop_timeout))
+        cancelled = False
+        failure: Exception | None = None
+        while True:
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                if stopping.cancelled():
+                    raise
+                # Cancelled again while stopping: a forgotten machine bills, so the stop still
+                # finishes (bounded by stop_timeout) before the cancellation goes on.
+                cancelled = True
+                continue
+            except Exception as stop_error:  # noqa: BLE001 - reported below, never swallowed
+                failure = stop_error
+            break
+        if cancelled:
+            raise asyncio.CancelledError
+        if failure is None:
+            return
+        message = (
+            f"could not stop machine {self.id} within {self.stop_timeout:g}s ({failure!r}); "
+            "it may still be billing: stop it with rc.machines.get(id).stop() or the dashboard"
+        )
+        if exc is not None:
+            logger.warning("%s", message)
+            return
+        if isinstance(failure, errors.RunComfyError):
+            failure.add_note(message)
+            raise failure
+        raise errors.WaitTimeoutError(message) from failure
+
+    def comfyui(self, *, send_token: bool = False) -> ComfyUI:
+        """A ComfyUI client for this machine's ``main_service_url`` (API.md section 6).
+
+        Args:
+            send_token: also send the API bearer token to the ComfyUI URL. Off by default: it is
+                not known whether RunComfy's proxy needs it, and the token otherwise never
+                leaves the API hosts.
+
+        Raises:
+            ValidationError: the machine has not been seen Ready yet (``await machine`` first).
+        """
+        if not self.main_service_url:
+            raise errors.ValidationError(
+                f"machine {self.id} has no ComfyUI URL yet: `await machine` until it is Ready"
+            )
+        return ComfyUI(
+            self._client.session,
+            self.main_service_url,
+            timeouts=self._client.timeouts,
+            token=self._client._token if send_token else None,
+        )
+
+
+def _settled(info: MachineInfo | None) -> bool:
+    if info is None:
+        return False
+    ready = info.current_status is MachineStatus.READY and bool(info.main_service_url)
+    return ready or info.current_status.ended
+
+
+class Machines:
+    """``rc.machines``: workflows, running machines, launch and look up machines."""
+
+    def __init__(self, client: RunComfy) -> None:
+        self._client = client
+
+    async def workflows(self) -> list[Workflow]:
+        """The account's workflows; launch a machine with a workflow's ``version_id``.
+
+        Raises:
+            ConfigurationError: the client has no user id (nothing is sent).
+        """
+        user_id = self._client.require_user_id()
+        payload = await self._client.request(
+            RequestSpec(api=API.SERVER, method="GET", path=_users_path(user_id, "/workflows"))
+        )
+        return [_workflow(item) for item in _unwrap_list(payload, "workflows")]
+
+    async def list(self) -> list[MachineInfo]:
+        """The account's running machines.
+
+        Raises:
+            ConfigurationError: the client has no user id (nothing is sent).
+        """
+        user_id = self._client.require_user_id()
+        payload = await self._client.request(
+            RequestSpec(api=API.SERVER, method="GET", path=_users_path(user_id, "/servers"))
+        )
+        return [
+            structure(item, MachineInfo, what="machine list")
+            for item in _unwrap_list(payload, "servers")
+        ]
+
+    def get(self, server_id: str) -> Machine:
+        """A handle on an existing machine by ``server_id`` (no request is sent).
+
+        Raises:
+            ValidationError: an empty or malformed id.
+        """
+        return Machine(self._client, _check_id(server_id, "server_id"))
+
+    async def launch(
+        self,
+        version_id: str,
+        *,
+        server_type: ServerType | str = ServerType.LARGE,
+        estimated_duration: int = 3600,
+    ) -> Machine:
+        """Launch a machine running a workflow version; returns at once (status Initializing).
+
+        Billing starts when the machine is Ready; use ``async with`` so it is stopped::
+
+            async with await rc.machines.launch(version_id) as machine:
+                await machine
+
+        Args:
+            version_id: a workflow's ``version_id`` (see :meth:`workflows`).
+            server_type: a :class:`ServerType` or its string (``"large"``, ``"2x-large"``, ...).
+            estimated_duration: seconds the machine should run (e.g. 86400 for a day).
+
+        Raises:
+            ConfigurationError: the client has no user id (nothing is sent).
+            ValidationError: an unknown server type or a bad duration (nothing is sent).
+        """
+        version_id = _check_id(version_id, "version_id")
+        kind = _server_type(server_type)
+        duration = _check_seconds(estimated_duration, "estimated_duration")
+        user_id = self._client.require_user_id()
+        # Retry.UNSENT: a launch creates a machine that bills; if an answer were lost after the
+        # server acted, a repeat would start a second one. Only a 429 or a refused connection
+        # (the request never ran) is repeated.
+        payload = await self._client.request(
+            RequestSpec(
+                api=API.SERVER,
+                method="POST",
+                path=_users_path(user_id, "/servers"),
+                json={
+                    "workflow_version_id": version_id,
+                    "server_type": kind.value,
+                    "estimated_duration": duration,
+                },
+                retry=Retry.UNSENT,
+            )
+        )
+        server_id = payload.get("server_id") if isinstance(payload, dict) else None
+        if not isinstance(server_id, str) or not server_id:
+            raise errors.UnexpectedResponseError(
+                "the launch answer has no server_id; check rc.machines.list() for the machine",
+                status=200,
+            )
+        return Machine(self._client, server_id)

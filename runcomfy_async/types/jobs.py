@@ -1,0 +1,220 @@
+"""AI Toolkit training jobs (API.md section 2): statuses, GPU types, status and result snapshots.
+
+A job's status is ``IN_QUEUE -> RUNNING -> STOPPED`` (or ``FAILED`` / ``CANCELED``). The service
+reports STOPPED both for a run that reached its last step and for one the platform stopped early
+(preemption, a reclaimed server), so :attr:`JobInfo.preempted` tells them apart from the progress
+and the error (API.md section 2.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import attrs
+
+from ._base import OpenStrEnum
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "Artifact",
+    "GPUType",
+    "JobInfo",
+    "JobResult",
+    "JobStatus",
+    "Progress",
+    "artifacts_from_wire",
+]
+
+#: The artifact groups the result endpoint documents (API.md section 2.3).
+ARTIFACT_KINDS = ("checkpoints", "samples", "config")
+
+
+class JobStatus(OpenStrEnum):
+    """IN_QUEUE -> RUNNING -> STOPPED, or FAILED / CANCELED (``cancelled`` is understood too)."""
+
+    IN_QUEUE = "IN_QUEUE"
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {"cancelled": "canceled"}
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has ended (STOPPED, FAILED or CANCELED); unknown values are not."""
+        return self in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class GPUType(OpenStrEnum):
+    """The GPU a job trains on; the UI labels ``h100`` / ``h200`` are understood too."""
+
+    H100 = "ADA_80_PLUS"
+    H200 = "HOPPER_141"
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {"h100": "ada_80_plus", "h200": "hopper_141"}
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """How far a run got: ``current_step`` of ``total_steps`` (``percent`` as the server says)."""
+
+    percent: float | None = None
+    current_step: int | None = None
+    total_steps: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobInfo:
+    """A snapshot of a training job's status (API.md section 2.2)."""
+
+    id: str
+    name: str | None = None
+    status: JobStatus = JobStatus.IN_QUEUE
+    progress: Progress | None = None
+    error: Any = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_url: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has ended (STOPPED, FAILED or CANCELED)."""
+        return self.status.terminal
+
+    @property
+    def preempted(self) -> bool:
+        """STOPPED short of the last step, or STOPPED with an error: ``job.resume()`` continues it.
+
+        The service reports STOPPED for success and for platform-initiated stops alike; a run
+        that completed has ``current_step == total_steps`` and no error (API.md section 2.2).
+        """
+        if self.status is not JobStatus.STOPPED:
+            return False
+        if self.error:
+            return True
+        progress = self.progress
+        if progress is None or progress.current_step is None or progress.total_steps is None:
+            return False
+        return progress.current_step < progress.total_steps
+
+    @property
+    def completed(self) -> bool:
+        """STOPPED after the last step without an error: the training run succeeded."""
+        return self.status is JobStatus.STOPPED and not self.preempted
+
+
+@attrs.frozen(kw_only=True)
+class Artifact:
+    """One file a job produced, as a hosted URL (API.md section 2.3).
+
+    Attributes:
+        kind: the group it was listed in: ``"checkpoints"``, ``"samples"``, ``"config"`` (or a
+            group this library does not know yet).
+        url: where to download it; signed URLs may expire, so fetch a fresh result when needed.
+        step: the training step it belongs to, when the server says.
+        name: the file name as the server gave it (untrusted: downloads sanitise it).
+    """
+
+    kind: str
+    url: str
+    step: int | None = None
+    name: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity across result calls: kind and URL without its (re-signed) query."""
+        parts = urlsplit(self.url)
+        return (self.kind, f"{parts.scheme}://{parts.netloc}{parts.path}")
+
+
+@attrs.frozen(kw_only=True)
+class JobResult:
+    """What ``/result`` said: the artifacts so far (flattened, in server order), status, error."""
+
+    id: str | None = None
+    status: JobStatus | None = None
+    artifacts: tuple[Artifact, ...] = ()
+    error: Any = None
+
+    def of_kind(self, *kinds: str) -> tuple[Artifact, ...]:
+        """The artifacts of the given kinds, in server order."""
+        return tuple(a for a in self.artifacts if a.kind in kinds)
+
+    @property
+    def checkpoints(self) -> tuple[Artifact, ...]:
+        """The checkpoint artifacts (``.safetensors``), in server order."""
+        return self.of_kind("checkpoints")
+
+    @property
+    def samples(self) -> tuple[Artifact, ...]:
+        """The sample image artifacts, in server order."""
+        return self.of_kind("samples")
+
+
+def _is_url(value: Any) -> bool:
+    """Only http(s) URLs are artifacts; anything else in the listing is metadata."""
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _step(value: Any) -> int | None:
+    """A step number, tolerating strings; anything else is unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _name_from_url(url: str) -> str:
+    """The last path segment, percent-decoded (it may decode to anything: never trust it)."""
+    return unquote(PurePosixPath(urlsplit(url).path).name)
+
+
+def _one(kind: str, item: Any) -> Artifact | None:
+    """An artifact from a URL string or an object with ``url``/``path``; None for other shapes."""
+    if _is_url(item):
+        return Artifact(kind=kind, url=item, name=_name_from_url(item))
+    if not isinstance(item, Mapping):
+        return None
+    url = next((item[k] for k in ("url", "path") if _is_url(item.get(k))), None)
+    if url is None:
+        return None
+    raw_name = item.get("name") or item.get("filename")
+    name = raw_name if isinstance(raw_name, str) and raw_name else _name_from_url(url)
+    return Artifact(kind=kind, url=url, step=_step(item.get("step")), name=name)
+
+
+def artifacts_from_wire(artifacts: Any) -> tuple[Artifact, ...]:
+    """Flatten ``{"checkpoints": [...], "samples": [...], "config": {...}}`` into artifacts.
+
+    Each group may be one item or a list; items are URL strings or objects with ``url``/``path``
+    (both forms are seen in RunComfy's own clients, API.md section 2.3). A bare list is taken as
+    artifacts of unknown kind ``"other"``. Unreadable items are skipped, not fatal.
+    """
+    groups: Iterable[tuple[str, Any]]
+    if isinstance(artifacts, Mapping):
+        groups = ((str(k), v) for k, v in artifacts.items())
+    elif isinstance(artifacts, list):
+        groups = [("other", artifacts)]
+    else:
+        return ()
+    found: list[Artifact] = []
+    for kind, value in groups:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            artifact = _one(kind, item)
+            if artifact is not None:
+                found.append(artifact)
+    return tuple(found)
