@@ -5,6 +5,7 @@ awaitable handles. ``runcomfy_async.testing.Emulator`` serves the same APIs loca
 """
 
 from ._client import ClientState, RunComfy
+from ._downloads import DownloadProgress
 from ._limiter import Limiter, Priority, TokenBucket
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
@@ -16,6 +17,7 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    ComfyUIError,
     ConfigError,
     ConfigurationError,
     ConflictError,
@@ -40,43 +42,91 @@ from .errors import (
     WaitTimeoutError,
     WrongEventLoopError,
 )
+from .resources.comfyui import ComfyUI
+from .resources.datasets import Dataset, Datasets
+from .resources.jobs import Jobs, TrainingJob
+from .resources.machines import Machine, Machines
+from .resources.model_requests import ModelRequest, Models
+from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.jobs import Artifact, GPUType, JobInfo, JobResult, JobStatus, Progress
+from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
+from .types.models import (
+    CancelOutcome,
+    Lora,
+    RequestResult,
+    RequestState,
+    RequestStatus,
+    ResultStatus,
+)
 
 __all__ = [
     "APIError",
     "APITimeoutError",
+    "Artifact",
     "AuthenticationError",
     "BadRequestError",
+    "CancelOutcome",
     "ClientClosedError",
     "ClientState",
+    "ComfyEvent",
+    "ComfyFile",
+    "ComfyUI",
+    "ComfyUIError",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
+    "Dataset",
     "DatasetFailed",
+    "DatasetFile",
+    "DatasetInfo",
+    "DatasetStatus",
     "DatasetValidationError",
+    "Datasets",
+    "DownloadProgress",
+    "GPUType",
     "InsufficientBalanceError",
     "JobFailed",
+    "JobInfo",
+    "JobResult",
+    "JobStatus",
+    "Jobs",
     "Limiter",
+    "Lora",
+    "Machine",
     "MachineFailed",
+    "MachineInfo",
+    "MachineStatus",
+    "Machines",
+    "ModelRequest",
+    "Models",
     "NotFoundError",
     "OperationFailed",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
     "Priority",
+    "Progress",
     "RateLimitError",
     "RequestCancelled",
     "RequestFailed",
+    "RequestResult",
+    "RequestState",
+    "RequestStatus",
+    "ResultStatus",
     "RetryPolicy",
     "RunComfy",
     "RunComfyError",
     "ServerError",
+    "ServerType",
     "Timeouts",
     "TokenBucket",
+    "TrainingJob",
     "TransportError",
     "UnexpectedResponseError",
     "UploadError",
     "ValidationError",
     "WaitTimeoutError",
+    "Workflow",
     "WrongEventLoopError",
     "__version__",
 ]

@@ -22,7 +22,10 @@ class Priority(enum.IntEnum):
     """Who is asking for a token; lower values are served first."""
 
     USER = 0
-    BACKGROUND = 1
+    #: The last call of a wait that already saw the final state (e.g. fetching a finished model
+    #: request's result): it completes somebody's ``await``, so it goes before fresh polls.
+    FOLLOW_UP = 1
+    BACKGROUND = 2
 
 
 @runtime_checkable

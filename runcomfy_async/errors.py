@@ -30,6 +30,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- RequestCancelled          a model request was cancelled
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
+    +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
 
 Messages name the problem and the fix. None of them ever contains the API token.
 """
@@ -37,6 +38,7 @@ Messages name the problem and the fix. None of them ever contains the API token.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "ComfyUIError",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
@@ -241,3 +244,29 @@ class MachineFailed(OperationFailed):
 
 class WaitTimeoutError(RunComfyError, builtins.TimeoutError):
     """A client-side deadline passed while waiting for a remote state."""
+
+
+class ComfyUIError(RunComfyError):
+    """ComfyUI refused a prompt (``node_errors`` says which node and why) or failed running it.
+
+    Attributes:
+        node_errors: ``{node_id: {"errors": [...], "class_type": ...}}`` from ``/prompt``.
+        error: ComfyUI's ``error`` object, or the ``execution_error`` event's data.
+        prompt_id: the prompt concerned, when there is one.
+        status: the HTTP status of a refused request (None for execution failures).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_errors: Mapping[str, Any] | None = None,
+        error: Any = None,
+        prompt_id: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.node_errors = dict(node_errors or {})
+        self.error = error
+        self.prompt_id = prompt_id
+        self.status = status
+        super().__init__(message)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import PollPolicy, RunComfy, ValidationError, WaitTimeoutError
-from runcomfy_async.resources.comfyui import ComfyUI, ComfyUIError
+from runcomfy_async import ComfyUIError, PollPolicy, RunComfy, ValidationError, WaitTimeoutError
+from runcomfy_async.resources.comfyui import ComfyUI
 from runcomfy_async.resources.machines import Machine
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.comfyui import FAIL_MARKER, comfy_store, example_workflow

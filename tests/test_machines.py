@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from runcomfy_async import (
+    ComfyUIError,
     ConfigurationError,
     MachineFailed,
     PollPolicy,
@@ -20,7 +21,6 @@ from runcomfy_async import (
     ServerError,
     ValidationError,
 )
-from runcomfy_async.resources.comfyui import ComfyUIError
 from runcomfy_async.resources.machines import Machine
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.comfyui import comfy_store, example_workflow

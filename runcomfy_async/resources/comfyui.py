@@ -29,7 +29,7 @@ from .._protocol import decode_response, error_from_response, redact_url
 from .._transport import Timeouts, Transport, map_error
 from ..types.machines import ComfyEvent, ComfyFile
 
-__all__ = ["ComfyUI", "ComfyUIError", "ProgressCallback"]
+__all__ = ["ComfyUI", "ProgressCallback"]
 
 logger = logging.getLogger("runcomfy_async")
 
@@ -38,32 +38,6 @@ ProgressCallback = Callable[[ComfyEvent], Awaitable[None] | None]
 _CHUNK = 1 << 20
 #: Seconds of WebSocket silence after which the history is checked, in case an event was missed.
 HISTORY_CHECK = 5.0
-
-
-class ComfyUIError(errors.RunComfyError):
-    """ComfyUI refused a prompt (``node_errors`` says which node and why) or failed running it.
-
-    Attributes:
-        node_errors: ``{node_id: {"errors": [...], "class_type": ...}}`` from ``/prompt``.
-        error: ComfyUI's ``error`` object, or the ``execution_error`` event's data.
-        prompt_id: the prompt concerned, when there is one.
-        status: the HTTP status of a refused request (None for execution failures).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        node_errors: Mapping[str, Any] | None = None,
-        error: Any = None,
-        prompt_id: str | None = None,
-        status: int | None = None,
-    ) -> None:
-        self.node_errors = dict(node_errors or {})
-        self.error = error
-        self.prompt_id = prompt_id
-        self.status = status
-        super().__init__(message)
 
 
 def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
@@ -80,7 +54,7 @@ def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _prompt_refused(status: int, payload: Any) -> ComfyUIError:
+def _prompt_refused(status: int, payload: Any) -> errors.ComfyUIError:
     """The exception for a 400 from ``/prompt`` (API.md 6.1 error + node_errors shape)."""
     payload = payload if isinstance(payload, Mapping) else {}
     error = payload.get("error")
@@ -92,7 +66,7 @@ def _prompt_refused(status: int, payload: Any) -> ComfyUIError:
         summary = str(error or "invalid prompt")
     lines = _node_error_lines(node_errors)
     detail = "".join(f"\n  - {line}" for line in lines)
-    return ComfyUIError(
+    return errors.ComfyUIError(
         f"ComfyUI refused the prompt (HTTP {status}): {summary}{detail}",
         node_errors=node_errors,
         error=error,
@@ -155,18 +129,18 @@ def _files_of(entry: Mapping[str, Any]) -> list[ComfyFile]:
     return files
 
 
-def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> ComfyUIError:
+def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> errors.ComfyUIError:
     """The exception for an ``execution_error`` / ``execution_interrupted`` (API.md 6.2)."""
     where = f"node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
     what = data.get("exception_message") or ("interrupted" if "interrupt" in kind else "failed")
-    return ComfyUIError(
+    return errors.ComfyUIError(
         f"prompt {prompt_id} {kind.removeprefix('execution_')}: {where} {what}".replace("  ", " "),
         error=dict(data),
         prompt_id=prompt_id,
     )
 
 
-def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> ComfyUIError | None:
+def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> errors.ComfyUIError | None:
     """The failure a finished history entry records, or None if it succeeded (API.md 6.1)."""
     status = entry.get("status")
     status = status if isinstance(status, Mapping) else {}
@@ -180,7 +154,9 @@ def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> ComfyUIError |
             and isinstance(message[1], Mapping)
         ):
             return _execution_failed(prompt_id, message[1], message[0])
-    return ComfyUIError(f"prompt {prompt_id} failed", error=dict(status), prompt_id=prompt_id)
+    return errors.ComfyUIError(
+        f"prompt {prompt_id} failed", error=dict(status), prompt_id=prompt_id
+    )
 
 
 def _safe_filename(name: str) -> str:
@@ -409,7 +385,7 @@ class ComfyUI:
         prompt_id = _check_prompt_id(prompt_id)
         entry = await self._history_entry(prompt_id)
         if entry is None:
-            raise ComfyUIError(
+            raise errors.ComfyUIError(
                 f"prompt {prompt_id} is not in ComfyUI's history: it has not finished (use "
                 "wait()) or is unknown",
                 prompt_id=prompt_id,

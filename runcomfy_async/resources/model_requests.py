@@ -299,7 +299,7 @@ class ModelRequest:
             on_snapshot=on_status,
             what=what,
         )
-        result = await self.result(priority=Priority.BACKGROUND)
+        result = await self.result(priority=Priority.FOLLOW_UP)
         if not _result_settled(result):
             # /status said finished but /result still lags behind: ask /result until it agrees.
             remaining = None if deadline is None else deadline - time.monotonic()
