@@ -8,6 +8,7 @@ from ._client import ClientState, RunComfy
 from ._downloads import DownloadProgress
 from ._limiter import Limiter, Priority, TokenBucket
 from ._polling import PollPolicy
+from ._redis_limiter import RedisTokenBucket
 from ._retry import RetryPolicy
 from ._transport import Timeouts
 from ._version import __version__
@@ -107,6 +108,7 @@ __all__ = [
     "Priority",
     "Progress",
     "RateLimitError",
+    "RedisTokenBucket",
     "RequestCancelled",
     "RequestFailed",
     "RequestResult",

@@ -154,8 +154,8 @@ class DatasetRecord:
     updated_at: float
     files: dict[str, StoredFile] = attrs.Factory(dict)
     last_file_at: float | None = None
-    #: signature -> expiry of signed URLs not yet used
-    outstanding: dict[str, int] = attrs.Factory(dict)
+    #: signature -> (filename, expiry) of signed URLs not yet used
+    outstanding: dict[str, tuple[str, int]] = attrs.Factory(dict)
     last_expiry: float = 0.0
     ready: bool = False
     error: str | None = None
@@ -228,7 +228,7 @@ class DatasetStore:
     def _settle(self, record: DatasetRecord) -> None:
         """Apply, as of now, the transitions the timestamps imply."""
         now = self.clock.time()
-        for sig, expires in list(record.outstanding.items()):
+        for sig, (_, expires) in list(record.outstanding.items()):
             if now > expires:
                 del record.outstanding[sig]
                 record.last_expiry = max(record.last_expiry, float(expires))
@@ -251,7 +251,7 @@ class DatasetStore:
     def issue_upload(self, record: DatasetRecord, filename: str, size: int) -> SignedUpload:
         """Sign a PUT URL for one file; the dataset waits for it until used or expired."""
         upload = self.storage.sign_put(BUCKET, f"{record.id}/{filename}", size)
-        record.outstanding[upload.signature] = upload.expires
+        record.outstanding[upload.signature] = (filename, upload.expires)
         return upload
 
     def add_file(self, dataset_id: str, filename: str, obj: StoredObject) -> DatasetRecord:
@@ -281,10 +281,17 @@ class DatasetStore:
         self._split(key)
 
     def commit(self, key: str, obj: StoredObject, signature: str) -> None:
-        """A signed PUT finished: the file joins the dataset and its URL is used up."""
+        """A signed PUT finished: the file joins the dataset; its URL is used up.
+
+        Older unused URLs for the same file (from an interrupted run that a resumed one
+        replaced) are dropped too, so they no longer hold the dataset in UPLOADING.
+        """
         dataset_id, filename = self._split(key)
         record = self.add_file(dataset_id, filename, obj)
         record.outstanding.pop(signature, None)
+        for sig, (name, _) in list(record.outstanding.items()):
+            if name == filename:
+                del record.outstanding[sig]
 
     # -- wire shapes -----------------------------------------------------------------------
 
