@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import asyncio
+import os
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .. import errors
+import aiohttp
+
+from .. import _uploads, errors
 from .._converter import structure
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from ..types.datasets import DatasetInfo, DatasetStatus
+from ..types.uploads import (
+    FileResult,
+    ProgressCallback,
+    UploadEndpoints,
+    UploadPlanned,
+    UploadReport,
+    UploadTarget,
+)
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -99,6 +113,259 @@ class Dataset:
     async def delete(self) -> None:
         """Delete this dataset."""
         await self._client.datasets.delete(self.id)
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        *paths: str | os.PathLike[str],
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+        direct_limit: int = _uploads.DIRECT_UPLOAD_LIMIT,
+        batch_size: int = _uploads.DEFAULT_BATCH_SIZE,
+        verify: bool = False,
+        timeout: float | None = None,
+    ) -> UploadReport:
+        """Upload individual files, each by the route its size calls for.
+
+        Files up to ``direct_limit`` bytes go by direct multipart upload (one API call each,
+        API.md 1.2); larger ones by signed URL (API.md 1.3), their URLs asked for together.
+        Every file streams from disk. Caption pairs are not required here (you may add a caption
+        to media already uploaded); use :meth:`upload_folder` for a whole training set.
+
+        Args:
+            paths: the files; each is stored under its base name (the same name overwrites).
+            concurrency: files in flight at once.
+            progress: called with each :data:`~runcomfy_async.types.uploads.UploadEvent`
+                (plain or async function).
+            direct_limit: the largest file sent direct, in bytes (the service's limit is
+                150,000,000).
+            batch_size: files per signed-URL request (1..1000).
+            verify: wait for READY and check every file is listed with its size.
+            timeout: seconds to wait for READY when verifying (None: no limit).
+
+        Returns:
+            An :class:`UploadReport`; failed files are in ``failed`` with their reasons.
+
+        Raises:
+            DatasetValidationError: a file is missing, empty, unreadable, of an unsupported type,
+                or two names collide (every problem is listed; nothing was sent).
+            UploadError: ``verify`` and a file failed or is not listed (``.report`` has details).
+            DatasetFailed: ``verify`` and the dataset went FAILED.
+        """
+        if not paths:
+            raise errors.ValidationError("pass at least one file to upload: ds.upload('a.jpg')")
+        if isinstance(direct_limit, bool) or not isinstance(direct_limit, int) or direct_limit < 0:
+            raise errors.ValidationError(
+                f"direct_limit must be a byte count >= 0, got {direct_limit!r}"
+            )
+        _check_concurrency(concurrency)
+        _uploads.check_batch_size(batch_size)
+        scanned = await asyncio.to_thread(_uploads.scan_paths, paths)
+        return await self._upload(
+            scanned,
+            [],
+            captions=False,
+            resume=False,
+            direct_limit=direct_limit,
+            concurrency=concurrency,
+            progress=progress,
+            batch_size=batch_size,
+            verify=verify,
+            timeout=timeout,
+        )
+
+    async def upload_folder(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        verify: bool = True,
+        batch_size: int = _uploads.DEFAULT_BATCH_SIZE,
+        timeout: float | None = None,
+    ) -> UploadReport:
+        """Upload a folder of images/videos and their ``.txt`` captions as a training set.
+
+        The whole set is validated first (caption pairs both ways, supported types, no empty
+        files, no names that collide when case is ignored). Signed URLs are asked for
+        ``batch_size`` files per API call, so 1,000 files cost two calls, and the files are sent
+        ``concurrency`` at a time straight to storage, each retried on its own (a 403 fetches a
+        fresh URL). Cancelling the task stops every transfer; the dataset keeps the files
+        completed so far, and running this again with ``resume=True`` sends only the rest.
+
+        Args:
+            path: the folder (flat; hidden files are ignored).
+            concurrency: files in flight at once.
+            progress: called with each :data:`~runcomfy_async.types.uploads.UploadEvent`
+                (plain or async function).
+            resume: first ask the dataset which files it holds (one API call) and skip those
+                with the same name and size. Files are compared by size, not content.
+            verify: wait for READY and check every local file is listed with its size.
+            batch_size: files per signed-URL request (1..1000).
+            timeout: seconds to wait for READY when verifying (None: no limit).
+
+        Returns:
+            An :class:`UploadReport` (with ``verify=False`` it may list failed files).
+
+        Raises:
+            DatasetValidationError: the folder breaks the dataset rules (every problem is
+                listed; nothing was sent).
+            UploadError: ``verify`` and a file failed or is not listed (``.report`` has details).
+            DatasetFailed: ``verify`` and the dataset went FAILED.
+            WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
+        """
+        _check_concurrency(concurrency)
+        _uploads.check_batch_size(batch_size)
+        scanned, problems = await asyncio.to_thread(_uploads.scan_folder, Path(path))
+        return await self._upload(
+            scanned,
+            problems,
+            captions=True,
+            resume=resume,
+            direct_limit=None,
+            concurrency=concurrency,
+            progress=progress,
+            batch_size=batch_size,
+            verify=verify,
+            timeout=timeout,
+        )
+
+    async def _upload(
+        self,
+        scanned: Sequence[_uploads.ScannedFile],
+        problems: list[str],
+        *,
+        captions: bool,
+        resume: bool,
+        direct_limit: int | None,
+        concurrency: int,
+        progress: ProgressCallback | None,
+        batch_size: int,
+        verify: bool,
+        timeout: float | None,
+    ) -> UploadReport:
+        """Validate, plan, send and (optionally) verify: the shared body of both uploads."""
+        problems = problems + _uploads.set_problems(scanned, captions=captions)
+        if problems:
+            raise errors.DatasetValidationError(problems)
+        sources = _uploads.to_sources(scanned)
+        client = self._client
+        session = client.session  # raises now if the client is closed
+        started = time.monotonic()
+        calls_before = client.api_calls
+        existing = (await self.status()).sizes if resume else None
+        plan = _uploads.plan_uploads(sources, existing=existing, direct_limit=direct_limit)
+        to_send = plan.direct + plan.signed
+        results, bytes_sent = await _uploads.run_uploads(
+            direct=plan.direct,
+            signed=plan.signed,
+            session=session,
+            fetch_targets=self._upload_targets,
+            send_direct=self._send_direct,
+            retry=client.retry,
+            timeout=client.timeouts.for_transfer(),
+            progress=progress,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            planned=UploadPlanned(
+                files=len(to_send),
+                total_bytes=sum(s.size for s in to_send),
+                skipped_files=len(plan.skipped),
+                skipped_bytes=sum(s.size for s in plan.skipped),
+            ),
+        )
+
+        def report() -> UploadReport:
+            return UploadReport(
+                dataset_id=self.id,
+                uploaded=tuple(r for r in results if r.reason is None),
+                skipped=tuple(
+                    FileResult(filename=s.filename, path=s.path, size=s.size) for s in plan.skipped
+                ),
+                failed=tuple(r for r in results if r.reason is not None),
+                bytes_sent=bytes_sent,
+                api_calls=client.api_calls - calls_before,
+                elapsed=time.monotonic() - started,
+            )
+
+        if verify:
+            await self._verify(sources, report, timeout=timeout)
+        return report()
+
+    async def _verify(
+        self,
+        sources: Sequence[_uploads.UploadSource],
+        report: Callable[[], UploadReport],
+        *,
+        timeout: float | None,
+    ) -> None:
+        """Raise unless every file made it: none failed, READY, each listed with its size."""
+        failed = report().failed
+        if failed:
+            lines = [f"{r.filename} ({r.reason}): {r.message}" for r in failed]
+            raise errors.UploadError(
+                f"{len(failed)} file(s) could not be uploaded to dataset {self.id}:\n  - "
+                + _bullets(lines)
+                + "\nrun the upload again to retry only these (resume skips the others)",
+                report=report(),
+            )
+        info = await self.wait_ready(timeout=timeout)
+        listed = info.sizes
+        missing = [
+            f"{s.filename} (local {s.size} bytes, listed {listed.get(s.filename)})"
+            for s in sources
+            if listed.get(s.filename) != s.size
+        ]
+        if missing:
+            raise errors.UploadError(
+                f"dataset {self.id} is READY but {len(missing)} file(s) are not listed with "
+                "their local size:\n  - "
+                + _bullets(missing)
+                + "\nrun the upload again to send them",
+                report=report(),
+            )
+
+    async def _upload_targets(self, sizes: dict[str, int]) -> Mapping[str, UploadTarget]:
+        """Signed PUT URLs for ``{filename: exact size}`` (API.md 1.3)."""
+        # A POST, yet retried like a GET: asking again only mints new short-lived URLs and
+        # changes nothing in the dataset (API.md 1.3: "re-request if expired").
+        payload = await self._client.request(
+            RequestSpec(
+                api=API.TRAINER,
+                method="POST",
+                path=_path(self.id, "/get-upload-endpoint"),
+                json={"filenameToByteSize": sizes},
+                retry=Retry.SAFE,
+            )
+        )
+        return structure(payload, UploadEndpoints, what="signed upload URLs").uploads
+
+    async def _send_direct(self, body: Callable[[], aiohttp.MultipartWriter]) -> Any:
+        """One direct multipart upload (API.md 1.2); ``body`` builds a fresh body per attempt."""
+        # Retried like a GET: the same filename overwrites the earlier upload (API.md 1.2), so
+        # a repeat after a lost answer leaves one copy of the file.
+        return await self._client.request(
+            RequestSpec(
+                api=API.TRAINER, method="POST", path=_path(self.id, "/upload"), retry=Retry.SAFE
+            ),
+            data=body,
+            timeout=self._client.timeouts.for_transfer(),
+        )
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise errors.ValidationError(
+            f"concurrency must be an int >= 1 (files in flight at once), got {concurrency!r}"
+        )
+
+
+def _bullets(lines: Sequence[str], limit: int = 20) -> str:
+    """At most ``limit`` lines as a bullet list, then how many more."""
+    shown = "\n  - ".join(lines[:limit])
+    return shown + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
 def _dataset_settled(info: DatasetInfo) -> bool:

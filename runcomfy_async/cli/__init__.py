@@ -1,0 +1,24 @@
+"""The ``runcomfy`` command (extra ``runcomfy-async[cli]``): every API from the shell, and the demo.
+
+One module per command group; :mod:`._app` holds the root group, the global options, output and
+exit codes. ``main`` is the console script's entry point.
+"""
+
+from __future__ import annotations
+
+from . import datasets, demo, emulator, jobs, machines, models
+from ._app import cli
+
+__all__ = ["cli", "main"]
+
+cli.add_command(datasets.group)
+cli.add_command(jobs.group)
+cli.add_command(models.group)
+cli.add_command(machines.group)
+cli.add_command(emulator.command)
+cli.add_command(demo.command)
+
+
+def main() -> None:
+    """Run ``runcomfy`` with the process arguments; exits with the command's exit code."""
+    cli.main(prog_name="runcomfy")

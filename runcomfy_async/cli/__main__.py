@@ -1,0 +1,5 @@
+"""``python -m runcomfy_async.cli``: the same as the ``runcomfy`` console script."""
+
+from . import main
+
+main()

@@ -1,0 +1,225 @@
+"""``runcomfy datasets``: create, list, inspect, delete and bulk-upload training datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import errors
+from .._client import RunComfy
+from ..resources.datasets import Dataset
+from ..types.datasets import DatasetInfo
+from ..types.uploads import UploadReport
+from ._app import (
+    EXIT_FAILED,
+    CliError,
+    emit,
+    fields_table,
+    jsonable,
+    output_options,
+    run_with_client,
+    settings,
+)
+from .progress import Reporter
+
+__all__ = ["group", "resolve_dataset"]
+
+_COLUMNS = ("id", "name", "status", "files", "created")
+
+
+def _row(info: DatasetInfo) -> tuple[object, ...]:
+    """A dataset as one table row."""
+    return (info.id, info.name, info.status, len(info.files), info.created_at)
+
+
+async def resolve_dataset(rc: RunComfy, ref: str) -> Dataset | None:
+    """The dataset whose id or name is ``ref`` (one list call), or None when none matches."""
+    infos = await rc.datasets.list()
+    found = next((i for i in infos if i.id == ref), None) or next(
+        (i for i in infos if i.name == ref), None
+    )
+    return Dataset(rc, found.id, found.name) if found is not None else None
+
+
+async def _status(rc: RunComfy, ref: str) -> DatasetInfo:
+    """The status of a dataset given by id, falling back to a name lookup on 404."""
+    try:
+        return await rc.datasets.get(ref).status()
+    except errors.NotFoundError:
+        found = await resolve_dataset(rc, ref)
+        if found is None:
+            raise
+        return await found.status()
+
+
+@click.group("datasets")
+def group() -> None:
+    """Training datasets: create, list, status, delete, upload."""
+
+
+@group.command("create")
+@click.argument("name")
+@output_options
+def create(name: str) -> None:
+    """Create an empty dataset called NAME (unique in the account)."""
+
+    async def work(rc: RunComfy) -> DatasetInfo:
+        return await (await rc.datasets.create(name)).status()
+
+    fields_table(run_with_client(work), title="dataset created")
+
+
+@group.command("list")
+@output_options
+def list_() -> None:
+    """List the account's datasets."""
+    infos = run_with_client(lambda rc: rc.datasets.list())
+    emit(infos, columns=_COLUMNS, rows=[_row(i) for i in infos], title="datasets")
+
+
+@group.command("status")
+@click.argument("dataset")
+@output_options
+def status(dataset: str) -> None:
+    """Show a dataset's status and files (DATASET: id or name)."""
+    info = run_with_client(lambda rc: _status(rc, dataset))
+    if settings().json:
+        emit(info)
+        return
+    fields_table(_summary(info), title="dataset")
+    if info.files:
+        emit(info, columns=("file", "bytes"), rows=[(f.filename, f.size_bytes) for f in info.files])
+
+
+def _summary(info: DatasetInfo) -> dict[str, object]:
+    """A dataset's fields without the (long) file list, for the table view."""
+    return {
+        "id": info.id,
+        "name": info.name,
+        "status": info.status,
+        "files": len(info.files),
+        "error": info.error,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+    }
+
+
+@group.command("delete")
+@click.argument("dataset")
+@output_options
+def delete(dataset: str) -> None:
+    """Delete a dataset (DATASET: id or name)."""
+
+    async def work(rc: RunComfy) -> str:
+        try:
+            await rc.datasets.delete(dataset)
+        except errors.NotFoundError:
+            found = await resolve_dataset(rc, dataset)
+            if found is None:
+                raise
+            await rc.datasets.delete(found.id)
+            return found.id
+        return dataset
+
+    deleted = run_with_client(work)
+    emit({"id": deleted, "deleted": True}, text=f"deleted dataset {deleted}")
+
+
+def _merge(reports: list[UploadReport]) -> dict[str, object]:
+    """Several upload reports (one per folder, one for loose files) as one summary."""
+    return {
+        "dataset_id": reports[0].dataset_id if reports else None,
+        "uploaded": [f.filename for r in reports for f in r.uploaded],
+        "skipped": [f.filename for r in reports for f in r.skipped],
+        "failed": [
+            {"filename": f.filename, "reason": f.reason, "message": f.message}
+            for r in reports
+            for f in r.failed
+        ],
+        "bytes_sent": sum(r.bytes_sent for r in reports),
+        "api_calls": sum(r.api_calls for r in reports),
+        "elapsed": round(sum(r.elapsed for r in reports), 3),
+    }
+
+
+@group.command("upload")
+@click.argument("dataset")
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Files in flight at once.",
+)
+@click.option("--wait", is_flag=True, help="Wait until the dataset is READY afterwards.")
+@output_options
+def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) -> None:
+    """Upload files and folders into DATASET (id or name; a new name creates it).
+
+    A folder is a training set: every image or video needs a .txt caption of the same name,
+    and files the dataset already holds (same name and size) are skipped, so re-running the
+    same command resumes an interrupted upload. Files given one by one are always sent.
+    """
+    folders = [p for p in paths if p.is_dir()]
+    files = [p for p in paths if not p.is_dir()]
+    reporter = Reporter()
+    opts = settings()
+    opts.interrupt_hint = (
+        "the dataset keeps the files completed so far; run the same command again to resume "
+        "(files already uploaded are skipped)"
+        if not files
+        else "the dataset keeps the files completed so far; run the same command again "
+        "(folders resume, single files are sent again)"
+    )
+
+    async def work(rc: RunComfy) -> tuple[list[UploadReport], DatasetInfo | None]:
+        ds = await resolve_dataset(rc, dataset)
+        if ds is None:
+            ds = await rc.datasets.create(dataset)
+            reporter.note(f"created dataset {ds.id} ({dataset})")
+        reports: list[UploadReport] = []
+        with reporter.upload(f"{ds.name or ds.id}") as bars:
+            for folder in folders:
+                reports.append(
+                    await ds.upload_folder(
+                        folder, concurrency=concurrency, progress=bars, verify=False
+                    )
+                )
+            if files:
+                reports.append(await ds.upload(*files, concurrency=concurrency, progress=bars))
+        for report in reports:
+            reporter.note(report.summary())
+        failed = any(r.failed for r in reports)
+        info = await ds.wait_ready() if wait and not failed else None
+        return reports, info
+
+    reports, info = run_with_client(work)
+    merged = _merge(reports)
+    if opts.json:
+        emit({"upload": merged, "dataset": jsonable(info) if info else None})
+    else:
+        kinds = ("uploaded", "skipped", "failed")
+        counts = [sum(len(getattr(r, kind)) for r in reports) for kind in kinds]
+        emit(
+            merged,
+            text=(
+                f"dataset {merged['dataset_id']}: {counts[0]} uploaded, "
+                f"{counts[1]} already there, {counts[2]} failed"
+                + (f"; {info.status.value} with {len(info.files)} files" if info else "")
+            ),
+        )
+    failures = [f for r in reports for f in r.failed]
+    if failures:
+        first = failures[0]
+        raise CliError(
+            f"{len(failures)} file(s) failed to upload (first: {first.filename}: "
+            f"{first.message}); run the same command again to retry them",
+            exit_code=EXIT_FAILED,
+        )

@@ -1,0 +1,206 @@
+"""Dataset uploads (API.md section 1.2, 1.3): per-file results, the report, progress events."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TypeAlias
+
+import attrs
+
+from .._protocol import redact_url
+
+__all__ = [
+    "BytesSent",
+    "FailureReason",
+    "FileDone",
+    "FileFailed",
+    "FileResult",
+    "FileRetrying",
+    "FileStarted",
+    "ProgressCallback",
+    "UploadEndpoints",
+    "UploadEvent",
+    "UploadMethod",
+    "UploadPlanned",
+    "UploadReport",
+    "UploadTarget",
+]
+
+
+class UploadMethod(enum.StrEnum):
+    """How a file travelled: one multipart API call, or a PUT to a signed storage URL."""
+
+    DIRECT = "direct"
+    SIGNED_URL = "signed_url"
+
+
+class FailureReason(enum.StrEnum):
+    """Why a file was not uploaded.
+
+    ``FILE_CHANGED``: its size changed after the upload was planned (re-run to pick it up).
+    ``REJECTED``: the API or storage refused it (a 4xx other than an expired URL).
+    ``URL_EXPIRED``: storage kept refusing fresh signed URLs (403).
+    ``NO_UPLOAD_URL``: the API would not hand out a signed URL for it.
+    ``NETWORK``: connection errors or timeouts outlasted the retries.
+    ``SERVER_ERROR``: 5xx answers outlasted the retries.
+    """
+
+    FILE_CHANGED = "file_changed"
+    REJECTED = "rejected"
+    URL_EXPIRED = "url_expired"
+    NO_UPLOAD_URL = "no_upload_url"
+    NETWORK = "network"
+    SERVER_ERROR = "server_error"
+
+
+@attrs.frozen(kw_only=True)
+class UploadTarget:
+    """Where and how to send one file (API.md 1.3): the signature in the URL is the credential.
+
+    Its repr masks the URL's query, which holds the signature.
+    """
+
+    upload_url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
+    method: str = "PUT"
+    headers: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen(kw_only=True)
+class UploadEndpoints:
+    """The answer of ``get-upload-endpoint``: one target per requested file name."""
+
+    uploads: dict[str, UploadTarget]
+    expires_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FileResult:
+    """What happened to one local file.
+
+    Attributes:
+        filename: the name in the dataset.
+        path: the local file.
+        size: bytes, as planned.
+        method: the transport used (None for a skipped file).
+        attempts: sends tried (0 for a skipped file or one that failed before sending).
+        reason: why it failed (None unless failed).
+        message: the failure in words, naming the fix.
+    """
+
+    filename: str
+    path: Path
+    size: int
+    method: UploadMethod | None = None
+    attempts: int = 0
+    reason: FailureReason | None = None
+    message: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UploadReport:
+    """The outcome of ``Dataset.upload`` / ``Dataset.upload_folder``.
+
+    Attributes:
+        dataset_id: the dataset uploaded to.
+        uploaded: files sent and accepted in this run.
+        skipped: files the dataset already held with the same size (resume).
+        failed: files not uploaded, each with its reason.
+        bytes_sent: file bytes written to the network, retried attempts included.
+        api_calls: rate-limited API requests this client sent during the upload (storage PUTs
+            are not API calls); includes any other calls made through the client meanwhile.
+        elapsed: wall-clock seconds.
+    """
+
+    dataset_id: str
+    uploaded: tuple[FileResult, ...] = ()
+    skipped: tuple[FileResult, ...] = ()
+    failed: tuple[FileResult, ...] = ()
+    bytes_sent: int = 0
+    api_calls: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line for logs and CLIs."""
+        return (
+            f"{len(self.uploaded)} uploaded, {len(self.skipped)} skipped, "
+            f"{len(self.failed)} failed; {self.bytes_sent} bytes in {self.elapsed:.1f}s "
+            f"using {self.api_calls} API call(s)"
+        )
+
+
+# -- progress events ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class UploadPlanned:
+    """Sent once, after validation and the resume check, before any file byte."""
+
+    files: int
+    total_bytes: int
+    skipped_files: int
+    skipped_bytes: int
+
+
+@attrs.frozen(kw_only=True)
+class FileStarted:
+    """A send of one file begins (``attempt`` counts from 1; a retry starts again)."""
+
+    filename: str
+    size: int
+    method: UploadMethod
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class BytesSent:
+    """More of a file went out: ``sent`` bytes of ``size`` in the current attempt."""
+
+    filename: str
+    size: int
+    sent: int
+    delta: int
+
+
+@attrs.frozen(kw_only=True)
+class FileRetrying:
+    """A send failed and will be tried again after ``delay`` seconds (its bytes start over)."""
+
+    filename: str
+    attempt: int
+    delay: float
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class FileDone:
+    """One file was accepted by the service."""
+
+    filename: str
+    size: int
+    method: UploadMethod
+    attempts: int
+
+
+@attrs.frozen(kw_only=True)
+class FileFailed:
+    """One file could not be uploaded; the others carry on."""
+
+    filename: str
+    size: int
+    reason: FailureReason
+    message: str
+
+
+UploadEvent: TypeAlias = (
+    UploadPlanned | FileStarted | BytesSent | FileRetrying | FileDone | FileFailed
+)
+#: A progress callback: plain or ``async`` function taking one event.
+ProgressCallback: TypeAlias = Callable[[UploadEvent], Awaitable[None] | None]

@@ -1,0 +1,517 @@
+"""The ``runcomfy`` command driven through its entry point against a real emulator.
+
+The emulator runs on its own event loop in a background thread (each CLI command runs its own
+``asyncio.run``), or as a real ``runcomfy emulator`` process for the subprocess tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from click.testing import CliRunner, Result
+from rich.console import Console
+
+from runcomfy_async.cli import cli
+from runcomfy_async.cli.demo import TEMPLATE, make_dataset
+from runcomfy_async.cli.progress import Reporter
+from runcomfy_async.testing import Emulator
+from runcomfy_async.types.uploads import (
+    BytesSent,
+    FileDone,
+    FileStarted,
+    UploadMethod,
+    UploadPlanned,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNCOMFY = REPO_ROOT / ".venv" / "bin" / "runcomfy"
+T = TypeVar("T")
+
+
+class ThreadedEmulator:
+    """An :class:`Emulator` serving from its own event loop in a daemon thread."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.emu = self.call(Emulator(**kwargs).start())
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the emulator's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the emulator's loop (its state is not thread-safe)."""
+
+        async def wrapped() -> T:
+            return fn()
+
+        return self.call(wrapped())  # type: ignore[no-any-return]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment that points ``runcomfy`` at this emulator."""
+        emu = self.emu
+        return {
+            "RUNCOMFY_API_TOKEN": emu.token,
+            "RUNCOMFY_USER_ID": emu.user_id,
+            "RUNCOMFY_TRAINER_URL": emu.url,
+            "RUNCOMFY_MODEL_URL": emu.url,
+            "RUNCOMFY_SERVER_URL": emu.url,
+            "RUNCOMFY_RATE": "200",
+            **extra,
+        }
+
+    def close(self) -> None:
+        """Stop the emulator, then the loop and its thread."""
+        self.call(self.emu.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedEmulator]:
+    """One fast emulator (no rate limit, time x1000) shared by this module's tests."""
+    threaded = ThreadedEmulator(rate_limit=None, speed=1000.0)
+    try:
+        yield threaded
+    finally:
+        threaded.close()
+
+
+@pytest.fixture
+def invoke(server: ThreadedEmulator) -> Callable[..., Result]:
+    """Run ``runcomfy ARGS`` in-process (CliRunner) against the emulator; check the exit code."""
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0, env: Mapping[str, str] | None = None) -> Result:
+        result = runner.invoke(cli, list(args), env={**server.env(), **(env or {})})
+        assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+        return result
+
+    return run
+
+
+def one_error_line(result: Result) -> str:
+    """The single ``runcomfy: error: ...`` line a failure prints on stderr."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("runcomfy: error: ")
+    return lines[0]
+
+
+def no_progress_drawn(text: str) -> None:
+    """No bars, carriage returns or escape codes: what a pipe must receive."""
+    assert "\r" not in text
+    assert "\x1b[" not in text
+    assert "━" not in text
+
+
+def ready_dataset(invoke: Callable[..., Result], name: str, folder: Path) -> dict[str, Any]:
+    """Upload a small captioned folder into ``name`` and wait for READY; the JSON answer."""
+    make_dataset(folder, count=3)
+    result = invoke("--json", "datasets", "upload", name, str(folder), "--wait")
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+# -- framework -------------------------------------------------------------------------------
+
+
+def test_help_lists_every_group_and_exit_codes(invoke: Callable[..., Result]) -> None:
+    """`runcomfy --help` names each command group and documents the exit codes."""
+    out = invoke("--help").stdout
+    for name in ("datasets", "jobs", "models", "machines", "emulator", "demo"):
+        assert name in out
+    assert "130 interrupted" in out
+
+
+def test_unknown_command_is_a_usage_error(invoke: Callable[..., Result]) -> None:
+    """A misspelt subcommand exits 2 (click's usage error) without a traceback."""
+    result = invoke("datasets", "lst", code=2)
+    assert "No such command" in result.stderr
+
+
+def test_missing_token_is_a_setup_error(invoke: Callable[..., Result]) -> None:
+    """No token at all exits 2 with one line saying where to set it."""
+    result = invoke("datasets", "list", code=2, env={"RUNCOMFY_API_TOKEN": ""})
+    assert "RUNCOMFY_API_TOKEN" in one_error_line(result)
+
+
+def test_wrong_token_is_an_api_error(invoke: Callable[..., Result]) -> None:
+    """A token the service refuses exits 3 with the cause, the fix, and no token in it."""
+    result = invoke("datasets", "list", code=3, env={"RUNCOMFY_API_TOKEN": "rc_wrong_token"})
+    line = one_error_line(result)
+    assert "HTTP 401" in line
+    assert "RUNCOMFY_API_TOKEN" in line
+    assert "rc_wrong_token" not in result.output
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+
+def test_datasets_create_list_status_delete(invoke: Callable[..., Result]) -> None:
+    """The dataset lifecycle from the shell; --json works before and after the subcommand."""
+    created = invoke("datasets", "create", "cli-cats")
+    assert "cli-cats" in created.stdout
+    assert "DRAFT" in created.stdout
+    listed = json.loads(invoke("--json", "datasets", "list").stdout)
+    (info,) = [d for d in listed if d["name"] == "cli-cats"]
+    status = json.loads(invoke("datasets", "status", "cli-cats", "--json").stdout)
+    assert status["id"] == info["id"]
+    assert status["status"] == "DRAFT"
+    by_id = invoke("datasets", "status", info["id"])
+    assert info["id"] in by_id.stdout
+    deleted = json.loads(invoke("--json", "datasets", "delete", "cli-cats").stdout)
+    assert deleted == {"id": info["id"], "deleted": True}
+    remaining = json.loads(invoke("--json", "datasets", "list").stdout)
+    assert all(d["name"] != "cli-cats" for d in remaining)
+
+
+def test_datasets_errors(invoke: Callable[..., Result]) -> None:
+    """Unknown dataset -> exit 3 naming the fix; taken name -> 3; missing argument -> 2."""
+    line = one_error_line(invoke("datasets", "status", "no-such-dataset", code=3))
+    assert "datasets status failed: HTTP 404" in line
+    assert "runcomfy datasets list" in line
+    invoke("datasets", "create", "cli-dupe")
+    assert "HTTP 409" in one_error_line(invoke("datasets", "create", "cli-dupe", code=3))
+    assert "Missing argument" in invoke("datasets", "create", code=2).stderr
+
+
+def test_datasets_upload_folder_resumes(
+    invoke: Callable[..., Result], server: ThreadedEmulator, tmp_path: Path
+) -> None:
+    """A folder upload stores every file; running it again skips them all (resume)."""
+    folder = tmp_path / "dogs"
+    files = make_dataset(folder, count=4)
+    first = invoke("--json", "datasets", "upload", "cli-dogs", str(folder), "--wait")
+    answer = json.loads(first.stdout)
+    assert sorted(answer["upload"]["uploaded"]) == sorted(p.name for p in files)
+    assert answer["dataset"]["status"] == "READY"
+    stored = server.run(lambda: server.emu.stored_files(answer["upload"]["dataset_id"]))
+    assert {name: size for name, (size, _) in stored.items()} == {
+        p.name: p.stat().st_size for p in files
+    }
+    no_progress_drawn(first.stderr)
+    again = json.loads(invoke("--json", "datasets", "upload", "cli-dogs", str(folder)).stdout)
+    assert again["upload"]["uploaded"] == []
+    assert len(again["upload"]["skipped"]) == len(files)
+    table = invoke("datasets", "upload", "cli-dogs", str(folder))
+    assert "0 uploaded, 8 already there, 0 failed" in table.stdout
+
+
+def test_datasets_upload_refuses_a_bad_folder(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    """An image without its caption fails before sending anything: exit 1, one line."""
+    folder = tmp_path / "bad"
+    make_dataset(folder, count=2)
+    (folder / "dog_01.txt").unlink()
+    line = one_error_line(invoke("datasets", "upload", "cli-bad", str(folder), code=1))
+    assert "dog_01" in line
+    assert "caption" in line
+
+
+def test_datasets_upload_usage_error(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """A path that does not exist, or a bad --concurrency, is a usage error (exit 2)."""
+    assert "does not exist" in invoke(
+        "datasets", "upload", "x", str(tmp_path / "missing"), code=2
+    ).stderr
+    invoke("datasets", "upload", "x", str(tmp_path), "--concurrency", "0", code=2)
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def test_jobs_submit_watch_result_download(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """Submit with --dataset and --watch follows the run to the end; result and download agree."""
+    ready_dataset(invoke, "cli-train", tmp_path / "train")
+    config = tmp_path / "job.yaml"
+    config.write_text(TEMPLATE, encoding="utf-8")
+    watched = json.loads(
+        invoke(
+            "--json", "jobs", "submit", str(config), "--dataset", "cli-train", "--gpu", "h200",
+            "--watch",
+        ).stdout
+    )
+    job = watched["job"]
+    assert job["status"] == "STOPPED"
+    assert job["completed"] is True
+    assert job["step"] == "60/60"
+    kinds = sorted({a["kind"] for a in watched["artifacts"]})
+    assert kinds == ["checkpoints", "config", "samples"]
+    status = json.loads(invoke("jobs", "status", job["id"], "--json").stdout)
+    assert status["status"] == "STOPPED"
+    result = json.loads(invoke("--json", "jobs", "result", job["id"]).stdout)
+    assert len(result["artifacts"]) == len(watched["artifacts"])
+    dest = tmp_path / "out"
+    downloaded = invoke("jobs", "download", job["id"], "--dest", str(dest), "--kind", "checkpoints")
+    no_progress_drawn(downloaded.stderr)
+    files = sorted(p.name for p in (dest / "checkpoints").iterdir())
+    assert files == sorted(a["name"] for a in watched["artifacts"] if a["kind"] == "checkpoints")
+    table = invoke("jobs", "result", job["id"])
+    assert "safetensors" in table.stdout
+    again = json.loads(invoke("--json", "jobs", "download", job["id"], "--dest", str(dest)).stdout)
+    assert len(again) == len(watched["artifacts"])
+    assert all(Path(p).is_file() for p in again)
+
+
+def test_jobs_cancel_resume_and_errors(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """Cancel a queued job; cancel again after it ended -> 409 exit 3; bad --gpu -> exit 2."""
+    ready_dataset(invoke, "cli-cancel", tmp_path / "train")
+    config = tmp_path / "job.yaml"
+    config.write_text(TEMPLATE.replace("steps: 60", "steps: 100000"), encoding="utf-8")
+    submitted = json.loads(
+        invoke("--json", "jobs", "submit", str(config), "--dataset", "cli-cancel").stdout
+    )
+    job_id = submitted["job"]["id"]
+    cancelled = json.loads(invoke("--json", "jobs", "cancel", job_id).stdout)
+    assert cancelled["status"] == "CANCELED"
+    resumed = json.loads(invoke("--json", "jobs", "resume", job_id).stdout)
+    assert resumed["status"] in ("IN_QUEUE", "RUNNING")
+    invoke("jobs", "cancel", job_id)
+    assert "HTTP 404" in one_error_line(invoke("jobs", "status", "no-such-job", code=3))
+    invoke("jobs", "submit", str(config), "--gpu", "h300", code=2)
+
+
+def test_jobs_submit_refuses_a_dataset_that_is_not_ready(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A config mounting an unknown dataset is refused before sending: exit 1, one line."""
+    config = tmp_path / "job.yaml"
+    config.write_text(TEMPLATE, encoding="utf-8")
+    line = one_error_line(
+        invoke("jobs", "submit", str(config), "--dataset", "cli-nowhere", code=1)
+    )
+    assert "cli-nowhere" in line
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def test_models_run_with_inputs_and_download(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """`models run` sends typed inputs, waits, prints the output and downloads its files."""
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"prompt": "from file", "seed": 1}), encoding="utf-8")
+    result = invoke(
+        "--json", "models", "run", "owner/model/v1", "--json-file", str(inputs),
+        "-i", "seed=42", "-i", "prompt=a cat", "--download", str(tmp_path / "out"),
+    )
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "succeeded"
+    assert answer["output"]["image"].startswith("http://127.0.0.1")
+    (path,) = answer["files"]
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+    no_progress_drawn(result.stderr)
+    request_id = answer["request_id"]
+    status = json.loads(invoke("--json", "models", "status", request_id).stdout)
+    assert status["status"] == "completed"
+    assert "succeeded" in invoke("models", "result", request_id).stdout
+    cancel = json.loads(invoke("--json", "models", "cancel", request_id).stdout)
+    assert cancel == {"request_id": request_id, "outcome": "not_cancellable"}
+
+
+def test_models_errors(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """No inputs or a bad pair -> 2; unknown request -> 3; malformed model id -> 1."""
+    assert "no inputs" in invoke("models", "run", "owner/model/v1", code=2).stderr
+    assert "key=value" in invoke("models", "run", "owner/model/v1", "-i", "oops", code=2).stderr
+    assert "HTTP 404" in one_error_line(invoke("models", "status", "nope", code=3))
+    assert "malformed" in one_error_line(invoke("models", "run", "bad//id", "-i", "a=1", code=1))
+
+
+# -- machines --------------------------------------------------------------------------------
+
+
+def test_machines_lifecycle(invoke: Callable[..., Result]) -> None:
+    """Workflows, launch (waits for Ready), list, status, extend and stop from the shell."""
+    workflows = json.loads(invoke("--json", "machines", "workflows").stdout)
+    version = workflows[0]["version_id"]
+    assert version in invoke("machines", "workflows").stdout
+    machine = json.loads(
+        invoke("--json", "machines", "launch", version, "--server-type", "medium").stdout
+    )
+    assert machine["current_status"] == "Ready"
+    assert machine["main_service_url"].startswith("http://127.0.0.1")
+    server_id = machine["server_id"]
+    listed = json.loads(invoke("--json", "machines", "list").stdout)
+    assert server_id in [m["server_id"] for m in listed]
+    assert "Ready" in invoke("machines", "status", server_id).stdout
+    extended = json.loads(invoke("--json", "machines", "extend", server_id, "7200").stdout)
+    assert extended["estimated_duration"] == 7200
+    stopped = json.loads(invoke("--json", "machines", "stop", server_id).stdout)
+    assert stopped["stopped"] is True
+    assert server_id in invoke("machines", "stop", server_id).stdout
+
+
+def test_machines_errors(invoke: Callable[..., Result]) -> None:
+    """Unknown machine -> 3; bad duration or size -> 2; no user id -> 2 naming the variable."""
+    assert "HTTP 404" in one_error_line(invoke("machines", "status", "nope", code=3))
+    invoke("machines", "extend", "some-id", "soon", code=2)
+    invoke("machines", "launch", "v1", "--server-type", "huge", code=2)
+    line = one_error_line(invoke("machines", "list", code=2, env={"RUNCOMFY_USER_ID": ""}))
+    assert "RUNCOMFY_USER_ID" in line
+
+
+# -- progress --------------------------------------------------------------------------------
+
+
+def _feed_upload(reporter: Reporter) -> None:
+    """Send one small upload's events through a reporter's bars."""
+    with reporter.upload("dogs") as bars:
+        bars(UploadPlanned(files=1, total_bytes=100, skipped_files=0, skipped_bytes=0))
+        signed = UploadMethod.SIGNED_URL
+        bars(FileStarted(filename="dog_01.png", size=100, method=signed, attempt=1))
+        bars(BytesSent(filename="dog_01.png", size=100, sent=100, delta=100))
+        bars(FileDone(filename="dog_01.png", size=100, method=signed, attempts=1))
+
+
+def test_progress_is_drawn_on_a_terminal() -> None:
+    """On a terminal the upload bar shows files and bytes."""
+    sink = io.StringIO()
+    reporter = Reporter(Console(file=sink, force_terminal=True, width=120))
+    assert reporter.enabled
+    _feed_upload(reporter)
+    drawn = sink.getvalue()
+    assert "1/1 files" in drawn
+    assert "uploading 1 file(s)" in drawn
+
+
+def test_progress_is_not_drawn_off_a_terminal() -> None:
+    """Off a terminal (a pipe, a file) nothing at all is written."""
+    sink = io.StringIO()
+    reporter = Reporter(Console(file=sink, force_terminal=False))
+    assert not reporter.enabled
+    _feed_upload(reporter)
+    assert sink.getvalue() == ""
+
+
+# -- real processes --------------------------------------------------------------------------
+
+
+def _cli_command() -> list[str]:
+    """The installed console script when present, else ``python -m runcomfy_async.cli``."""
+    return [str(RUNCOMFY)] if RUNCOMFY.exists() else [sys.executable, "-m", "runcomfy_async.cli"]
+
+
+def _run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``runcomfy ARGS`` as a real process and capture its output."""
+    return subprocess.run(  # noqa: S603 - our own console script with fixed arguments
+        [*_cli_command(), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_emulator_command_serves_the_console_script() -> None:
+    """`runcomfy emulator` prints exports that a second real `runcomfy` process can use."""
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "runcomfy_async.cli", "emulator", "--rate-limit", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert emulator.stdout is not None
+        exports = [emulator.stdout.readline().strip() for _ in range(5)]
+        env = dict(line.removeprefix("export ").split("=", 1) for line in exports)
+        assert set(env) == {
+            "RUNCOMFY_API_TOKEN", "RUNCOMFY_USER_ID", "RUNCOMFY_TRAINER_URL",
+            "RUNCOMFY_MODEL_URL", "RUNCOMFY_SERVER_URL",
+        }
+        assert env["RUNCOMFY_TRAINER_URL"].startswith("http://127.0.0.1:")
+        child_env = {**os.environ, **env}
+        created = _run(["--json", "datasets", "create", "proc-dogs"], child_env)
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["name"] == "proc-dogs"
+        missing = _run(["datasets", "status", "nope"], child_env)
+        assert missing.returncode == 3
+        assert missing.stderr.startswith("runcomfy: error: datasets status failed: HTTP 404")
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        _, err = emulator.communicate(timeout=20)
+    assert emulator.returncode == 0
+    assert "emulator stopped" in err
+
+
+def test_emulator_command_json_and_usage_errors(invoke: Callable[..., Result]) -> None:
+    """`runcomfy --json emulator` prints one JSON object; bad options exit 2 before serving."""
+    invoke("emulator", "--rate-limit", "fast", code=2)
+    invoke("emulator", "--speed", "0", code=2)
+    invoke("demo", "--speed", "0", code=2)
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "runcomfy_async.cli", "--json", "emulator", "--speed", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert emulator.stdout is not None
+        answer = json.loads(emulator.stdout.readline())
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.communicate(timeout=20)
+    assert answer["url"].startswith("http://127.0.0.1:")
+    assert answer["env"]["RUNCOMFY_SERVER_URL"] == answer["url"]
+    assert emulator.returncode == 0
+
+
+def test_ctrl_c_during_upload_exits_130_and_resumes(
+    server: ThreadedEmulator, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-upload stops with exit 130 and a resume hint; re-running skips what is stored."""
+    folder = tmp_path / "slow"
+    files = make_dataset(folder, count=6)
+    rule = server.run(
+        lambda: server.emu.inject("slow", api="storage", method="PUT", skip=2, delay=30.0)
+    )
+    env = {**os.environ, **server.env()}
+    args = ["datasets", "upload", "cli-slow", str(folder), "--concurrency", "2"]
+    upload = subprocess.Popen(  # noqa: S603 - our own console script with fixed arguments
+        [*_cli_command(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while rule.fired == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rule.fired > 0
+        upload.send_signal(signal.SIGINT)
+        _, err = upload.communicate(timeout=30)
+    finally:
+        server.run(lambda: server.emu.remove_fault(rule))
+        if upload.poll() is None:
+            upload.kill()
+            upload.communicate()
+    assert upload.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "runcomfy: error: interrupted; the dataset keeps the files completed so far; run the "
+        "same command again to resume (files already uploaded are skipped)"
+    )
+    again = _run(["--json", *args], env)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)["upload"]
+    assert len(report["skipped"]) >= 2
+    assert sorted(report["skipped"] + report["uploaded"]) == sorted(p.name for p in files)
+
+
+def test_unreachable_api_exits_4(invoke: Callable[..., Result]) -> None:
+    """No server behind the URL: exit 4 with one line naming the URL variables to check."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = invoke("datasets", "list", code=4, env={"RUNCOMFY_TRAINER_URL": closed})
+    line = one_error_line(result)
+    assert "could not connect" in line
+    assert "RUNCOMFY_*_URL" in line
