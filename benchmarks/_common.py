@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+#: Where results go; tests point it at a temporary folder so smoke runs leave the tree clean.
+RESULTS = Path(os.environ.get("RUNCOMFY_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def machine() -> dict[str, Any]:
