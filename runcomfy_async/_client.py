@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
+import functools
 import logging
 import os
 import random
@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,6 +29,7 @@ from ._protocol import (
     RequestSpec,
     Retry,
     decode_response,
+    is_loopback,
     is_retryable_status,
     parse_retry_after,
     redact_url,
@@ -36,12 +37,10 @@ from ._protocol import (
 from ._retry import RetryPolicy
 from ._transport import Timeouts, Transport, UnsentTransportError
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from .resources.datasets import Datasets
-    from .resources.jobs import Jobs
-    from .resources.machines import Machines
-    from .resources.model_requests import Models
+from .resources.datasets import Datasets
+from .resources.jobs import Jobs
+from .resources.machines import Machines
+from .resources.model_requests import Models
 
 __all__ = ["ClientState", "RunComfy"]
 
@@ -69,15 +68,6 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_base_url(api: API, url: str) -> str:
     """A base URL without trailing slash; plain http only for loopback (the emulator)."""
     parts = urlsplit(url)
@@ -86,7 +76,7 @@ def _check_base_url(api: API, url: str) -> str:
             f"{api.value} base URL {redact_url(url)!r} is not an http(s) URL; "
             f"pass e.g. {DEFAULT_URLS[api]!r}"
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise errors.ConfigurationError(
             f"{api.value} base URL {redact_url(url)!r} uses plain http to a non-loopback host, "
             "which would send the API token unencrypted; use https"
@@ -181,7 +171,6 @@ class RunComfy:
         self._rng = random.Random()
         self.state = ClientState.UNOPENED
         self.api_calls = 0
-        self._collections: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return (
@@ -348,9 +337,14 @@ class RunComfy:
                 except errors.APIError as exc:
                     failure = exc
                     # A 429 was rejected before processing, so even a create may be repeated;
-                    # 5xx may have been processed, so only SAFE requests are repeated.
+                    # 5xx may have been processed, so only SAFE requests are repeated, and so
+                    # is a SAFE request whose 2xx body arrived unreadable (cut by a proxy).
                     retryable = exc.status == 429 or (
-                        spec.retry is Retry.SAFE and is_retryable_status(exc.status)
+                        spec.retry is Retry.SAFE
+                        and (
+                            is_retryable_status(exc.status)
+                            or isinstance(exc, errors.UnexpectedResponseError)
+                        )
                     )
                     if exc.status == 429 and retry_after is None:
                         retry_after = DEFAULT_RATE_LIMIT_PAUSE
@@ -388,39 +382,25 @@ class RunComfy:
 
     # -- collections -----------------------------------------------------------------------
 
-    def _collection(self, name: str, factory: Callable[[RunComfy], Any]) -> Any:
-        if name not in self._collections:
-            self._collections[name] = factory(self)
-        return self._collections[name]
-
-    @property
+    @functools.cached_property
     def datasets(self) -> Datasets:
         """Trainer datasets: create, list, upload, wait until READY."""
-        from .resources.datasets import Datasets
+        return Datasets(self)
 
-        return self._collection("datasets", Datasets)  # type: ignore[no-any-return]
-
-    @property
+    @functools.cached_property
     def jobs(self) -> Jobs:
         """AI Toolkit training jobs: submit, rebuild by id, wait, watch and download artifacts."""
-        from .resources.jobs import Jobs
+        return Jobs(self)
 
-        return self._collection("jobs", Jobs)  # type: ignore[no-any-return]
-
-    @property
+    @functools.cached_property
     def machines(self) -> Machines:
         """Server API machines: workflows, launch, wait until Ready, stop, drive ComfyUI."""
-        from .resources.machines import Machines
+        return Machines(self)
 
-        return self._collection("machines", Machines)  # type: ignore[no-any-return]
-
-    @property
+    @functools.cached_property
     def models(self) -> Models:
         """Model API requests: submit, await the output, cancel while queued."""
-        from .resources.model_requests import Models
-
-        return self._collection("models", Models)  # type: ignore[no-any-return]
-
+        return Models(self)
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"), now=time.time())

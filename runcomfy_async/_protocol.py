@@ -8,6 +8,7 @@ References are to ../shared/API.md sections.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import math
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ __all__ = [
     "Retry",
     "decode_response",
     "error_from_response",
+    "is_loopback",
     "is_retryable_status",
     "parse_retry_after",
     "redact_url",
@@ -268,3 +270,13 @@ def decode_response(
             status, headers, body, method=method, url=url, payload=payload, now=now
         )
     return payload
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (where plain http cannot leak a token)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

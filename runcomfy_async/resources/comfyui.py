@@ -23,9 +23,8 @@ import aiofiles.os
 import aiohttp
 
 from .. import errors
-from .._client import _is_loopback
 from .._polling import PollPolicy, poll_until
-from .._protocol import decode_response, error_from_response, redact_url
+from .._protocol import decode_response, error_from_response, is_loopback, redact_url
 from .._transport import Timeouts, Transport, map_error
 from ..types.machines import ComfyEvent, ComfyFile
 
@@ -202,7 +201,7 @@ class ComfyUI:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.ConfigurationError(f"ComfyUI URL {redact_url(base_url)!r} is not http(s)")
-        if token is not None and parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if token is not None and parts.scheme == "http" and not is_loopback(parts.hostname):
             raise errors.ConfigurationError(
                 "refusing to send the API token over plain http to the ComfyUI URL; use https"
             )
