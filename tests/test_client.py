@@ -12,6 +12,7 @@ import pytest
 
 from runcomfy_async import (
     AuthenticationError,
+    PollPolicy,
     ClientClosedError,
     ClientState,
     ConfigurationError,
@@ -243,7 +244,37 @@ async def test_dataset_collection_round_trip() -> None:
         assert info.created_at is not None and info.created_at.tzinfo is not None
         assert [d.id for d in await rc.datasets.list()] == [ds.id]
         with pytest.raises(ValueError, match="empty DRAFT"):
-            await ds
+            await ds.wait_ready(draft_grace=0.0)
         await rc.datasets.delete(ds.id)
         with pytest.raises(NotFoundError):
             await ds.status()
+
+
+@pytest.mark.asyncio
+async def test_empty_draft_is_awaited_for_a_grace_period() -> None:
+    """An empty DRAFT is tolerated for draft_grace seconds (files may be in flight), then refused."""
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0) as rc:
+        ds = await rc.datasets.create("slow-start")
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="still an empty DRAFT after 0.6s"):
+            await ds.wait_ready(draft_grace=0.6, poll=PollPolicy(initial=0.1, max_interval=0.1))
+    assert time.monotonic() - start >= 0.6
+
+
+@pytest.mark.asyncio
+async def test_named_create_answered_500_is_looked_up_before_a_second_try() -> None:
+    """A named create answered 500 is resolved by name: found if it ran, else sent once more."""
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0) as rc:
+        # It did not run (the fault answers before the handler): one more POST creates it.
+        emu.inject("500", api="trainer", method="POST", path=r"datasets$", count=1)
+        first = await rc.datasets.create("only-once")
+        # It ran but the answer was lost: the dataset exists under the name, no second POST.
+        emu.state.datasets.create("ds-made-before-the-500", "made-anyway")
+        emu.inject("500", api="trainer", method="POST", path=r"datasets$", count=1)
+        second = await rc.datasets.create("made-anyway")
+        names = sorted(d.name or "" for d in await rc.datasets.list())
+    assert first.name == "only-once"
+    assert second.id == "ds-made-before-the-500"
+    assert names == ["made-anyway", "only-once"]
+    creates = [r for r in emu.log if r.method == "POST" and r.path.endswith("/datasets")]
+    assert [r.status for r in creates] == [500, 200, 500]

@@ -337,3 +337,22 @@ async def test_send_token_to_comfyui_only_on_request(emu: Emulator, rc: RunComfy
             await machine.comfyui(send_token=True).outputs("y")
     by_path = {r.path.rsplit("/", 1)[-1]: r.authorized for r in emu.log if r.api == "comfyui"}
     assert by_path == {"x": False, "y": True}
+
+
+@pytest.mark.asyncio
+async def test_cancelled_launch_stops_the_machine_it_started(emu: Emulator, rc: RunComfy) -> None:
+    """A launch cancelled while its POST is in flight still stops the machine it created."""
+    version = await _version(rc)
+    emu.inject("slow", api="server", method="POST", path=r"/servers$", count=1, delay=0.5)
+    task = asyncio.create_task(rc.machines.launch(version))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    launches = [r for r in _server_calls(emu) if r.method == "POST" and r.path.endswith("/servers")]
+    assert [r.status for r in launches] == [200]
+    deletes = [r for r in _server_calls(emu) if r.method == "DELETE"]
+    assert [r.status for r in deletes] == [200]
+    assert await rc.machines.list() == [] or all(
+        m.status.value in ("Stopping", "Stopped") for m in await rc.machines.list()
+    )

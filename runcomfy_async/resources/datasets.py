@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Dataset", "Datasets"]
 
 _BASE = "/prod/v1/trainers/datasets"
+#: Seconds an empty DRAFT is awaited before ``wait_ready`` calls it "nothing is uploading".
+DRAFT_GRACE = 10.0
 
 
 def _path(dataset_id: str, suffix: str = "") -> str:
@@ -75,19 +77,38 @@ class Dataset:
         return info
 
     async def wait_ready(
-        self, *, timeout: float | None = None, poll: PollPolicy | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+        draft_grace: float = DRAFT_GRACE,
     ) -> DatasetInfo:
         """Poll until READY and return that snapshot.
 
+        Args:
+            timeout: client-side deadline in seconds (None: as long as it takes).
+            poll: the polling schedule.
+            draft_grace: seconds an empty DRAFT is tolerated before it counts as "nothing is
+                uploading" (files still in flight elsewhere keep a dataset DRAFT for a while).
+
         Raises:
             DatasetFailed: the dataset went FAILED (``error`` holds the server's reason).
-            ValidationError: the dataset is an empty DRAFT: nothing is uploading, it would never
-                become READY.
+            ValidationError: the dataset stayed an empty DRAFT for ``draft_grace`` seconds:
+                nothing is uploading, it would never become READY.
             WaitTimeoutError: ``timeout`` passed first.
         """
+        draft_since: list[float] = []
+
+        def settled(info: DatasetInfo) -> bool:
+            if info.status is DatasetStatus.DRAFT and not info.files:
+                draft_since[:] = draft_since or [time.monotonic()]
+                return time.monotonic() - draft_since[0] >= draft_grace
+            draft_since.clear()
+            return info.status in (DatasetStatus.READY, DatasetStatus.FAILED)
+
         info = await poll_until(
             lambda: self.status(priority=Priority.BACKGROUND),
-            _dataset_settled,
+            settled,
             policy=poll or PollPolicy(initial=0.5, max_interval=10.0),
             timeout=timeout,
             key=lambda i: (i.status, len(i.files)),
@@ -102,8 +123,9 @@ class Dataset:
             )
         if info.status is DatasetStatus.DRAFT:
             raise errors.ValidationError(
-                f"dataset {self.id} ({info.name}) is an empty DRAFT: nothing has been uploaded, "
-                "so it will never become READY; upload files first (ds.upload_folder(...))"
+                f"dataset {self.id} ({info.name}) is still an empty DRAFT after "
+                f"{draft_grace:g}s: nothing has been uploaded, so it will never become READY; "
+                "upload files first (ds.upload_folder(...))"
             )
         return info
 
@@ -368,10 +390,6 @@ def _bullets(lines: Sequence[str], limit: int = 20) -> str:
     return shown + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
-def _dataset_settled(info: DatasetInfo) -> bool:
-    return info.status in (DatasetStatus.READY, DatasetStatus.FAILED, DatasetStatus.DRAFT)
-
-
 class Datasets:
     """``rc.datasets``: create, look up, list and delete datasets."""
 
@@ -390,14 +408,31 @@ class Datasets:
                 "name such as 'my-dog-dataset'"
             )
         body = {"name": name} if name else {}
-        # Not retried blindly: a lost answer could leave a second dataset. Repeating after 429 or
-        # a refused connection is safe (the request never ran); with a name, a 409 on a retry
-        # would tell us it exists (see issue 9's idempotency notes).
-        payload = await self._client.request(
-            RequestSpec(api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT)
+        spec = RequestSpec(
+            api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT
         )
+        # Not retried blindly: a lost answer could leave a second dataset. The pipeline repeats it
+        # only after a 429 or a refused connection (it never ran). With a name, a 5xx or a lost
+        # answer is resolved by a look-up first: names are unique in the account (API.md 1.1),
+        # so the dataset either exists under that name (it ran) or a second try is safe.
+        try:
+            payload = await self._client.request(spec)
+        except (errors.ServerError, errors.TransportError):
+            if name is None:
+                raise
+            existing = await self._named(name)
+            if existing is not None:
+                return existing
+            payload = await self._client.request(spec)
         info = structure(payload, DatasetInfo, what="created dataset")
         return Dataset(self._client, info.id, info.name)
+
+    async def _named(self, name: str) -> Dataset | None:
+        """The dataset called ``name``, if the account has one (names are unique)."""
+        for info in await self.list():
+            if info.name == name:
+                return Dataset(self._client, info.id, info.name)
+        return None
 
     def get(self, dataset_id: str) -> Dataset:
         """A handle on an existing dataset by id (no request is sent)."""

@@ -388,19 +388,26 @@ class Machines:
         # Retry.UNSENT: a launch creates a machine that bills; if an answer were lost after the
         # server acted, a repeat would start a second one. Only a 429 or a refused connection
         # (the request never ran) is repeated.
-        payload = await self._client.request(
-            RequestSpec(
-                api=API.SERVER,
-                method="POST",
-                path=_users_path(user_id, "/servers"),
-                json={
-                    "workflow_version_id": version_id,
-                    "server_type": kind.value,
-                    "estimated_duration": duration,
-                },
-                retry=Retry.UNSENT,
-            )
+        spec = RequestSpec(
+            api=API.SERVER,
+            method="POST",
+            path=_users_path(user_id, "/servers"),
+            json={
+                "workflow_version_id": version_id,
+                "server_type": kind.value,
+                "estimated_duration": duration,
+            },
+            retry=Retry.UNSENT,
         )
+        # The POST runs as its own task, shielded: if the caller is cancelled while the launch is
+        # in flight, the machine may already exist and bill, and no handle would reach anyone to
+        # stop it. So the launch is finished (bounded) and the new machine stopped at once.
+        launching = asyncio.ensure_future(self._client.request(spec))
+        try:
+            payload = await asyncio.shield(launching)
+        except asyncio.CancelledError:
+            await _stop_orphan(self._client, launching)
+            raise
         server_id = payload.get("server_id") if isinstance(payload, dict) else None
         if not isinstance(server_id, str) or not server_id:
             raise errors.UnexpectedResponseError(
@@ -408,3 +415,32 @@ class Machines:
                 status=200,
             )
         return Machine(self._client, server_id)
+
+
+
+async def _stop_orphan(client: RunComfy, launching: asyncio.Future[Any]) -> None:
+    """Let a launch whose caller was cancelled finish, then stop the machine it started.
+
+    Bounded by ``STOP_TIMEOUT`` per step, and itself shielded: a second cancellation while this
+    runs does not leave the machine billing.
+    """
+
+    async def finish() -> None:
+        payload = await asyncio.wait_for(launching, STOP_TIMEOUT)
+        server_id = payload.get("server_id") if isinstance(payload, dict) else None
+        if isinstance(server_id, str) and server_id:
+            logger.warning("launch of machine %s was cancelled; stopping it", server_id)
+            await asyncio.wait_for(Machine(client, server_id).stop(), STOP_TIMEOUT)
+
+    cleanup = asyncio.ensure_future(finish())
+    while not cleanup.done():
+        try:
+            await asyncio.shield(cleanup)
+        except asyncio.CancelledError:
+            continue  # cancelled again: the stop still finishes (bounded) first
+        except Exception as exc:  # noqa: BLE001 - logged: the caller's cancellation goes on
+            logger.warning(
+                "could not stop the machine of a cancelled launch (%r); check "
+                "rc.machines.list() and stop it there",
+                exc,
+            )
