@@ -12,11 +12,11 @@ import pytest
 
 from runcomfy_async import (
     AuthenticationError,
-    PollPolicy,
     ClientClosedError,
     ClientState,
     ConfigurationError,
     NotFoundError,
+    PollPolicy,
     RetryPolicy,
     RunComfy,
     ServerError,
