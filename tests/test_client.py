@@ -252,11 +252,11 @@ async def test_dataset_collection_round_trip() -> None:
 
 @pytest.mark.asyncio
 async def test_empty_draft_is_awaited_for_a_grace_period() -> None:
-    """An empty DRAFT is tolerated for draft_grace seconds (files may be in flight), then refused."""
+    """An empty DRAFT is tolerated for draft_grace seconds (files may be in flight), then not."""
     async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0) as rc:
         ds = await rc.datasets.create("slow-start")
         start = time.monotonic()
-        with pytest.raises(ValueError, match="still an empty DRAFT after 0.6s"):
+        with pytest.raises(ValueError, match=r"still an empty DRAFT after 0\.6s"):
             await ds.wait_ready(draft_grace=0.6, poll=PollPolicy(initial=0.1, max_interval=0.1))
     assert time.monotonic() - start >= 0.6
 
