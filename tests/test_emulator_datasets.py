@@ -345,6 +345,11 @@ async def test_signed_put_rejections_store_nothing(
     async with bare.put(uploads["b.jpg"]["upload_url"], data=chunks()) as resp:
         assert resp.status == 411
 
+    bearer = {"Authorization": f"Bearer {emu.token}"}
+    async with bare.put(uploads["b.jpg"]["upload_url"], data=b"x" * 10, headers=bearer) as resp:
+        assert resp.status == 400  # a signed URL plus a bearer token: refused, like S3 does
+        assert "Only one auth mechanism" in (await resp.json())["message"]
+
     emu.advance(emu.config.url_ttl + 2)
     async with bare.put(uploads["c.jpg"]["upload_url"], data=b"x" * 10) as resp:
         assert resp.status == 403

@@ -296,3 +296,16 @@ def test_tiny_png_is_a_valid_png() -> None:
     assert (width, height, depth, colour) == (8, 8, 8, 2)
     assert len(zlib.decompress(chunks[b"IDAT"])) == 8 * (1 + 8 * 3)
     assert tiny_png(7) != tiny_png(8)
+
+
+@pytest.mark.asyncio
+async def test_duration_changes_only_once_ready(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """Changing the duration answers 409 while Initializing and works once Ready (API.md 4.5)."""
+    machine = await _launch(emu, http)
+    url = f"{_users(emu)}/servers/{machine['server_id']}/update-estimated-duration"
+    status, body = await _json(await http.post(url, json={"update_estimated_duration": 7200}))
+    assert status == 409
+    assert "once it is Ready" in body["error_message"]
+    await _until_ready(emu, http, machine["server_id"])
+    status, body = await _json(await http.post(url, json={"update_estimated_duration": 7200}))
+    assert (status, body["estimated_duration"]) == (200, 7200)

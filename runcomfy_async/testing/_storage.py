@@ -300,12 +300,28 @@ def _query_int(request: web.Request, name: str) -> int:
         ) from exc
 
 
+def _refuse_second_credential(request: web.Request) -> None:
+    """Refuse a signed request that also carries Authorization, as S3 and GCS do.
+
+    The signature is the credential; a bearer header on top is "more than one auth mechanism"
+    to real object storage, and for us a leaked API token.
+    """
+    if "Authorization" in request.headers:
+        raise StorageError(
+            400,
+            "InvalidArgument",
+            "Only one auth mechanism allowed: a signed URL must not also carry an "
+            "Authorization header (do not send the API token to object storage).",
+        )
+
+
 def add_routes(app: web.Application, state: EmulatorState) -> None:
     """Register the storage endpoints: signed PUT into sink buckets, signed GET of artifacts."""
     storage = state.storage
 
     async def put_object(request: web.Request) -> web.StreamResponse:
         """Accept one signed PUT of exactly the signed size (errors render as storage JSON)."""
+        _refuse_second_credential(request)
         bucket = request.match_info["bucket"]
         key = request.match_info["key"]
         sink = storage.sink(bucket)
@@ -340,6 +356,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
 
     async def get_artifact(request: web.Request) -> web.StreamResponse:
         """Serve a published blob; ``Range`` requests get 206 with ``Content-Range``."""
+        _refuse_second_credential(request)
         key = request.match_info["key"]
         expires = _query_int(request, "expires")
         sig = request.query.get("sig", "")

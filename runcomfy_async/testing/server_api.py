@@ -273,8 +273,15 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
                     )
                 ]
             )
-        if store.status(record) not in ("Ready", "Initializing"):
-            raise ApiError(409, 409001, f"Server {record.server_id} is stopping")
+        current = store.status(record)
+        if current != "Ready":
+            # API.md 4.5: the duration is changed "after the machine is Ready".
+            raise ApiError(
+                409,
+                409001,
+                f"Server {record.server_id} is {current}: its running duration can be changed "
+                "once it is Ready",
+            )
         record.estimated_duration = value
         return web.json_response(store.to_json(record))
 
