@@ -84,7 +84,7 @@ class Settings:
     """
 
     json: bool = False
-    token: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
     user_id: str | None = None
     rate: float = 1.0
     interrupt_hint: str = ""

@@ -26,6 +26,7 @@ from ..types.uploads import (
     UploadReport,
     UploadTarget,
 )
+from ._common import check_concurrency, unwrap_list
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -41,17 +42,6 @@ def _path(dataset_id: str, suffix: str = "") -> str:
     if not dataset_id or not isinstance(dataset_id, str):
         raise errors.ValidationError("dataset id must be a non-empty string")
     return f"{_BASE}/{quote(dataset_id, safe='')}{suffix}"
-
-
-def _unwrap_list(payload: Any, key: str) -> list[Any]:
-    """A list endpoint's items, whether the server sent a bare list or ``{key: [...]}``."""
-    if isinstance(payload, list):
-        return payload
-    if isinstance(payload, dict) and isinstance(payload.get(key), list):
-        return list(payload[key])
-    raise errors.UnexpectedResponseError(
-        f"expected a list of {key} (bare or wrapped as {{{key!r}: [...]}})", status=200
-    )
 
 
 class Dataset:
@@ -181,7 +171,7 @@ class Dataset:
             raise errors.ValidationError(
                 f"direct_limit must be a byte count >= 0, got {direct_limit!r}"
             )
-        _check_concurrency(concurrency)
+        check_concurrency(concurrency, "files")
         _uploads.check_batch_size(batch_size)
         scanned = await asyncio.to_thread(_uploads.scan_paths, paths)
         return await self._upload(
@@ -238,7 +228,7 @@ class Dataset:
             DatasetFailed: ``verify`` and the dataset went FAILED.
             WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
         """
-        _check_concurrency(concurrency)
+        check_concurrency(concurrency, "files")
         _uploads.check_batch_size(batch_size)
         scanned, problems = await asyncio.to_thread(_uploads.scan_folder, Path(path))
         return await self._upload(
@@ -377,13 +367,6 @@ class Dataset:
         )
 
 
-def _check_concurrency(concurrency: int) -> None:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise errors.ValidationError(
-            f"concurrency must be an int >= 1 (files in flight at once), got {concurrency!r}"
-        )
-
-
 def _bullets(lines: Sequence[str], limit: int = 20) -> str:
     """At most ``limit`` lines as a bullet list, then how many more."""
     shown = "\n  - ".join(lines[:limit])
@@ -444,7 +427,7 @@ class Datasets:
         payload = await self._client.request(RequestSpec(api=API.TRAINER, method="GET", path=_BASE))
         return [
             structure(item, DatasetInfo, what="dataset list")
-            for item in _unwrap_list(payload, "datasets")
+            for item in unwrap_list(payload, "datasets")
         ]
 
     async def delete(self, dataset_id: str) -> None:

@@ -34,6 +34,7 @@ from ..types.jobs import (
     JobStatus,
     artifacts_from_wire,
 )
+from ._common import check_concurrency, describe_error
 from .datasets import Dataset
 
 if TYPE_CHECKING:
@@ -361,7 +362,7 @@ class TrainingJob:
         )
         if info.status is JobStatus.FAILED:
             raise errors.JobFailed(
-                f"training job {self.id} ({info.name}) FAILED: {_error_text(info.error)}; "
+                f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}; "
                 "fix the cause, then job.edit(config) and job.resume(), or submit again",
                 error=info.error,
                 snapshot=info,
@@ -444,8 +445,7 @@ class TrainingJob:
                 f"kinds must be a collection of names such as ('checkpoints',), got {kinds!r}"
             )
         wanted = tuple(kinds)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise errors.ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        check_concurrency(concurrency, "downloads")
         result = await self.result()
         client = self._client
 
@@ -474,16 +474,6 @@ class _ResultWire:
     status: JobStatus | None = None
     artifacts: Any = None
     error: Any = None
-
-
-def _error_text(error: Any) -> str:
-    """The server's error as one line, whether a string or ``{"message": ..., "code": ...}``."""
-    if isinstance(error, Mapping):
-        message = error.get("message") or error.get("error_message")
-        code = error.get("code") or error.get("error_code")
-        if message:
-            return f"{message} [{code}]" if code else str(message)
-    return str(error) if error else "no reason given"
 
 
 # -- the collection ------------------------------------------------------------------------

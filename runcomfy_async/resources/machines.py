@@ -21,6 +21,7 @@ from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from ..types.machines import MachineInfo, MachineStatus, ServerType, Workflow
+from ._common import unwrap_list
 from .comfyui import ComfyUI
 
 if TYPE_CHECKING:
@@ -73,17 +74,6 @@ def _server_type(value: object) -> ServerType:
         except ValueError:
             pass
     raise errors.ValidationError(f"unknown server_type {value!r}; use one of {valid}")
-
-
-def _unwrap_list(payload: Any, key: str) -> list[Any]:
-    """A list endpoint's items, bare or wrapped as ``{key: [...]}`` (API.md 4.3)."""
-    if isinstance(payload, list):
-        return payload
-    if isinstance(payload, dict) and isinstance(payload.get(key), list):
-        return list(payload[key])
-    raise errors.UnexpectedResponseError(
-        f"expected a list of {key} (bare or wrapped as {{{key!r}: [...]}})", status=200
-    )
 
 
 def _workflow(item: Any) -> Workflow:
@@ -333,7 +323,7 @@ class Machines:
         payload = await self._client.request(
             RequestSpec(api=API.SERVER, method="GET", path=_users_path(user_id, "/workflows"))
         )
-        return [_workflow(item) for item in _unwrap_list(payload, "workflows")]
+        return [_workflow(item) for item in unwrap_list(payload, "workflows")]
 
     async def list(self) -> list[MachineInfo]:
         """The account's running machines.
@@ -347,7 +337,7 @@ class Machines:
         )
         return [
             structure(item, MachineInfo, what="machine list")
-            for item in _unwrap_list(payload, "servers")
+            for item in unwrap_list(payload, "servers")
         ]
 
     def get(self, server_id: str) -> Machine:

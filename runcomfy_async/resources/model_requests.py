@@ -29,6 +29,7 @@ from ..types.models import (
     RequestStatus,
     ResultStatus,
 )
+from ._common import describe_error
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -314,7 +315,7 @@ class ModelRequest:
         label = f"model request {self.id} ({result.model_id or self.model_id or 'model unknown'})"
         if result.failed or (not result.status.known and result.error is not None):
             raise errors.RequestFailed(
-                f"{label} failed: {_describe_error(result.error)}",
+                f"{label} failed: {describe_error(result.error)}",
                 error=result.error,
                 snapshot=result,
             )
@@ -331,18 +332,6 @@ class ModelRequest:
     async def _output(self) -> Any:
         """What ``await req`` returns: the finished run's output."""
         return (await self.wait()).output
-
-
-def _describe_error(error: Any) -> str:
-    """The server's error in one line, whichever shape it came in."""
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("error_message")
-        code = error.get("code") or error.get("error_code")
-        if message:
-            return f"{message} [{code}]" if code else str(message)
-    if error is None:
-        return "the server gave no reason"
-    return str(error)
 
 
 async def _cancel_abandoned(request: ModelRequest) -> None:

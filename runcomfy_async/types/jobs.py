@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
+from .._protocol import redact_url
 from ._base import OpenStrEnum
 
 __all__ = [
@@ -126,7 +127,7 @@ class Artifact:
     """
 
     kind: str
-    url: str
+    url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
     step: int | None = None
     name: str = ""
 
