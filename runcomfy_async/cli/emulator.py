@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ..testing import Emulator
-from ..testing.__main__ import export_lines
+from ..testing.__main__ import client_env, export_lines, parse_rate_limit, serve_until_stopped
 from ._app import CliError, output_options, settings
 
 __all__ = ["command"]
@@ -20,34 +19,18 @@ __all__ = ["command"]
 
 def _rate(_ctx: click.Context, _param: click.Parameter, value: str) -> float | None:
     """``--rate-limit``: requests per second, or ``none`` to switch the limit off."""
-    if value.lower() in ("none", "off"):
-        return None
     try:
-        rate = float(value)
-    except ValueError:
-        raise click.BadParameter("a number of requests per second, or 'none'") from None
-    if rate <= 0:
-        raise click.BadParameter("must be > 0, or 'none' to switch the limit off")
-    return rate
+        return parse_rate_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (a number of requests per second, or 'none')") from None
 
 
-async def _serve(emulator: Emulator, *, as_json: bool) -> None:
-    """Start, print how to point a client at it, and serve until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C still interrupts
-            loop.add_signal_handler(sig, stop.set)
-    async with emulator as emu:
+def _announcer(as_json: bool) -> Callable[[Emulator], None]:
+    """Print how to point a client at the emulator: export lines, or one JSON object."""
+
+    def announce(emu: Emulator) -> None:
         if as_json:
-            env = {
-                "RUNCOMFY_API_TOKEN": emu.token,
-                "RUNCOMFY_USER_ID": emu.user_id,
-                "RUNCOMFY_TRAINER_URL": emu.url,
-                "RUNCOMFY_MODEL_URL": emu.url,
-                "RUNCOMFY_SERVER_URL": emu.url,
-            }
-            click.echo(json.dumps({"url": emu.url, "env": env}))
+            click.echo(json.dumps({"url": emu.url, "env": client_env(emu)}))
         else:
             for line in export_lines(emu):
                 click.echo(line)
@@ -57,8 +40,8 @@ async def _serve(emulator: Emulator, *, as_json: bool) -> None:
             "shell to point `runcomfy` at it. Ctrl-C stops it.",
             err=True,
         )
-        await stop.wait()
-    click.echo("# emulator stopped", err=True)
+
+    return announce
 
 
 @click.command("emulator")
@@ -77,6 +60,9 @@ async def _serve(emulator: Emulator, *, as_json: bool) -> None:
     show_default=True,
     help="Requests per second per token, or 'none'.",
 )
+@click.option("--burst", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rate-limit burst: requests allowed back to back.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Fault injection seed.")
 @click.option(
     "--speed",
     type=click.FloatRange(min=0, min_open=True),
@@ -97,6 +83,8 @@ def command(
     emulator_token: str | None,
     emulator_user_id: str | None,
     rate_limit: float | None,
+    burst: int,
+    seed: int,
     speed: float,
     storage_dir: Path | None,
 ) -> None:
@@ -112,11 +100,14 @@ def command(
         token=emulator_token,
         user_id=emulator_user_id,
         rate_limit=rate_limit,
+        burst=burst,
+        seed=seed,
         speed=speed,
         storage_dir=storage_dir,
     )
     try:
-        asyncio.run(_serve(emulator, as_json=settings().json))
+        asyncio.run(serve_until_stopped(emulator, _announcer(settings().json)))
+        click.echo("# emulator stopped", err=True)
     except OSError as exc:
         raise CliError(
             f"emulator failed: cannot listen on {host}:{port}: {exc.strerror or exc} "

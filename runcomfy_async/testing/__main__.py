@@ -12,22 +12,34 @@ import contextlib
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._emulator import Emulator
 
-__all__ = ["export_lines", "main"]
+__all__ = ["client_env", "export_lines", "main", "parse_rate_limit", "serve_until_stopped"]
 
 
-def _rate(value: str) -> float | None:
-    """``--rate-limit``: requests per second, or ``none`` to switch the limit off."""
-    if value.lower() in ("none", "off", "0"):
+def parse_rate_limit(value: str) -> float | None:
+    """``--rate-limit``: requests per second, or ``none``/``off``/``0`` to switch it off.
+
+    Raises:
+        ValueError: neither a positive number nor one of the off words.
+    """
+    if value.strip().lower() in ("none", "off", "0"):
         return None
     rate = float(value)
     if rate <= 0:
-        raise argparse.ArgumentTypeError("must be > 0 or 'none'")
+        raise ValueError("must be > 0, or 'none' to switch the limit off")
     return rate
+
+
+def _rate(value: str) -> float | None:
+    """argparse's view of :func:`parse_rate_limit`."""
+    try:
+        return parse_rate_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,25 +64,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export_lines(emu: Emulator) -> list[str]:
-    """The ``export`` lines that configure a client for ``emu``."""
-    values = {
+def client_env(emu: Emulator) -> dict[str, str]:
+    """The environment variables that point a client (or the CLI) at ``emu``."""
+    return {
         "RUNCOMFY_API_TOKEN": emu.token,
         "RUNCOMFY_USER_ID": emu.user_id,
         "RUNCOMFY_TRAINER_URL": emu.url,
         "RUNCOMFY_MODEL_URL": emu.url,
         "RUNCOMFY_SERVER_URL": emu.url,
     }
-    return [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    """Run until a stop signal arrives."""
+def export_lines(emu: Emulator) -> list[str]:
+    """The ``export`` lines that configure a client for ``emu``."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in client_env(emu).items()]
+
+
+async def serve_until_stopped(emulator: Emulator, announce: Callable[[Emulator], None]) -> None:
+    """Start ``emulator``, call ``announce`` once it listens, serve until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C still interrupts
             loop.add_signal_handler(sig, stop.set)
+    async with emulator as emu:
+        announce(emu)
+        await stop.wait()
+
+
+def _announce(emu: Emulator) -> None:
+    """Print the export lines on stdout, then where it serves on stderr."""
+    for line in export_lines(emu):
+        print(line, flush=True)
+    print(f"# RunComfy emulator serving on {emu.url}; Ctrl-C stops it", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
     emulator = Emulator(
         host=args.host,
         port=args.port,
@@ -82,18 +113,8 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         storage_dir=args.storage_dir,
     )
-    async with emulator as emu:
-        for line in export_lines(emu):
-            print(line, flush=True)
-        print(f"# RunComfy emulator serving on {emu.url}; Ctrl-C stops it", file=sys.stderr)
-        await stop.wait()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        asyncio.run(serve_until_stopped(emulator, _announce))
     return 0
 
 
