@@ -15,6 +15,8 @@ import itertools
 import time
 from typing import Protocol, runtime_checkable
 
+from . import errors
+
 __all__ = ["Limiter", "Priority", "TokenBucket"]
 
 
@@ -111,10 +113,22 @@ class TokenBucket:
             self._schedule(now)
 
     async def aclose(self) -> None:
-        """Cancel the wake-up timer; queued callers keep waiting on nothing else."""
+        """Cancel the wake-up timer and fail every queued caller with ClientClosedError.
+
+        A caller still waiting for a token when its client closes would otherwise wait forever
+        (e.g. background ``await req`` tasks at a FastAPI shutdown).
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        waiters, self._waiters = self._waiters, []
+        for *_, fut in waiters:
+            if not fut.done():
+                fut.set_exception(
+                    errors.ClientClosedError(
+                        "the client was closed while this call waited for a rate-limit token"
+                    )
+                )
 
     def _dispatch(self) -> None:
         """Grant tokens to the best waiters, then arm the timer for the next one."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runcomfy_async import Limiter, Priority, TokenBucket
+from runcomfy_async import ClientClosedError, Limiter, Priority, TokenBucket
 
 
 @pytest.mark.asyncio
@@ -83,3 +83,15 @@ def test_bad_arguments() -> None:
         TokenBucket(rate=0)
     with pytest.raises(ValueError, match="burst"):
         TokenBucket(burst=0)
+
+
+@pytest.mark.asyncio
+async def test_close_fails_queued_callers() -> None:
+    """Closing the bucket fails every queued caller with ClientClosedError instead of hanging."""
+    bucket = TokenBucket(rate=0.1, burst=1)
+    await bucket.acquire()
+    waiters = [asyncio.create_task(bucket.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    await bucket.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 1.0)
+    assert all(isinstance(r, ClientClosedError) for r in results)
