@@ -167,6 +167,7 @@ class RunComfy:
         self._session = session
         self._owns_session = session is None
         self._transport: Transport | None = None
+        self._api_headers: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
         self.state = ClientState.UNOPENED
@@ -208,6 +209,11 @@ class RunComfy:
                 headers={"User-Agent": f"runcomfy-async/{__version__}"},
             )
         self._transport = Transport(self._session, self.timeouts)
+        # The same two headers on every API call: built once, not per request (aiohttp copies
+        # them into the request's own header map, so sharing the dict is safe).
+        self._api_headers = _AuthHeaders(
+            {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        )
         self.state = ClientState.OPEN
 
     async def aclose(self) -> None:
@@ -300,8 +306,7 @@ class RunComfy:
         """
         transport = self._check_usable()
         url = self._urls[spec.api] + spec.path
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
-        safe_url = redact_url(url)
+        headers = self._api_headers
         started = time.monotonic()
         attempt = 0
         while True:
@@ -349,11 +354,15 @@ class RunComfy:
                     if exc.status == 429 and retry_after is None:
                         retry_after = DEFAULT_RATE_LIMIT_PAUSE
                 else:
-                    logger.debug(
-                        "%s %s -> %s (attempt %d)", spec.method, safe_url, status, attempt,
-                        extra={"method": spec.method, "url": safe_url, "status": status,
-                               "attempt": attempt},
-                    )
+                    # Guarded: redacting the URL and building ``extra`` cost more than the
+                    # rest of the bookkeeping on a fast call, and debug logging is usually off.
+                    if logger.isEnabledFor(logging.DEBUG):
+                        safe_url = redact_url(url)
+                        logger.debug(
+                            "%s %s -> %s (attempt %d)", spec.method, safe_url, status, attempt,
+                            extra={"method": spec.method, "url": safe_url, "status": status,
+                                   "attempt": attempt},
+                        )
                     return result
             delay = (
                 self.retry.next_delay(
@@ -365,6 +374,7 @@ class RunComfy:
                 if retryable
                 else None
             )
+            safe_url = redact_url(url)
             logger.debug(
                 "%s %s -> %s (attempt %d): %s; %s",
                 spec.method,
@@ -401,6 +411,13 @@ class RunComfy:
     def models(self) -> Models:
         """Model API requests: submit, await the output, cancel while queued."""
         return Models(self)
+
+class _AuthHeaders(dict[str, str]):
+    """API headers whose repr masks the token, for tracebacks that show locals and debuggers."""
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k.lower() == "authorization" else v for k, v in self.items()})
+
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"), now=time.time())

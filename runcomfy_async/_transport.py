@@ -87,6 +87,8 @@ class Transport:
     def __init__(self, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         self.session = session
         self.timeouts = timeouts
+        # Built once: a fresh ClientTimeout per call showed up in the pipeline's profile.
+        self._api_timeout = timeouts.for_api()
 
     async def send(
         self,
@@ -108,7 +110,7 @@ class Transport:
                 params=params,
                 json=json,
                 data=data() if data is not None else None,
-                timeout=timeout or self.timeouts.for_api(),
+                timeout=timeout or self._api_timeout,
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()

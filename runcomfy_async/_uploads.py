@@ -217,7 +217,10 @@ def scan_folder(folder: Path) -> tuple[list[ScannedFile], list[str]]:
                 continue
             found.append(_stat_entry(Path(entry.path)))
     if not found and not problems:
-        problems.append(f"{folder} holds no files to upload")
+        problems.append(
+            f"{folder} holds no files to upload; put the images/videos and their .txt captions "
+            "in it (hidden files are ignored)"
+        )
     return found, problems
 
 

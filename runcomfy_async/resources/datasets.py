@@ -400,7 +400,7 @@ class Datasets:
         # so the dataset either exists under that name (it ran) or a second try is safe.
         try:
             payload = await self._client.request(spec)
-        except (errors.ServerError, errors.TransportError):
+        except (errors.ServerError, errors.TransportError, errors.UnexpectedResponseError):
             if name is None:
                 raise
             existing = await self._named(name)

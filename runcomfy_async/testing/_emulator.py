@@ -277,6 +277,7 @@ class Emulator:
         skip: int = 0,
         retry_after: float | None = None,
         delay: float = 0.0,
+        after: bool = False,
     ) -> FaultRule:
         """Inject a fault; see :class:`FaultRule` for the kinds and filters.
 
@@ -296,6 +297,7 @@ class Emulator:
             skip=skip,
             retry_after=retry_after,
             delay=delay,
+            after=after,
         )
         return self.state.faults.add(rule)
 

@@ -2,8 +2,10 @@
 
 Order (outermost first): the log wraps everything, so rejected, faulted and reset requests are
 recorded with the status actually sent; faults come before auth and the rate limit, so a faulted
-request neither reaches a handler nor spends a rate token; auth and the rate limit apply to the
-three API hosts only (storage is authorised by its URL signature, API.md section 1.3).
+request neither reaches a handler nor spends a rate token (unless the rule says ``after``: then
+the request is processed in full and only its answer is replaced or lost); auth and the rate
+limit apply to the three API hosts only (storage is authorised by its URL signature, API.md
+section 1.3).
 """
 
 from __future__ import annotations
@@ -101,13 +103,25 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, exc.status * 1000 + 1, message, headers=headers)
 
 
-def _fault_response(rule: FaultRule) -> web.Response:
-    """The answer a fault sends instead of the real one."""
+_FAULT_MESSAGES: Final = {
+    500: ("InternalError", "Internal Server Error"),
+    502: ("BadGateway", "Bad Gateway"),
+    503: ("ServiceUnavailable", "Service Unavailable"),
+    504: ("GatewayTimeout", "Gateway Timeout"),
+}
+
+
+def _fault_response(rule: FaultRule, api: str) -> web.Response:
+    """The answer a fault sends instead of the real one (storage's own body on storage)."""
     kind = rule.kind
     if kind == "429":
         headers = {}
         if rule.retry_after is not None:
             headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
+        if api == "storage":
+            response = storage_error_response(429, "SlowDown", "Please reduce your request rate.")
+            response.headers.update(headers)
+            return response
         return error_response(429, "rate_limited", "Too many requests", headers=headers)
     if kind == "html":
         return web.Response(status=502, text=_PROXY_PAGE, content_type="text/html")
@@ -118,13 +132,29 @@ def _fault_response(rule: FaultRule) -> web.Response:
             403, "ExpiredToken", "The signed URL has expired; request a fresh one."
         )
     status = int(kind)
-    messages = {
-        500: "Internal Server Error",
-        502: "Bad Gateway",
-        503: "Service Unavailable",
-        504: "Gateway Timeout",
-    }
-    return error_response(status, status * 1000 + 1, messages[status])
+    code, message = _FAULT_MESSAGES[status]
+    if api == "storage":
+        return storage_error_response(status, code, message)
+    return error_response(status, status * 1000 + 1, message)
+
+
+async def _receive_part_of_body(request: web.Request) -> None:
+    """Read about half of the request body, so the reset lands in the middle of it."""
+    try:
+        if request.content_length is None:
+            await request.content.readany()
+        else:
+            await request.content.readexactly(request.content_length // 2)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        logger.debug("the client went away before half of its body arrived")
+
+
+async def _run_first(request: web.Request, handler: Handler) -> web.StreamResponse | None:
+    """Process the request for an ``after`` fault; the handler's answer, if it made one."""
+    try:
+        return await handler(request)
+    except (ApiError, StorageError, web.HTTPException):
+        return None  # processed, and refused: the fault replaces that answer as well
 
 
 def make_middlewares(state: EmulatorState) -> list[Middleware]:
@@ -175,17 +205,33 @@ def make_middlewares(state: EmulatorState) -> list[Middleware]:
 
     @web.middleware
     async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Apply the first fault rule that fires, before auth and the rate limit."""
-        rule = state.faults.pick(api_for_path(request.path), request.method, request.path)
+        """Apply the first fault rule that fires, before auth and the rate limit.
+
+        With ``after`` the request is processed first (auth, rate limit and handler run) and
+        the fault then replaces or drops the answer.
+        """
+        api = api_for_path(request.path)
+        rule = state.faults.pick(api, request.method, request.path)
         if rule is None:
             return await handler(request)
+        if rule.kind == "slow" and rule.after:
+            try:
+                return await handler(request)
+            finally:
+                await asyncio.sleep(rule.delay)  # the answer (or error) leaves late
+        processed = await _run_first(request, handler) if rule.after else None
         if rule.delay:
             await asyncio.sleep(rule.delay)
         if rule.kind == "slow":
             return await handler(request)
+        if rule.kind == "reset_mid_body":
+            await _receive_part_of_body(request)
+            raise _Reset
         if rule.kind == "reset":
             raise _Reset
-        return _fault_response(rule)
+        if processed is not None and processed.prepared:
+            return processed  # already streamed (a WebSocket): too late to replace
+        return _fault_response(rule, api)
 
     expected_auth = f"Bearer {state.config.token}"
 
