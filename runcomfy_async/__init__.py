@@ -49,7 +49,7 @@ from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
-from .types.jobs import Artifact, GPUType, JobInfo, JobResult, JobStatus, Progress
+from .types.jobs import Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
     CancelOutcome,
@@ -107,8 +107,8 @@ __all__ = [
     "GPUType",
     "InsufficientBalanceError",
     "JobFailed",
-    "JobInfo",
     "JobResult",
+    "JobState",
     "JobStatus",
     "Jobs",
     "Limiter",

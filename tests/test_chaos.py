@@ -33,7 +33,7 @@ from runcomfy_async.testing._faults import FAULT_KINDS, FaultRule, FaultSet, req
 from runcomfy_async.testing._storage import StoredObject
 from runcomfy_async.testing.server_api import machine_store
 from runcomfy_async.testing.trainer_jobs import jobs_of
-from runcomfy_async.types.jobs import JobStatus
+from runcomfy_async.types.jobs import JobState
 from runcomfy_async.types.uploads import FileDone, UploadEvent
 
 
@@ -363,13 +363,13 @@ async def _watch_preempted_job(emu: Emulator, rc: RunComfy, seed: int, dest: Pat
     jobs_of(emu.state).preempt(job.id, at_step=preempt_at)
     first = [a.key async for a in job.watch_artifacts()]
     stopped = await job
-    assert stopped.status is JobStatus.STOPPED
+    assert stopped.status is JobState.STOPPED
     assert stopped.preempted and not stopped.completed
     assert stopped.progress is not None and stopped.progress.current_step == preempt_at
     await job.resume()
     seen = [a.key async for a in job.watch_artifacts()]
     final = await job
-    assert final.status is JobStatus.STOPPED and final.completed
+    assert final.status is JobState.STOPPED and final.completed
     stored = jobs_of(emu.state).artifacts(job.id)
     assert len(first) == len(set(first)) < len(stored)
     assert len(seen) == len(set(seen))

@@ -12,9 +12,10 @@ from runcomfy_async import (
     DatasetInfo,
     GPUType,
     JobFailed,
-    JobInfo,
+    JobStatus,
     MachineInfo,
     RequestFailed,
+    RequestStatus,
     RunComfy,
 )
 from runcomfy_async.cli.demo import TEMPLATE
@@ -58,10 +59,11 @@ async def test_design_public_surface(tmp_path: Path) -> None:
             config = await rc.jobs.config_for(ds, TEMPLATE)
             job = await rc.jobs.submit(config, gpu_type=GPUType.H100)
             status = await job.status()
+            assert isinstance(status, JobStatus)
             assert status.id == job.id
             seen = [artifact async for artifact in job.watch_artifacts()]
             final = await job
-            assert isinstance(final, JobInfo)
+            assert isinstance(final, JobStatus)
             assert final.completed
             result = await job.result()
             assert result.artifacts
@@ -73,6 +75,7 @@ async def test_design_public_surface(tmp_path: Path) -> None:
             assert all(p.is_file() and p.resolve().is_relative_to(tmp_path / "out") for p in paths)
 
             req = await rc.models.submit("owner/model/variant", {"prompt": "a dog"})
+            assert isinstance(await req.status(), RequestStatus)
             output = await req
             assert output
             output = await rc.models.run("owner/model/variant", {"prompt": "a cat"})

@@ -27,7 +27,7 @@ from runcomfy_async.resources.jobs import check_config, parse_config
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing._storage import StoredObject
 from runcomfy_async.testing.trainer_jobs import PREFIX, jobs_of
-from runcomfy_async.types.jobs import GPUType, JobInfo, JobStatus, Progress
+from runcomfy_async.types.jobs import GPUType, JobState, JobStatus, Progress
 
 FAST = PollPolicy(initial=0.02, factor=1.5, max_interval=0.1, jitter=0.0)
 
@@ -110,7 +110,7 @@ async def test_submit_yaml_string_is_sent_as_written(emu: Emulator, rc: RunComfy
     assert record.config_text == text
     assert record.gpu_type == "HOPPER_141"
     assert job.name == "my_lora"
-    assert (await job.status()).status in (JobStatus.IN_QUEUE, JobStatus.RUNNING)
+    assert (await job.status()).status in (JobState.IN_QUEUE, JobState.RUNNING)
 
 
 @pytest.mark.asyncio
@@ -255,7 +255,7 @@ async def test_full_run_downloads_every_artifact_byte_for_byte(
     """A run ends STOPPED (completed); every artifact downloads identical to the stored one."""
     job = await rc.jobs.submit(CONFIG)
     final = await job
-    assert final.status is JobStatus.STOPPED
+    assert final.status is JobState.STOPPED
     assert final.completed and not final.preempted
     paths = await job.download(tmp_path / "out")
     stored = jobs_of(emu.state).artifacts(job.id)
@@ -291,7 +291,7 @@ async def test_watch_artifacts_yields_each_once_while_running(
     assert len(keys) == len(set(keys))
     assert len(seen) == len(store.artifacts(job.id)) == 6 + 3 + 1
     assert not ended_when_yielded[0]
-    assert (await job.status()).status is JobStatus.STOPPED
+    assert (await job.status()).status is JobState.STOPPED
 
 
 @pytest.mark.asyncio
@@ -300,11 +300,11 @@ async def test_preempted_job_is_reported_and_resumes(emu: Emulator, rc: RunComfy
     job = await rc.jobs.submit(CONFIG)
     jobs_of(emu.state).preempt(job.id, at_step=12)
     stopped = await job
-    assert stopped.status is JobStatus.STOPPED
+    assert stopped.status is JobState.STOPPED
     assert stopped.preempted and not stopped.completed
     assert stopped.progress == Progress(percent=60, current_step=12, total_steps=20)
     resumed = await job.resume()
-    assert resumed.status is JobStatus.IN_QUEUE
+    assert resumed.status is JobState.IN_QUEUE
     assert jobs_of(emu.state).get(job.id).start_step == 10
     final = await rc.jobs.get(job.id)
     assert final.completed
@@ -320,13 +320,13 @@ async def test_cancel_mid_run_keeps_artifacts(emu: Emulator, rc: RunComfy) -> No
         if artifact.kind == "checkpoints":
             break
     canceled = await job.cancel()
-    assert canceled.status is JobStatus.CANCELED
+    assert canceled.status is JobState.CANCELED
     final = await job
-    assert final.status is JobStatus.CANCELED
+    assert final.status is JobState.CANCELED
     assert final.progress is not None and final.progress.current_step is not None
     assert final.progress.current_step < 200
     result = await job.result()
-    assert result.status is JobStatus.CANCELED
+    assert result.status is JobState.CANCELED
     assert len(result.checkpoints) >= 1
 
 
@@ -339,7 +339,7 @@ async def test_failed_job_raises_job_failed(emu: Emulator, rc: RunComfy) -> None
     with pytest.raises(JobFailed, match="not READY") as caught:
         await job
     assert caught.value.error["code"] == "DATASET_NOT_READY"
-    assert isinstance(caught.value.snapshot, JobInfo)
+    assert isinstance(caught.value.snapshot, JobStatus)
 
 
 @pytest.mark.asyncio
@@ -353,7 +353,7 @@ async def test_edit_then_resume_fixes_a_failed_job(emu: Emulator, rc: RunComfy) 
     with pytest.raises(ConfigError, match="drafty"):
         await job.edit(doc)
     edited = await job.edit(config(steps=6))
-    assert edited.status is JobStatus.FAILED
+    assert edited.status is JobState.FAILED
     await job.resume()
     final = await job
     assert final.completed
@@ -366,7 +366,7 @@ async def test_wait_timeout_leaves_the_job_running(emu: Emulator, rc: RunComfy) 
     job = await rc.jobs.submit(config(steps=10_000))
     with pytest.raises(TimeoutError):
         await job.wait(timeout=0.2)
-    assert (await job.status()).status in (JobStatus.IN_QUEUE, JobStatus.RUNNING)
+    assert (await job.status()).status in (JobState.IN_QUEUE, JobState.RUNNING)
 
 
 @pytest.mark.asyncio
@@ -424,8 +424,8 @@ STATUS_SAMPLE = {
 
 def test_status_sample_structures_strictly() -> None:
     """The API.md status sample structures with extra keys forbidden."""
-    info = make_converter(strict=True).structure(STATUS_SAMPLE, JobInfo)
-    assert info.status is JobStatus.RUNNING
+    info = make_converter(strict=True).structure(STATUS_SAMPLE, JobStatus)
+    assert info.status is JobState.RUNNING
     assert info.progress == Progress(percent=16, current_step=320, total_steps=2000)
 
 
@@ -447,16 +447,16 @@ def test_preempted_is_inferred_from_progress_and_error(
     payload: dict[str, Any] = {"id": "j", "status": status, "error": error}
     if progress is not None:
         payload["progress"] = {"current_step": progress[0], "total_steps": progress[1]}
-    info = structure(payload, JobInfo, what="status")
+    info = structure(payload, JobStatus, what="status")
     assert info.preempted is preempted
 
 
 def test_cancelled_and_unknown_statuses() -> None:
     """'cancelled' means CANCELED; an unknown status is kept and not terminal."""
-    assert structure({"id": "j", "status": "cancelled"}, JobInfo, what="s").status is (
-        JobStatus.CANCELED
+    assert structure({"id": "j", "status": "cancelled"}, JobStatus, what="s").status is (
+        JobState.CANCELED
     )
-    odd = structure({"id": "j", "status": "PAUSED"}, JobInfo, what="s")
+    odd = structure({"id": "j", "status": "PAUSED"}, JobStatus, what="s")
     assert odd.status == "PAUSED" and not odd.status.known and not odd.terminal
 
 

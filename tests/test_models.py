@@ -114,7 +114,7 @@ async def test_failed_run_raises_request_failed_with_server_error(
         "message": "Upstream provider rejected the input",
     }
     assert isinstance(caught.value.snapshot, RequestResult)
-    assert (await req.status()).status is RequestStatus.COMPLETED
+    assert (await req.status()).status is RequestState.COMPLETED
     with pytest.raises(RequestFailed):
         await rc.models.run("acme/flaky", {"prompt": "x"}, poll=FAST)
 
@@ -127,7 +127,7 @@ async def test_cancel_while_queued_then_await_raises_cancelled(emu: Emulator, rc
     running = await rc.models.submit("acme/slow", {})
     queued = await rc.models.submit("acme/slow", {})
     state = await queued.status()
-    assert state.status is RequestStatus.IN_QUEUE
+    assert state.status is RequestState.IN_QUEUE
     assert state.queue_position == 1
     assert await queued.cancel() is CancelOutcome.CANCELLED
     with pytest.raises(RequestCancelled):
@@ -143,7 +143,7 @@ async def test_cancel_in_progress_returns_not_cancellable_and_run_finishes(
     """Cancel of a running request does not raise: NOT_CANCELLABLE, and the output still comes."""
     emu.set_model_behavior("acme/medium", duration=300.0)  # 0.3 s real
     req = await rc.models.submit("acme/medium", {})
-    assert (await req.status()).status is RequestStatus.IN_PROGRESS
+    assert (await req.status()).status is RequestState.IN_PROGRESS
     assert await req.cancel() is CancelOutcome.NOT_CANCELLABLE
     output = await req.wait(poll=FAST)
     assert output.status is ResultStatus.SUCCEEDED
@@ -156,20 +156,20 @@ async def test_wait_reports_moving_queue_positions(emu: Emulator, rc: RunComfy) 
     emu.set_model_behavior("acme/step", duration=150.0)  # 0.15 s real each
     ahead = [await rc.models.submit("acme/step", {}) for _ in range(3)]
     req = await rc.models.submit("acme/step", {})
-    seen: list[RequestState] = []
+    seen: list[RequestStatus] = []
     await req.wait(
         poll=PollPolicy(initial=0.03, factor=1.0, max_interval=0.03), on_status=seen.append
     )
     positions = [
         s.queue_position
         for s in seen
-        if s.status is RequestStatus.IN_QUEUE and s.queue_position is not None
+        if s.status is RequestState.IN_QUEUE and s.queue_position is not None
     ]
     assert positions[0] == 3
     assert positions == sorted(positions, reverse=True)
     assert len(set(positions)) >= 2
-    assert seen[-1].status is RequestStatus.COMPLETED
-    assert RequestStatus.IN_PROGRESS in {s.status for s in seen}
+    assert seen[-1].status is RequestState.COMPLETED
+    assert RequestState.IN_PROGRESS in {s.status for s in seen}
     assert all(await asyncio.gather(*(a.wait(poll=FAST) for a in ahead)))
 
 
@@ -358,11 +358,11 @@ async def test_lora_is_sent_as_documented(emu: Emulator, rc: RunComfy) -> None:
 
 def test_unknown_values_are_kept_and_spellings_understood() -> None:
     """Unknown statuses stay (known False); canceled/cancelled and case variants match."""
-    assert RequestStatus("warming_up").known is False
-    assert RequestStatus("warming_up").value == "warming_up"
-    assert RequestStatus("warming_up").finished is False
-    assert RequestStatus("CANCELED") is RequestStatus.CANCELLED
-    assert RequestStatus("failed").finished
+    assert RequestState("warming_up").known is False
+    assert RequestState("warming_up").value == "warming_up"
+    assert RequestState("warming_up").finished is False
+    assert RequestState("CANCELED") is RequestState.CANCELLED
+    assert RequestState("failed").finished
     assert ResultStatus("canceled") is ResultStatus.CANCELLED
     assert CancelOutcome("not_cancelable") is CancelOutcome.NOT_CANCELLABLE
 
@@ -401,7 +401,7 @@ def test_documented_samples_structure_strictly() -> None:
             "status_url": "https://m/v1/requests/r/status",
             "result_url": "https://m/v1/requests/r/result",
         },
-        RequestState,
+        RequestStatus,
     )
     assert state.queue_position == 3
     result = strict.structure(

@@ -22,9 +22,9 @@ from runcomfy_async import errors
 from runcomfy_async._converter import structure
 from runcomfy_async._downloads import plan_paths, safe_name
 from runcomfy_async.types.datasets import DatasetInfo
-from runcomfy_async.types.jobs import Artifact, JobInfo
+from runcomfy_async.types.jobs import Artifact, JobStatus
 from runcomfy_async.types.machines import MachineInfo, Workflow
-from runcomfy_async.types.models import RequestResult, RequestState
+from runcomfy_async.types.models import RequestResult, RequestStatus
 from runcomfy_async.types.uploads import UploadEndpoints
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
@@ -89,7 +89,7 @@ SHAPES: dict[type, st.SearchStrategy[dict[str, Any]]] = {
             "updated_at": timestamps,
         },
     ),
-    JobInfo: shaped(
+    JobStatus: shaped(
         {"id": ids},
         {
             "name": st.none() | ids,
@@ -102,7 +102,7 @@ SHAPES: dict[type, st.SearchStrategy[dict[str, Any]]] = {
             "result_url": st.none() | urls,
         },
     ),
-    RequestState: shaped(
+    RequestStatus: shaped(
         {
             "request_id": ids,
             "status": status("in_queue", "in_progress", "completed", "cancelled", "canceled"),
@@ -167,8 +167,8 @@ SHAPES: dict[type, st.SearchStrategy[dict[str, Any]]] = {
 }
 KEYS = {
     DatasetInfo: "id",
-    JobInfo: "id",
-    RequestState: "request_id",
+    JobStatus: "id",
+    RequestStatus: "request_id",
     RequestResult: "request_id",
     MachineInfo: "server_id",
     Workflow: "workflow_id",

@@ -15,7 +15,7 @@ def test_all_names_import() -> None:
 
 
 def test_every_error_is_exported() -> None:
-    """Every exception class in errors.py is exported from the package and roots at RunComfyError."""
+    """Every exception class in errors.py is exported and derives from RunComfyError."""
     classes = [
         obj for _, obj in inspect.getmembers(errors, inspect.isclass)
         if obj.__module__ == errors.__name__
@@ -37,9 +37,10 @@ def test_contract_names_exported() -> None:
     """The names DESIGN.md promises are exported from the top level."""
     contract = {
         "RunComfy", "GPUType", "Dataset", "TrainingJob", "ModelRequest", "Machine",
-        "DatasetInfo", "JobInfo", "JobResult", "Artifact", "RequestResult", "MachineInfo",
-        "Workflow", "RunComfyError", "APIError", "DatasetFailed", "JobFailed", "RequestFailed",
-        "MachineFailed", "TokenBucket", "Limiter", "ServerType", "Lora", "__version__",
+        "DatasetInfo", "JobStatus", "JobResult", "Artifact", "RequestStatus", "RequestResult",
+        "MachineInfo", "Workflow", "RunComfyError", "APIError", "DatasetFailed", "JobFailed",
+        "RequestFailed", "MachineFailed", "TokenBucket", "Limiter", "ServerType", "Lora",
+        "__version__",
     }
     assert contract <= set(runcomfy_async.__all__)
 

@@ -12,7 +12,7 @@ from .._client import RunComfy
 from .._limiter import Priority
 from .._polling import poll_until
 from ..resources.jobs import TrainingJob
-from ..types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobInfo, JobResult, JobStatus
+from ..types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus
 from ._app import (
     EXIT_FAILED,
     CliError,
@@ -35,7 +35,7 @@ def artifact_rows(artifacts: tuple[Artifact, ...] | list[Artifact]) -> list[tupl
     return [(a.kind, a.step, a.name, a.url) for a in artifacts]
 
 
-def _job_view(info: JobInfo) -> dict[str, Any]:
+def _job_view(info: JobStatus) -> dict[str, Any]:
     """A job snapshot with the derived verdicts a reader wants (completed, preempted)."""
     progress = info.progress
     return {
@@ -57,7 +57,7 @@ def _job_view(info: JobInfo) -> dict[str, Any]:
     }
 
 
-async def watch_job(job: TrainingJob, bar: JobBar) -> tuple[JobInfo, list[Artifact]]:
+async def watch_job(job: TrainingJob, bar: JobBar) -> tuple[JobStatus, list[Artifact]]:
     """Follow a job to its end: step progress on ``bar`` and each new artifact as it appears.
 
     Returns:
@@ -90,7 +90,7 @@ async def watch_job(job: TrainingJob, bar: JobBar) -> tuple[JobInfo, list[Artifa
     return final, seen
 
 
-def _verdict(info: JobInfo) -> None:
+def _verdict(info: JobStatus) -> None:
     """Fail the command (exit 1) for a run that did not complete, saying what to do."""
     if info.completed:
         return
@@ -106,7 +106,7 @@ def _verdict(info: JobInfo) -> None:
             f"`runcomfy jobs resume {info.id}` continues it from its latest checkpoint",
             exit_code=EXIT_FAILED,
         )
-    if info.status is JobStatus.CANCELED:
+    if info.status is JobState.CANCELED:
         raise CliError(
             f"training job {info.id} was canceled; its artifacts so far stay available "
             f"(`runcomfy jobs result {info.id}`)",
@@ -144,7 +144,7 @@ def submit(config: Path, dataset: str | None, gpu: str, watch: bool) -> None:
     reporter = Reporter()
     opts = settings()
 
-    async def work(rc: RunComfy) -> tuple[JobInfo, list[Artifact]]:
+    async def work(rc: RunComfy) -> tuple[JobStatus, list[Artifact]]:
         doc = await rc.jobs.config_for(dataset, config) if dataset else config
         job = await rc.jobs.submit(doc, gpu_type=_GPUS[gpu.lower()])
         opts.interrupt_hint = (

@@ -13,7 +13,7 @@ import click
 from .._client import RunComfy
 from .._downloads import DownloadProgress, download_artifacts
 from ..types.jobs import Artifact
-from ..types.models import RequestResult, RequestState
+from ..types.models import RequestResult, RequestStatus
 from ._app import emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
 
@@ -100,11 +100,11 @@ async def download_outputs(
     )
 
 
-def status_notes(reporter: Reporter, request_id: str) -> Callable[[RequestState], None]:
+def status_notes(reporter: Reporter, request_id: str) -> Callable[[RequestStatus], None]:
     """An ``on_status`` callback noting each change of status (and queue position)."""
     last: list[tuple[str, int | None]] = []
 
-    def note(state: RequestState) -> None:
+    def note(state: RequestStatus) -> None:
         """Note the snapshot when it differs from the previous one."""
         key = (state.status.value, state.queue_position)
         if last and last[-1] == key:

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from .._downloads import DownloadProgress
-from ..types.jobs import Artifact, JobInfo
+from ..types.jobs import Artifact, JobStatus
 from ..types.machines import ComfyEvent
 from ..types.uploads import (
     BytesSent,
@@ -244,9 +244,9 @@ class JobBar:
             TimeElapsedColumn(),
         )
         self._task = self.progress.add_task(f"{label} [dim]IN_QUEUE", total=None)
-        self.last: JobInfo | None = None
+        self.last: JobStatus | None = None
 
-    def status(self, info: JobInfo) -> None:
+    def status(self, info: JobStatus) -> None:
         """Show a status snapshot (status word and step count); notes each status change."""
         if self.last is None or self.last.status != info.status:
             self._reporter.note(f"{info.id}: {info.status.value}")

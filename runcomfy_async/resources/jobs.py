@@ -29,8 +29,8 @@ from ..types.jobs import (
     ARTIFACT_KINDS,
     Artifact,
     GPUType,
-    JobInfo,
     JobResult,
+    JobState,
     JobStatus,
     artifacts_from_wire,
 )
@@ -226,7 +226,7 @@ def _gpu_type(gpu_type: GPUType | str) -> str:
 class TrainingJob:
     """An awaitable handle on one training job: ``final = await job`` waits until it ends.
 
-    ``await job`` returns the final :class:`JobInfo`: ``STOPPED`` (check ``.preempted``: a run
+    ``await job`` returns the final :class:`JobStatus`: ``STOPPED`` (check ``.preempted``: a run
     the platform stopped short of its last step comes back with ``preempted`` True, and
     ``await job.resume()`` continues it from its latest checkpoint) or ``CANCELED``. ``FAILED``
     raises :class:`~runcomfy_async.errors.JobFailed` with the server's error.
@@ -244,13 +244,13 @@ class TrainingJob:
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id!r}, name={self.name!r})"
 
-    async def status(self, *, priority: Priority = Priority.USER) -> JobInfo:
+    async def status(self, *, priority: Priority = Priority.USER) -> JobStatus:
         """Ask the server for the job's current status and progress (never a cached one)."""
         payload = await self._client.request(
             RequestSpec(api=API.TRAINER, method="GET", path=_path(self.id, "/status")),
             priority=priority,
         )
-        info = structure(payload, JobInfo, what="training job status")
+        info = structure(payload, JobStatus, what="training job status")
         if info.name:
             self.name = info.name
         return info
@@ -273,7 +273,7 @@ class TrainingJob:
             error=wire.error,
         )
 
-    async def cancel(self) -> JobInfo:
+    async def cancel(self) -> JobStatus:
         """Cancel a queued or running job; its artifacts so far stay available via ``result()``.
 
         Raises:
@@ -287,7 +287,7 @@ class TrainingJob:
         )
         return self._info(payload, "cancel answer")
 
-    async def resume(self) -> JobInfo:
+    async def resume(self) -> JobStatus:
         """Queue a stopped job again; it continues from its highest checkpoint, same job id.
 
         Raises:
@@ -306,7 +306,7 @@ class TrainingJob:
         )
         return self._info(payload, "resume answer")
 
-    async def edit(self, config: JobConfig, *, check_datasets: bool = True) -> JobInfo:
+    async def edit(self, config: JobConfig, *, check_datasets: bool = True) -> JobStatus:
         """Replace the config of a job that is not running (then ``resume()`` it).
 
         Args:
@@ -330,15 +330,15 @@ class TrainingJob:
         )
         return self._info(payload, "edit answer")
 
-    def _info(self, payload: Any, what: str) -> JobInfo:
+    def _info(self, payload: Any, what: str) -> JobStatus:
         """A snapshot from an action's answer, which may omit the id."""
         if isinstance(payload, dict) and "id" not in payload:
             payload = {**payload, "id": self.id}
-        return structure(payload, JobInfo, what=what)
+        return structure(payload, JobStatus, what=what)
 
     async def wait(
         self, *, timeout: float | None = None, poll: PollPolicy | None = None
-    ) -> JobInfo:
+    ) -> JobStatus:
         """Poll until the job ends and return the final status (what ``await job`` does).
 
         Args:
@@ -360,7 +360,7 @@ class TrainingJob:
             key=lambda i: i.status,
             what=f"training job {self.id} to end",
         )
-        if info.status is JobStatus.FAILED:
+        if info.status is JobState.FAILED:
             raise errors.JobFailed(
                 f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}; "
                 "fix the cause, then job.edit(config) and job.resume(), or submit again",
@@ -369,7 +369,7 @@ class TrainingJob:
             )
         return info
 
-    def __await__(self) -> Generator[Any, None, JobInfo]:
+    def __await__(self) -> Generator[Any, None, JobStatus]:
         return self.wait().__await__()
 
     async def _snapshot(self) -> JobResult:
@@ -471,7 +471,7 @@ class _ResultWire:
     """``/result`` as sent; ``artifacts`` is flattened by ``artifacts_from_wire``."""
 
     id: str | None = None
-    status: JobStatus | None = None
+    status: JobState | None = None
     artifacts: Any = None
     error: Any = None
 
@@ -568,7 +568,7 @@ class Jobs:
         payload = await self._client.request(
             RequestSpec(api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT)
         )
-        info = structure(payload, JobInfo, what="submitted training job")
+        info = structure(payload, JobStatus, what="submitted training job")
         return TrainingJob(self._client, info.id, info.name, poll=self.poll)
 
     def get(self, job_id: str) -> TrainingJob:

@@ -157,7 +157,7 @@ def cancel_outcome(payload: Any) -> CancelOutcome:
     status = payload.get("status") if isinstance(payload, dict) else None
     parsed = CancelOutcome(outcome) if isinstance(outcome, str) and outcome else None
     if parsed is CancelOutcome.CANCELLED or (
-        isinstance(status, str) and RequestStatus(status) is RequestStatus.CANCELLED
+        isinstance(status, str) and RequestState(status) is RequestState.CANCELLED
     ):
         return CancelOutcome.CANCELLED
     if parsed is not None:
@@ -201,7 +201,7 @@ class ModelRequest:
     def __repr__(self) -> str:
         return f"ModelRequest(id={self.id!r}, model_id={self.model_id!r})"
 
-    async def status(self, *, priority: Priority = Priority.USER) -> RequestState:
+    async def status(self, *, priority: Priority = Priority.USER) -> RequestStatus:
         """Ask the server where the request is (never a cached answer).
 
         Args:
@@ -215,7 +215,7 @@ class ModelRequest:
             RequestSpec(api=API.MODEL, method="GET", path=_request_path(self.id, "/status")),
             priority=priority,
         )
-        return structure(_with_id(payload, self.id), RequestState, what="request status")
+        return structure(_with_id(payload, self.id), RequestStatus, what="request status")
 
     async def result(self, *, priority: Priority = Priority.USER) -> RequestResult:
         """Fetch the request's result; while it runs, the result carries the current status.
@@ -270,7 +270,7 @@ class ModelRequest:
         *,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
-        on_status: Callable[[RequestState], Awaitable[None] | None] | None = None,
+        on_status: Callable[[RequestStatus], Awaitable[None] | None] | None = None,
     ) -> RequestResult:
         """Wait until the request finishes and return its successful result.
 

@@ -2,7 +2,7 @@
 
 A job's status is ``IN_QUEUE -> RUNNING -> STOPPED`` (or ``FAILED`` / ``CANCELED``). The service
 reports STOPPED both for a run that reached its last step and for one the platform stopped early
-(preemption, a reclaimed server), so :attr:`JobInfo.preempted` tells them apart from the progress
+(preemption, a reclaimed server), so :attr:`JobStatus.preempted` tells them apart from the progress
 and the error (API.md section 2.2).
 """
 
@@ -23,8 +23,8 @@ __all__ = [
     "ARTIFACT_KINDS",
     "Artifact",
     "GPUType",
-    "JobInfo",
     "JobResult",
+    "JobState",
     "JobStatus",
     "Progress",
     "artifacts_from_wire",
@@ -34,7 +34,7 @@ __all__ = [
 ARTIFACT_KINDS = ("checkpoints", "samples", "config")
 
 
-class JobStatus(OpenStrEnum):
+class JobState(OpenStrEnum):
     """IN_QUEUE -> RUNNING -> STOPPED, or FAILED / CANCELED (``cancelled`` is understood too)."""
 
     IN_QUEUE = "IN_QUEUE"
@@ -50,7 +50,7 @@ class JobStatus(OpenStrEnum):
     @property
     def terminal(self) -> bool:
         """Whether the job has ended (STOPPED, FAILED or CANCELED); unknown values are not."""
-        return self in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.CANCELED)
+        return self in (JobState.STOPPED, JobState.FAILED, JobState.CANCELED)
 
 
 class GPUType(OpenStrEnum):
@@ -74,12 +74,12 @@ class Progress:
 
 
 @attrs.frozen(kw_only=True)
-class JobInfo:
+class JobStatus:
     """A snapshot of a training job's status (API.md section 2.2)."""
 
     id: str
     name: str | None = None
-    status: JobStatus = JobStatus.IN_QUEUE
+    status: JobState = JobState.IN_QUEUE
     progress: Progress | None = None
     error: Any = None
     created_at: datetime | None = None
@@ -99,7 +99,7 @@ class JobInfo:
         The service reports STOPPED for success and for platform-initiated stops alike; a run
         that completed has ``current_step == total_steps`` and no error (API.md section 2.2).
         """
-        if self.status is not JobStatus.STOPPED:
+        if self.status is not JobState.STOPPED:
             return False
         if self.error:
             return True
@@ -111,7 +111,7 @@ class JobInfo:
     @property
     def completed(self) -> bool:
         """STOPPED after the last step without an error: the training run succeeded."""
-        return self.status is JobStatus.STOPPED and not self.preempted
+        return self.status is JobState.STOPPED and not self.preempted
 
 
 @attrs.frozen(kw_only=True)
@@ -143,7 +143,7 @@ class JobResult:
     """What ``/result`` said: the artifacts so far (flattened, in server order), status, error."""
 
     id: str | None = None
-    status: JobStatus | None = None
+    status: JobState | None = None
     artifacts: tuple[Artifact, ...] = ()
     error: Any = None
 

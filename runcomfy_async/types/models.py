@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-class RequestStatus(OpenStrEnum):
+class RequestState(OpenStrEnum):
     """What ``/status`` says: in_queue -> in_progress -> completed | cancelled (API.md 3.2).
 
     ``completed`` does not mean success: only the result tells (:class:`ResultStatus`).
@@ -49,10 +49,10 @@ class RequestStatus(OpenStrEnum):
 
 _FINISHED_STATUSES = frozenset(
     {
-        RequestStatus.COMPLETED,
-        RequestStatus.CANCELLED,
-        RequestStatus.FAILED,
-        RequestStatus.SUCCEEDED,
+        RequestState.COMPLETED,
+        RequestState.CANCELLED,
+        RequestState.FAILED,
+        RequestState.SUCCEEDED,
     }
 )
 
@@ -104,7 +104,7 @@ class CancelOutcome(OpenStrEnum):
 
 
 @attrs.frozen(kw_only=True)
-class RequestState:
+class RequestStatus:
     """A snapshot of a model request's ``/status`` (API.md 3.2).
 
     Attributes:
@@ -115,7 +115,7 @@ class RequestState:
     """
 
     request_id: str
-    status: RequestStatus
+    status: RequestState
     queue_position: int | None = None
     status_url: str | None = None
     result_url: str | None = None
