@@ -312,6 +312,8 @@ class RunComfy:
         while True:
             attempt += 1
             await self.limiter.acquire(priority)
+            if attempt > 1:
+                transport = self._check_usable()  # closed while we backed off: say so
             self.api_calls += 1
             retry_after: float | None = None
             try:
@@ -332,8 +334,13 @@ class RunComfy:
                 status = raw.status
                 if status == 429:
                     retry_after = _retry_after(raw.headers)
+                    # Capped: one Retry-After of a day must not freeze every later call (a
+                    # machine's stop among them); past the cap the caller gets the error instead.
                     await self.limiter.pause(
-                        retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE
+                        min(
+                            retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE,
+                            self.retry.max_retry_after,
+                        )
                     )
                 try:
                     result = decode_response(

@@ -18,7 +18,7 @@ from multidict import CIMultiDictProxy
 from . import errors
 from ._protocol import redact_url
 
-__all__ = ["RawResponse", "Timeouts", "Transport", "UnsentTransportError"]
+__all__ = ["RawResponse", "Timeouts", "Transport", "UnsentTimeoutError", "UnsentTransportError"]
 
 
 @attrs.frozen(kw_only=True)
@@ -60,9 +60,19 @@ class UnsentTransportError(errors.TransportError):
     """The connection could not be opened: the request provably never left the machine."""
 
 
+class UnsentTimeoutError(UnsentTransportError, errors.APITimeoutError):
+    """Connecting timed out: nothing was sent, so even a create may be tried again."""
+
+
 def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportError:
     """Translate an aiohttp/asyncio failure into our tree (the URL has query secrets masked)."""
     safe = redact_url(url)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UnsentTimeoutError(
+            f"timed out connecting to {safe} ({method}); the request was not sent",
+            method=method,
+            url=safe,
+        )
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return errors.APITimeoutError(
             f"timed out talking to {safe} ({method}); raise the client's timeout if the "
@@ -117,3 +127,10 @@ class Transport:
                 return RawResponse(status=resp.status, headers=resp.headers, body=body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise map_error(exc, method=method, url=url) from exc
+        except RuntimeError as exc:
+            if not self.session.closed:
+                raise
+            # aiohttp's bare "Session is closed": the client was closed under this call.
+            raise errors.ClientClosedError(
+                f"the client was closed while {method} {redact_url(url)} was in flight"
+            ) from exc

@@ -17,6 +17,7 @@ from runcomfy_async import (
     ConfigurationError,
     NotFoundError,
     PollPolicy,
+    RateLimitError,
     RetryPolicy,
     RunComfy,
     ServerError,
@@ -24,6 +25,7 @@ from runcomfy_async import (
     WrongEventLoopError,
 )
 from runcomfy_async._protocol import API, RequestSpec, Retry
+from runcomfy_async._transport import UnsentTransportError, map_error
 from runcomfy_async.testing import Emulator
 
 LIST = RequestSpec(api=API.TRAINER, method="GET", path="/prod/v1/trainers/datasets")
@@ -278,3 +280,38 @@ async def test_named_create_answered_500_is_looked_up_before_a_second_try() -> N
     assert names == ["made-anyway", "only-once"]
     creates = [r for r in emu.log if r.method == "POST" and r.path.endswith("/datasets")]
     assert [r.status for r in creates] == [500, 200, 500]
+
+
+@pytest.mark.asyncio
+async def test_closing_the_client_fails_queued_calls() -> None:
+    """Calls queued for a token when the client closes fail with ClientClosedError, not hang."""
+    async with Emulator(rate_limit=None) as emu:
+        rc = emu.client(rate=0.2, burst=1)
+        await rc.open()
+        await rc.request(LIST)
+        queued = [asyncio.create_task(rc.request(LIST)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await rc.aclose()
+        results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 2.0)
+    assert all(isinstance(r, ClientClosedError) for r in results)
+
+
+@pytest.mark.asyncio
+async def test_huge_retry_after_is_capped_and_surfaces() -> None:
+    """A Retry-After beyond the policy's cap is not waited out and does not freeze later calls."""
+    policy = RetryPolicy(max_attempts=3, base_delay=0.05, max_retry_after=0.5)
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0, retry=policy) as rc:
+        emu.inject("429", api="trainer", count=1, retry_after=86400)
+        start = time.monotonic()
+        with pytest.raises(RateLimitError) as info:
+            await rc.request(LIST)
+        assert info.value.retry_after == 86400
+        await rc.request(LIST)  # the bucket was paused for the cap, not for a day
+    assert time.monotonic() - start < 2.0
+
+
+def test_connect_timeout_counts_as_unsent() -> None:
+    """A connect timeout maps to an unsent timeout, so even a create may be tried again."""
+    exc = map_error(aiohttp.ConnectionTimeoutError("connect"), method="POST", url="https://x/y")
+    assert isinstance(exc, UnsentTransportError)
+    assert isinstance(exc, TimeoutError)
