@@ -16,10 +16,11 @@ path inside ``dest`` (``dest/<kind>/<name>``, a ``_2`` suffix on a clash).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Final
 
@@ -138,6 +139,37 @@ def _part_path(path: Path) -> Path:
     return path.with_name(path.name + _PART_SUFFIX)
 
 
+def _validator_path(part: Path) -> Path:
+    """Beside a ``.part``: the Last-Modified/ETag of the file version it holds."""
+    return part.with_name(part.name + ".validator")
+
+
+async def _read_validator(part: Path) -> str | None:
+    """The validator a ``.part`` was started with, or None when unknown."""
+    try:
+        async with aiofiles.open(_validator_path(part)) as fh:
+            value = (await fh.read()).strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+async def _write_validator(part: Path, headers: Mapping[str, str]) -> None:
+    """Record which version of the file a new ``.part`` holds (a date suits every server)."""
+    value = headers.get("Last-Modified") or headers.get("ETag")
+    if value and not value.startswith("W/"):
+        async with aiofiles.open(_validator_path(part), "w") as fh:
+            await fh.write(value)
+    else:
+        await _forget_validator(part)
+
+
+async def _forget_validator(part: Path) -> None:
+    """Drop the validator once its ``.part`` is complete or abandoned."""
+    with contextlib.suppress(FileNotFoundError):
+        await aiofiles.os.remove(_validator_path(part))
+
+
 async def _size_on_disk(path: Path) -> int:
     """The file's size, 0 if it does not exist."""
     try:
@@ -173,8 +205,13 @@ async def _download_once(
     """One GET of ``url`` into ``path``'s ``.part`` (continued where possible), then rename."""
     part = _part_path(path)
     offset = await _size_on_disk(part)
+    validator = await _read_validator(part) if offset else None
+    if offset and validator is None:
+        offset = 0  # a .part we cannot tie to this exact file version: start over, never mix
     # No Authorization here, ever: the signed URL is the credential (API.md section 1.3).
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # If-Range: the server sends the rest only if the file is still the version the .part
+    # began with; a regenerated artifact comes back whole (200) and replaces it.
+    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator and offset else {}
     safe_url = redact_url(url)
     try:
         async with session.get(url, headers=headers, timeout=timeout) as resp:
@@ -183,6 +220,7 @@ async def _download_once(
                 if total != offset:
                     raise _Restart
                 await aiofiles.os.replace(part, path)
+                await _forget_validator(part)
                 return
             if resp.status >= 400:
                 body = await resp.content.read(_ERROR_BODY_LIMIT)
@@ -195,9 +233,10 @@ async def _download_once(
                     raise _Restart
                 append = True
             else:
-                # 200: the server sent the whole file (it ignored or lacks Range support).
+                # 200: the whole file (no Range support, or it changed since the .part began).
                 offset, append = 0, False
                 total = resp.content_length
+                await _write_validator(part, resp.headers)
             done = offset
             buffer = bytearray()
             async with aiofiles.open(part, "ab" if append else "wb") as fh:
@@ -225,6 +264,7 @@ async def _download_once(
             url=safe_url,
         )
     await aiofiles.os.replace(part, path)
+    await _forget_validator(part)
 
 
 async def _download_with_retries(
@@ -251,6 +291,7 @@ async def _download_with_retries(
             )
         except _Restart:
             await aiofiles.os.remove(_part_path(path))
+            await _forget_validator(_part_path(path))
             failure: errors.RunComfyError = errors.TransportError(
                 f"{redact_url(artifact.url)} did not continue the partial file; starting over",
                 method="GET",

@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -224,11 +225,42 @@ async def test_complete_part_file_is_just_renamed(
     part = tmp_path / "config" / "config.yaml.part"
     part.parent.mkdir()
     part.write_bytes(b"job: extension\n")
+    part.with_name("config.yaml.part.validator").write_text(await _last_modified(rc, job_id))
     events: list[DownloadProgress] = []
     (path,) = await rc.jobs.get(job_id).download(tmp_path, progress=events.append)
     assert path.read_bytes() == b"job: extension\n"
     assert storage_requests(emu)[-1].headers.get("Range") == "bytes=15-"
     assert events == []
+    assert list(part.parent.iterdir()) == [path]  # no .part, no validator left behind
+
+
+async def _last_modified(rc: RunComfy, job_id: str) -> str:
+    """The Last-Modified the artifact host sends for the job's config."""
+    (config,) = [a for a in (await rc.jobs.get(job_id).result()).artifacts if a.kind == "config"]
+    async with aiohttp.ClientSession() as session, session.head(config.url) as resp:
+        return resp.headers["Last-Modified"]
+
+
+@pytest.mark.asyncio
+async def test_part_of_another_file_version_is_never_appended_to(
+    emu: Emulator, rc: RunComfy, tmp_path: Path
+) -> None:
+    """A .part begun on an older version (If-Range fails) or of unknown origin is replaced whole."""
+    store, job_id = new_job(emu)
+    store.add_artifact(job_id, "config", "config.yaml", b"job: extension\nversion: 2\n")
+    part = tmp_path / "config" / "config.yaml.part"
+    part.parent.mkdir()
+    part.write_bytes(b"OLD-VERSION")
+    part.with_name("config.yaml.part.validator").write_text("Wed, 01 Jan 2020 00:00:00 GMT")
+    (path,) = await rc.jobs.get(job_id).download(tmp_path)
+    assert path.read_bytes() == b"job: extension\nversion: 2\n"
+    sent = storage_requests(emu)[-1].headers
+    assert sent.get("If-Range") == "Wed, 01 Jan 2020 00:00:00 GMT"
+    part.write_bytes(b"NO-VALIDATOR")  # a stray .part nobody can vouch for
+    path.unlink()
+    (path,) = await rc.jobs.get(job_id).download(tmp_path)
+    assert path.read_bytes() == b"job: extension\nversion: 2\n"
+    assert "Range" not in storage_requests(emu)[-1].headers
 
 
 @pytest.mark.asyncio
