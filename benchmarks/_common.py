@@ -76,6 +76,8 @@ def write_results(name: str, rows: Sequence[dict[str, Any]], **extra: Any) -> Pa
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """A Markdown table of ``rows`` on stdout."""
     def fmt(value: Any) -> str:
+        if value is None:
+            return ""
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     print("| " + " | ".join(columns) + " |")

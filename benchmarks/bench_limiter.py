@@ -185,14 +185,14 @@ def main() -> None:
                 print(f"  {rows[-1]['limiter']}, {n} process(es): done", file=sys.stderr)
     columns = ["processes", "limiter", "sent_per_s", "ok_per_s", "limit_per_s", "requests_429"]
     print_table(rows, columns)
-    if not args.smoke:
-        path = write_results(
-            "limiter",
-            rows,
-            emulator={"rate_limit": RATE, "burst": SERVER_BURST},
-            concurrency_per_process=CONCURRENCY,
-        )
-        print(f"\nwritten to {path}")
+    path = write_results(
+        "limiter-smoke" if args.smoke else "limiter",
+        rows,
+        emulator={"rate_limit": RATE, "burst": SERVER_BURST},
+        concurrency_per_process=CONCURRENCY,
+        smoke=args.smoke,
+    )
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

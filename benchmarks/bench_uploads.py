@@ -1,10 +1,15 @@
-"""Dataset uploads: memory and throughput beside curl, and bulk folders beside the per-file flow.
+"""Dataset uploads: memory and throughput beside curl and the naive upload, bulk beside per-file.
 
 Against one emulator in its own process (1 request/s, the real account limit):
 
-1. **Signed-URL upload of one large file** (2 GiB sparse file; ``--smoke``: 16 MiB): our
-   ``ds.upload(path, direct_limit=0)`` in a child process, beside ``curl -T`` to a signed URL
-   fetched from the same API.
+1. **Signed-URL upload, size sweep** (16 MiB, 256 MiB, 2 GiB sparse files; ``--smoke``: 1, 4,
+   16 MiB): our ``ds.upload(path, direct_limit=0)`` in a child process, beside the naive upload
+   (the whole file read into memory, then one aiohttp PUT of the bytes, also in a child process)
+   and ``curl -T``, each to a signed URL fetched from the same API. Tools alternate, in reverse
+   order every other repeat; the file is read once beforehand (page cache warm for everyone) and
+   the emulator's stored uploads are flushed to disk (``sync``) before each measured transfer.
+   A plot of throughput and memory against size goes to ``results/uploads_sweep.png``
+   (matplotlib optional: skipped with a message when it is missing).
 2. **Direct upload of a 150 MB file** (``--smoke``: 8 MB): ``ds.upload(path)`` beside
    ``curl --form file=@path`` with the bearer header (the vendor's documented command).
 3. **A 1,000-file captioned folder** (500 images + 500 captions, ``--smoke``: 40 files):
@@ -19,7 +24,7 @@ the interpreter's start-up nor the emulator nor curl pollutes it. curl's figure 
 RSS (``ru_maxrss`` of the process). Throughput is file bytes / wall time of the transfer itself;
 the single-file scenarios run three times per tool, alternating, and report the median time.
 
-Run: ``python -m benchmarks.bench_uploads [--smoke]`` (full: ~3 minutes, 4.5 GB of disk).
+Run: ``python -m benchmarks.bench_uploads [--smoke]`` (full: ~5 minutes, ~7 GB of scratch disk).
 Writes ``benchmarks/results/uploads.json`` (``uploads-smoke.json`` with ``--smoke``).
 """
 
@@ -44,8 +49,24 @@ from runcomfy_async import RunComfy
 from ._common import emulator_process, print_table, write_results
 
 MIB = 1 << 20
-FULL = {"signed": 2 * 1024 * MIB, "direct": 150_000_000, "pairs": 500, "sample": 20, "repeats": 3}
-SMOKE = {"signed": 16 * MIB, "direct": 8_000_000, "pairs": 20, "sample": 2, "repeats": 1}
+GIB = 1 << 30
+#: ``sweep``: the signed-URL PUT sizes (the flat-memory check); the last one is the headline.
+FULL: dict[str, Any] = {
+    "sweep": (16 * MIB, 256 * MIB, 2 * GIB),
+    "direct": 150_000_000,
+    "pairs": 500,
+    "sample": 20,
+    "repeats": 3,
+}
+SMOKE: dict[str, Any] = {
+    "sweep": (1 * MIB, 4 * MIB, 16 * MIB),
+    "direct": 8_000_000,
+    "pairs": 20,
+    "sample": 2,
+    "repeats": 1,
+}
+#: Peak RSS growth allowed at every size (the issue's target).
+RSS_TARGET_MIB = 64
 DATASETS = "/prod/v1/trainers/datasets"
 
 
@@ -69,8 +90,31 @@ def _reset_peak() -> bool:
     return True
 
 
+async def _naive(target: str, url: str) -> dict[str, Any]:
+    """The naive upload: read the whole file into memory, PUT the bytes with aiohttp."""
+    async with aiohttp.ClientSession() as session:
+        reset = _reset_peak()
+        rss_before = _proc_status("VmRSS")
+        started = time.monotonic()
+        data = await asyncio.to_thread(Path(target).read_bytes)
+        async with session.put(url, data=data, headers={"Content-Type": "video/mp4"}) as resp:
+            await resp.read()
+            status = resp.status
+        elapsed = time.monotonic() - started
+        peak = _proc_status("VmHWM")
+    if not 200 <= status < 300:
+        raise RuntimeError(f"the naive PUT was answered with HTTP {status}")
+    return {
+        "elapsed": elapsed,
+        "rss_before": rss_before,
+        "peak_growth": peak - rss_before if reset else None,
+    }
+
+
 async def _child(mode: str, target: str, dataset_id: str) -> dict[str, Any]:
-    """Run one upload with our client and measure it."""
+    """Run one upload with our client (or, mode ``naive``, the naive way) and measure it."""
+    if mode == "naive":
+        return await _naive(target, dataset_id)
     async with RunComfy() as rc:
         ds = rc.datasets.get(dataset_id)
         reset = _reset_peak()
@@ -96,7 +140,7 @@ async def _child(mode: str, target: str, dataset_id: str) -> dict[str, Any]:
 
 
 def _run_child(mode: str, target: Path, dataset_id: str, env: dict[str, str]) -> dict[str, Any]:
-    """Start the child, wait for it, return its JSON line."""
+    """Start the child, wait for it, return its JSON line (``dataset_id``: the URL if naive)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -213,6 +257,22 @@ def _sparse(path: Path, size: int) -> Path:
     return path
 
 
+def _warm(path: Path) -> None:
+    """Read the file once, so no tool pays for filling the page cache (holes included)."""
+    with path.open("rb") as fh:
+        while fh.read(8 * MIB):
+            pass
+
+
+async def _quiet_disk() -> None:
+    """Flush the emulator's stored uploads to disk before a measured transfer.
+
+    Each stored GiB is written back by the kernel in the background; without this, whichever
+    transfer runs next shares the machine with that writeback.
+    """
+    await asyncio.to_thread(os.sync)
+
+
 def _dense(path: Path, size: int) -> Path:
     with path.open("wb") as fh:
         left = size
@@ -238,61 +298,113 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else round(value / MIB, 1)
 
 
+def _measured(scenario: str, tool: str, size: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row from child runs: median time, the largest peak RSS growth seen."""
+    growth = [r["peak_growth"] for r in runs]
+    return _row(
+        scenario,
+        tool,
+        size,
+        statistics.median(r["elapsed"] for r in runs),
+        peak_rss_growth_MiB=_mib(None if None in growth else max(growth)),
+        runs=len(runs),
+    )
+
+
 async def _scenarios(
-    env: dict[str, str], work: Path, sizes: dict[str, int], *, paced: bool
+    env: dict[str, str], work: Path, sizes: dict[str, Any], *, paced: bool
 ) -> list[dict[str, Any]]:
     api = _Api(env, paced=paced)
     rows: list[dict[str, Any]] = []
 
-    # 1. one large file by signed URL; 2. one file at the direct limit. Each tool runs
-    # `repeats` times, alternating, into its own dataset (the same name overwrites, API.md 1.2);
-    # the median time and the largest memory figure are reported.
-    big = _sparse(work / "big.mp4", sizes["signed"])
-    mid = _dense(work / "mid.mp4", sizes["direct"])
     bearer = f"Authorization: Bearer {env['RUNCOMFY_API_TOKEN']}"
-    for scenario, mode, path, curl_tool in (
-        ("signed PUT", "signed", big, "curl -T"),
-        ("direct multipart", "direct", mid, "curl --form"),
-    ):
-        ds_ours = await api.dataset(f"bench-{mode}-ours")
-        ds_curl = await api.dataset(f"bench-{mode}-curl")
+
+    # 1. the signed-URL PUT at each size of the sweep: ours, the naive read-it-all upload and
+    # `curl -T`, alternating, `repeats` times each, each tool into its own dataset (the same
+    # name overwrites, API.md 1.2). Median time, largest memory figure.
+    ds_ours = await api.dataset("bench-signed-ours")
+    ds_naive = await api.dataset("bench-signed-naive")
+    ds_curl = await api.dataset("bench-signed-curl")
+    for size in sizes["sweep"]:
+        path = _sparse(work / f"big_{size // MIB}MiB.mp4", size)
         ours_runs: list[dict[str, Any]] = []
+        naive_runs: list[dict[str, Any]] = []
         curl_runs: list[tuple[float, int, str]] = []
-        for _ in range(sizes["repeats"]):
-            await api.settle()
-            ours_runs.append(await asyncio.to_thread(_run_child, mode, path, ds_ours, env))
-            _check(await api.sizes(ds_ours), path)
-            if mode == "signed":
-                url = await api.signed_url(ds_curl, path, sizes["signed"])
-                args = ["-T", str(path), "-H", "Content-Type: video/mp4", url]
-            else:
-                args = ["-H", bearer, "--form", f"file=@{path}", f"{api.base}/{ds_curl}/upload"]
-            await api.settle()
-            curl_runs.append(await asyncio.to_thread(_run_curl, args))
-            _expect_ok(curl_runs[-1][2])
-            _check(await api.sizes(ds_curl), path)
-        growth = [r["peak_growth"] for r in ours_runs]
+        await asyncio.to_thread(_warm, path)
+        for repeat in range(sizes["repeats"]):
+            # Every other repeat runs the tools in reverse order, so whoever goes first after
+            # the previous size's transfers is not always the same tool.
+            order = ("ours", "naive", "curl") if repeat % 2 == 0 else ("curl", "naive", "ours")
+            for tool in order:
+                await api.settle()
+                if tool == "ours":
+                    await _quiet_disk()
+                    ours_runs.append(
+                        await asyncio.to_thread(_run_child, "signed", path, ds_ours, env)
+                    )
+                    continue
+                url = await api.signed_url(ds_naive if tool == "naive" else ds_curl, path, size)
+                await _quiet_disk()
+                if tool == "naive":
+                    naive_runs.append(await asyncio.to_thread(_run_child, "naive", path, url, env))
+                else:
+                    curl_runs.append(
+                        await asyncio.to_thread(
+                            _run_curl, ["-T", str(path), "-H", "Content-Type: video/mp4", url]
+                        )
+                    )
+                    _expect_ok(curl_runs[-1][2])
+        for ds in (ds_ours, ds_naive, ds_curl):
+            _check(await api.sizes(ds), path)
+        rows.append(_measured("signed PUT", "runcomfy-async", size, ours_runs))
+        rows[-1]["api_calls"] = ours_runs[0]["api_calls"]
+        rows.append(_measured("signed PUT", "naive read-all + aiohttp PUT", size, naive_runs))
         rows.append(
             _row(
-                scenario,
-                "runcomfy-async",
-                path.stat().st_size,
-                statistics.median(r["elapsed"] for r in ours_runs),
-                peak_rss_growth_MiB=_mib(None if None in growth else max(growth)),
-                api_calls=ours_runs[0]["api_calls"],
-                runs=len(ours_runs),
-            )
-        )
-        rows.append(
-            _row(
-                scenario,
-                curl_tool,
-                path.stat().st_size,
+                "signed PUT",
+                "curl -T",
+                size,
                 statistics.median(r[0] for r in curl_runs),
                 curl_peak_rss_MiB=_mib(max(r[1] for r in curl_runs)),
                 runs=len(curl_runs),
             )
         )
+        path.unlink()
+
+    # 2. one file at the direct limit, ours beside the vendor's documented `curl --form`.
+    mid = _dense(work / "mid.mp4", sizes["direct"])
+    ds_ours = await api.dataset("bench-direct-ours")
+    ds_curl = await api.dataset("bench-direct-curl")
+    direct_runs: list[dict[str, Any]] = []
+    form_runs: list[tuple[float, int, str]] = []
+    await asyncio.to_thread(_warm, mid)
+    for _ in range(sizes["repeats"]):
+        await api.settle()
+        await _quiet_disk()
+        direct_runs.append(await asyncio.to_thread(_run_child, "direct", mid, ds_ours, env))
+        _check(await api.sizes(ds_ours), mid)
+        await api.settle()
+        await _quiet_disk()
+        form_runs.append(
+            await asyncio.to_thread(
+                _run_curl,
+                ["-H", bearer, "--form", f"file=@{mid}", f"{api.base}/{ds_curl}/upload"],
+            )
+        )
+        _expect_ok(form_runs[-1][2])
+        _check(await api.sizes(ds_curl), mid)
+    rows.append(_measured("direct multipart", "runcomfy-async", sizes["direct"], direct_runs))
+    rows[-1]["api_calls"] = direct_runs[0]["api_calls"]
+    rows.append(
+        _row(
+            "direct multipart",
+            "curl --form",
+            sizes["direct"],
+            statistics.median(r[0] for r in form_runs),
+            curl_peak_rss_MiB=_mib(max(r[1] for r in form_runs)),
+            runs=len(form_runs),
+        )
+    )
 
     # 3. a captioned folder
     folder = work / "dogs"
@@ -350,16 +462,71 @@ async def _scenarios(
 
 
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Our figures relative to the baseline of the same scenario (>1: we are faster)."""
-    by = {(r["scenario"], r["tool"].split()[0]): r for r in rows}
+    """Our speed relative to each baseline of the same scenario and size (>1: we are faster)."""
     out: dict[str, float] = {}
-    for scenario in {r["scenario"] for r in rows}:
-        ours = by.get((scenario, "runcomfy-async"))
-        base = by.get((scenario, "curl")) or by.get((scenario, "vendor"))
-        if ours and base:
-            ratio = round(base["seconds"] / ours["seconds"], 2)
-            out[f"{scenario}: speed vs {base['tool']}"] = ratio
+    ours = {(r["scenario"], r["bytes"]): r for r in rows if r["tool"].startswith("runcomfy-async")}
+    for base in rows:
+        mine = ours.get((base["scenario"], base["bytes"]))
+        if mine is None or base is mine or not base["seconds"]:
+            continue
+        label = f"{base['scenario']} {_size_label(base['bytes'])}: speed vs {base['tool']}"
+        out[label] = round(base["seconds"] / mine["seconds"], 2)
     return out
+
+
+def _size_label(size: int) -> str:
+    if size % GIB == 0:
+        return f"{size // GIB} GiB"
+    if size % MIB == 0:
+        return f"{size // MIB} MiB"
+    return f"{size / 1e6:g} MB"
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Throughput and peak RSS against file size for the signed PUT; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no plot written")
+        return None
+    sweep = [r for r in rows if r["scenario"] == "signed PUT"]
+    sizes = sorted({r["bytes"] for r in sweep})
+    styles = {
+        "runcomfy-async": ("runcomfy-async (peak RSS growth)", "tab:blue", "o", "-"),
+        "naive": ("naive: read all + aiohttp PUT (growth)", "tab:red", "s", "-"),
+        "curl": ("curl -T (whole process peak RSS)", "tab:gray", "^", "--"),
+    }
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, (label, color, marker, line) in styles.items():
+        mine = sorted((r for r in sweep if r["tool"].startswith(key)), key=lambda r: r["bytes"])
+        xs = [r["bytes"] / MIB for r in mine]
+        speed.plot(xs, [r["MB/s"] for r in mine], marker=marker, color=color, linestyle=line,
+                   label=label.split(" (")[0])
+        rss = [r.get("peak_rss_growth_MiB") or r.get("curl_peak_rss_MiB") for r in mine]
+        memory.plot(xs, rss, marker=marker, color=color, linestyle=line, label=label)
+    memory.axhline(RSS_TARGET_MIB, color="tab:green", linestyle=":", label="target: 64 MiB")
+    for ax in (speed, memory):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([s / MIB for s in sizes], [_size_label(s) for s in sizes])
+        ax.set_xlabel("file size")
+        ax.grid(True, which="major", alpha=0.3)
+    speed.set_ylabel("throughput, MB/s (median)")
+    speed.set_ylim(bottom=0)
+    speed.set_title("Signed-URL PUT throughput")
+    speed.legend(fontsize=8)
+    memory.set_yscale("log", base=2)
+    memory.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    memory.set_ylabel("peak RSS, MiB (log scale)")
+    memory.set_title("Client memory during the upload")
+    memory.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = _ratios(rows)
     name = "uploads-smoke" if args.smoke else "uploads"
     path = write_results(name, rows, ratios=ratios, smoke=args.smoke)
+    plot = plot_sweep(rows, path.with_name(f"{name.replace('uploads', 'uploads_sweep')}.png"))
     print_table(
         rows,
         [
@@ -406,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in sorted(ratios.items()):
         print(f"- {key}: x{value}")
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path}" + (f" and {plot}" if plot else ""))
     return 0
 
 

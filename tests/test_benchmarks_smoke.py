@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end in their ``--smoke`` mode (seconds, small sizes)."""
+"""The benchmark suite runs end to end in its ``--smoke`` mode (seconds, small sizes)."""
 
 from __future__ import annotations
 
@@ -7,59 +7,105 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _smoke(module: str, results: Path) -> str:
-    """Run ``python -m benchmarks.<module> --smoke`` with results sent to ``results``."""
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """``python -m benchmarks --smoke`` once, results sent to a temporary folder."""
+    results = tmp_path_factory.mktemp("bench-results")
     out = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", "--smoke"],
+        [sys.executable, "-m", "benchmarks", "--smoke"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
-        check=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "RUNCOMFY_BENCH_RESULTS": str(results)},
     )
-    return out.stdout
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout, results
 
 
-def test_bench_uploads_smoke_writes_every_scenario(tmp_path: Path) -> None:
-    """``bench_uploads --smoke`` prints the table and writes figures for each tool and scenario."""
-    stdout = _smoke("bench_uploads", tmp_path)
+def _rows(results: Path, name: str) -> list[dict[str, Any]]:
+    data = json.loads((results / f"{name}-smoke.json").read_text())
+    assert data["machine"]["cores"] >= 1
+    assert data["smoke"] is True
+    rows: list[dict[str, Any]] = data["rows"]
+    return rows
+
+
+def test_uploads_smoke_writes_every_scenario_and_the_sweep(smoke_run: tuple[str, Path]) -> None:
+    """Uploads: each scenario beside its baselines, and our memory flat across the size sweep."""
+    stdout, results = smoke_run
     assert "| scenario | tool |" in stdout
-    data = json.loads((tmp_path / "uploads-smoke.json").read_text())
-    tools = {(row["scenario"], row["tool"].split()[0]) for row in data["rows"]}
+    rows = _rows(results, "uploads")
+    tools = {(row["scenario"], row["tool"].split()[0]) for row in rows}
     assert {scenario for scenario, _ in tools} == {
         "signed PUT",
         "direct multipart",
         "40-file folder",
     }
-    assert ("signed PUT", "curl") in tools
-    assert ("direct multipart", "curl") in tools
+    assert {("signed PUT", "curl"), ("signed PUT", "naive"), ("direct multipart", "curl")} <= tools
     assert ("40-file folder", "vendor") in tools
-    ours = [row for row in data["rows"] if row["tool"].startswith("runcomfy-async")]
-    assert all(row["seconds"] > 0 for row in ours)
-    folder = next(row for row in ours if row["scenario"] == "40-file folder")
+    sweep = [r for r in rows if r["scenario"] == "signed PUT" and r["tool"] == "runcomfy-async"]
+    assert len({r["bytes"] for r in sweep}) == 3
+    assert all(r["seconds"] > 0 and r["peak_rss_growth_MiB"] < 64 for r in sweep)
+    folder = next(r for r in rows if r["tool"] == "runcomfy-async upload_folder")
     assert folder["api_calls"] <= 5
 
 
-def test_bench_pipeline_smoke() -> None:
-    """``bench_pipeline --smoke`` measures client overhead beside raw aiohttp and budget use."""
-    stdout = _smoke("bench_pipeline", REPO_ROOT / "unused")
-    assert "client overhead (limiter off)" in stdout
-    assert "rate budget use" in stdout
+def test_uploads_smoke_plots_the_sweep_when_matplotlib_is_there(
+    smoke_run: tuple[str, Path],
+) -> None:
+    """The throughput/RSS plot is written as a PNG (skipped without matplotlib)."""
+    pytest.importorskip("matplotlib")
+    png = smoke_run[1] / "uploads_sweep-smoke.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_models_smoke() -> None:
-    """``bench_models --smoke`` awaits a batch of model requests and reports the lag."""
-    stdout = _smoke("bench_models", REPO_ROOT / "unused")
-    assert "model requests awaited at once" in stdout
-    assert "lag_median_s" in stdout
+def test_pipeline_smoke_measures_overhead_and_budget(smoke_run: tuple[str, Path]) -> None:
+    """Pipeline: client overhead beside raw aiohttp, and rate-budget use with the server's 429s."""
+    rows = _rows(smoke_run[1], "pipeline")
+    overhead, budget = rows
+    assert overhead["baseline"] == "raw aiohttp GET"
+    assert overhead["ours"] > 0 and overhead["baseline_value"] > 0
+    assert budget["requests_429"] == 0
+    assert budget["ours"] > 0
 
 
-def test_bench_limiter_smoke() -> None:
-    """``bench_limiter --smoke`` compares per-process and Redis buckets."""
-    stdout = _smoke("bench_limiter", REPO_ROOT / "unused")
-    assert "RedisTokenBucket" in stdout
+def test_models_smoke_reports_the_lag_beside_its_bound(smoke_run: tuple[str, Path]) -> None:
+    """Models: the completion-to-return lag is reported beside the computed lower bound."""
+    (row,) = _rows(smoke_run[1], "models")
+    assert row["api_calls"] >= row["min_api_calls"]
+    assert 0 <= row["bound_median_s"] <= row["lag_median_s"] + 0.05
+
+
+def test_limiter_smoke_compares_the_buckets(smoke_run: tuple[str, Path]) -> None:
+    """Limiter: per-process and Redis buckets are both measured."""
+    limiters = {row["limiter"] for row in _rows(smoke_run[1], "limiter")}
+    assert limiters == {"per-process TokenBucket", "shared RedisTokenBucket"}
+
+
+def test_summary_table_names_every_target(smoke_run: tuple[str, Path]) -> None:
+    """The summary puts each figure beside its baseline and target, and is written as JSON."""
+    stdout, results = smoke_run
+    assert "| figure | ours | baseline |" in stdout
+    rows = json.loads((results / "summary-smoke.json").read_text())["rows"]
+    figures = " ".join(row["figure"] for row in rows)
+    for needle in ("signed PUT", "direct multipart", "folder", "client overhead",
+                   "rate budget", "model requests", "processes"):
+        assert needle in figures
+    assert all(row["target"] for row in rows)
+
+
+def test_submit_first_bound_spends_tokens_in_completion_order() -> None:
+    """The lag bound: two tokens per finished request, at R/s, none before the last submit."""
+    from benchmarks.bench_models import submit_first_lags
+
+    # rate 1/s, submits done at t=10; requests finish at 0 and 20.
+    assert submit_first_lags([20.0, 0.0], 10.0, 1.0) == [12.0, 1.0]

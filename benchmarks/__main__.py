@@ -1,0 +1,191 @@
+"""Run every benchmark, then print and write the summary table.
+
+``python -m benchmarks`` runs each benchmark in full (about 12 minutes and 3 GB of scratch disk;
+run it on a quiet machine), ``--smoke`` runs each in its seconds-long mode, ``--only NAME`` picks
+some, ``--summary`` only rebuilds the summary from the JSON already in ``benchmarks/results/``.
+Each benchmark runs in its own process and writes ``benchmarks/results/<name>.json`` (with
+``-smoke`` in smoke mode) with the machine's description; the summary, every figure beside its
+baseline from the same run with the ratio and the target, goes to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._common import RESULTS, machine, print_table, write_results
+
+#: Benchmark modules, in the order they run.
+BENCHMARKS = ("uploads", "pipeline", "models", "limiter")
+
+
+def _load(name: str, smoke: bool) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}{'-smoke' if smoke else ''}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _row(figure: str, ours: Any, baseline: str, value: Any, ratio: Any, target: str,
+         met: bool | None) -> dict[str, Any]:
+    return {
+        "figure": figure,
+        "ours": ours,
+        "baseline": baseline,
+        "baseline_value": value,
+        "ratio": ratio,
+        "target": target,
+        "met": "n/a" if met is None else ("yes" if met else "NO"),
+    }
+
+
+def _uploads(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = data["rows"]
+
+    def pick(scenario: str, tool: str, size: int | None = None) -> dict[str, Any]:
+        found = [r for r in rows if r["scenario"] == scenario and r["tool"].startswith(tool)
+                 and (size is None or r["bytes"] == size)]
+        return max(found, key=lambda r: r["bytes"])
+
+    out = []
+    big = pick("signed PUT", "runcomfy-async")
+    curl = pick("signed PUT", "curl", big["bytes"])
+    naive = pick("signed PUT", "naive", big["bytes"])
+    mib = big["bytes"] // (1 << 20)
+    speed = round(curl["seconds"] / big["seconds"], 2)
+    out.append(_row(f"signed PUT {mib} MiB, MB/s", big["MB/s"], "curl -T", curl["MB/s"],
+                    speed, ">= 0.9x", speed >= 0.9))
+    sweep = sorted((r for r in rows if r["scenario"] == "signed PUT"
+                    and r["tool"].startswith("runcomfy-async")), key=lambda r: r["bytes"])
+    naive_sweep = sorted((r for r in rows if r["scenario"] == "signed PUT"
+                          and r["tool"].startswith("naive")), key=lambda r: r["bytes"])
+    growth = [r["peak_rss_growth_MiB"] for r in sweep]
+    sizes = "/".join(f"{r['bytes'] >> 20}" for r in sweep)
+    out.append(_row(
+        f"signed PUT peak RSS growth, MiB at {sizes} MiB",
+        " / ".join(str(g) for g in growth),
+        "naive read-all PUT",
+        " / ".join(str(r["peak_rss_growth_MiB"]) for r in naive_sweep),
+        round(naive["peak_rss_growth_MiB"] / max(big["peak_rss_growth_MiB"], 0.1), 1),
+        "<= 64 MiB at every size",
+        all(g is not None and g <= 64 for g in growth),
+    ))
+    direct = pick("direct multipart", "runcomfy-async")
+    form = pick("direct multipart", "curl")
+    speed = round(form["seconds"] / direct["seconds"], 2)
+    out.append(_row(f"direct multipart {direct['bytes'] / 1e6:g} MB, MB/s", direct["MB/s"],
+                    "curl --form", form["MB/s"], speed, ">= 0.8x", speed >= 0.8))
+    out.append(_row("direct multipart peak RSS growth, MiB", direct["peak_rss_growth_MiB"],
+                    "curl --form (whole process)", form["curl_peak_rss_MiB"], None,
+                    "<= 64 MiB (flat)", (direct["peak_rss_growth_MiB"] or 0) <= 64))
+    folder = next(r for r in rows if r["scenario"].endswith("folder")
+                  and r["tool"].startswith("runcomfy-async"))
+    vendor = next(r for r in rows if r["scenario"].endswith("folder")
+                  and r["tool"].startswith("vendor"))
+    out.append(_row(
+        f"{folder['scenario']} at 1 req/s: seconds, API calls",
+        f"{folder['seconds']} s, {folder['api_calls']} calls",
+        "vendor per-file flow (extrapolated)",
+        f"{vendor['seconds']:.0f} s, {vendor['api_calls']} calls",
+        round(vendor["seconds"] / folder["seconds"], 1),
+        "<= 10 s and <= 5 calls",
+        folder["seconds"] <= 10 and folder["api_calls"] <= 5,
+    ))
+    return out
+
+
+def _pipeline(data: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for r in data["rows"]:
+        if r["benchmark"].startswith("client overhead"):
+            out.append(_row("client overhead, status() calls/s (limiter off)", r["ours"],
+                            r["baseline"], r["baseline_value"], r["ratio"], ">= 0.75x",
+                            r["met"]))
+        else:
+            out.append(_row(f"{r['benchmark']}: requests answered, 429s",
+                            f"{r['ours']}, {r['requests_429']} x 429", r["baseline"],
+                            r["baseline_value"], r["ratio"], ">= 0.95, zero 429", r["met"]))
+    return out
+
+
+def _models(data: dict[str, Any]) -> list[dict[str, Any]]:
+    r = data["rows"][0]
+    return [
+        _row(f"{r['benchmark']}: wall s", r["wall_s"], "budget floor (3 calls each)",
+             r["budget_floor_s"], r["ratio_floor_over_wall"], "report", None),
+        _row("  completion-to-return lag, median / p95 s",
+             f"{r['lag_median_s']} / {r['lag_p95_s']}", "submit-first lower bound",
+             f"{r['bound_median_s']} / {r['bound_p95_s']}",
+             round(r["lag_median_s"] / max(r["bound_median_s"], 0.01), 2), "report", None),
+        _row("  peak RSS growth, MiB", r["peak_rss_growth_mib"], "", "", None, "report", None),
+    ]
+
+
+def _limiter(data: dict[str, Any]) -> list[dict[str, Any]]:
+    most = max(r["processes"] for r in data["rows"])
+    by = {r["limiter"].split()[0]: r for r in data["rows"] if r["processes"] == most}
+    shared, local = by["shared"], by["per-process"]
+    return [_row(f"{most} processes, one account: sent/s, 429s",
+                 f"{shared['sent_per_s']:.2f}/s, {shared['requests_429']} x 429",
+                 "per-process TokenBucket",
+                 f"{local['sent_per_s']:.2f}/s, {local['requests_429']} x 429",
+                 None, "<= limit, zero 429", shared["requests_429"] == 0)]
+
+
+SUMMARIES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
+    "uploads": _uploads,
+    "pipeline": _pipeline,
+    "models": _models,
+    "limiter": _limiter,
+}
+
+
+def summarize(smoke: bool) -> Path:
+    """Build, print and write the summary table from the results on disk."""
+    rows: list[dict[str, Any]] = []
+    sources = {}
+    for name in BENCHMARKS:
+        data = _load(name, smoke)
+        if data is None:
+            print(f"(no results for {name}: run python -m benchmarks --only {name})")
+            continue
+        rows.extend(SUMMARIES[name](data))
+        sources[name] = data["machine"]["when"]
+    print_table(rows, ["figure", "ours", "baseline", "baseline_value", "ratio", "target", "met"])
+    path = write_results("summary-smoke" if smoke else "summary", rows, measured=sources)
+    print(f"\nwrote {path} ({machine()['cpu']}, {machine()['cores']} cores)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks one after another, then the summary; exit status 1 if any failed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--smoke", action="store_true", help="every benchmark in seconds")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only these")
+    parser.add_argument("--summary", action="store_true", help="only rebuild the summary")
+    args = parser.parse_args(argv)
+    failed = []
+    if not args.summary:
+        for name in args.only or BENCHMARKS:
+            print(f"\n## {name}{' (smoke)' if args.smoke else ''}\n", flush=True)
+            command = [sys.executable, "-m", f"benchmarks.bench_{name}"]
+            command += ["--smoke"] if args.smoke else []
+            if subprocess.run(command, check=False).returncode:
+                failed.append(name)
+    print("\n## summary\n")
+    summarize(args.smoke)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
