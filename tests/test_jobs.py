@@ -23,7 +23,7 @@ from runcomfy_async import (
     ValidationError,
 )
 from runcomfy_async._converter import make_converter, structure
-from runcomfy_async.resources.jobs import check_config, parse_config
+from runcomfy_async._job_config import check_config, parse_config
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing._storage import StoredObject
 from runcomfy_async.testing.trainer_jobs import PREFIX, jobs_of
