@@ -59,11 +59,8 @@ def test_uploads_smoke_writes_every_scenario_and_the_sweep(smoke_run: tuple[str,
     assert folder["api_calls"] <= 5
 
 
-def test_uploads_smoke_plots_the_sweep_when_matplotlib_is_there(
-    smoke_run: tuple[str, Path],
-) -> None:
-    """The throughput/RSS plot is written as a PNG (skipped without matplotlib)."""
-    pytest.importorskip("matplotlib")
+def test_uploads_smoke_plots_the_sweep(smoke_run: tuple[str, Path]) -> None:
+    """The throughput/RSS plot is written as a PNG (matplotlib comes with the dev extra)."""
     png = smoke_run[1] / "uploads_sweep-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
