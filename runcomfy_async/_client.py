@@ -312,8 +312,7 @@ class RunComfy:
         while True:
             attempt += 1
             await self.limiter.acquire(priority)
-            if attempt > 1:
-                transport = self._check_usable()  # closed while we backed off: say so
+            transport = self._check_usable()  # closed while waiting (any limiter): say so
             self.api_calls += 1
             retry_after: float | None = None
             try:
@@ -418,6 +417,7 @@ class RunComfy:
     def models(self) -> Models:
         """Model API requests: submit, await the output, cancel while queued."""
         return Models(self)
+
 
 class _AuthHeaders(dict[str, str]):
     """API headers whose repr masks the token, for tracebacks that show locals and debuggers."""

@@ -4,9 +4,11 @@ Artifacts live on object storage behind signed URLs (API.md section 2.3). Downlo
 the client's aiohttp session directly: no rate-limit token and never the Authorization header
 (the URL's signature is the credential; DESIGN, rules of the pipeline). Each file streams in MiB
 chunks to ``<name>.part`` and is renamed into place only when complete, so a half-written file
-never looks finished. A ``.part`` left by an interrupted run is continued with
-``Range: bytes=N-`` when the server answers 206; a server that ignores ranges (200) gets the
-file rewritten from the start.
+never looks finished. Beside it, ``<name>.part.validator`` records the version the bytes belong
+to (the server's Last-Modified or ETag). A ``.part`` left by an interrupted run is continued with
+``Range: bytes=N-`` plus ``If-Range: <validator>`` when the server answers 206 for that same
+version; a changed file (200), a server that ignores ranges, or a ``.part`` without a validator
+gets the file rewritten from the start, so two versions are never spliced together.
 
 Names come from the server and are untrusted: :func:`safe_name` keeps only the last path
 segment and a conservative character set, and :func:`plan_paths` gives each artifact its own
@@ -164,6 +166,14 @@ async def _write_validator(part: Path, headers: Mapping[str, str]) -> None:
         await _forget_validator(part)
 
 
+def _same_version(validator: str | None, headers: Mapping[str, str]) -> bool:
+    """Whether a 206 answer is of the version the ``.part`` began with (when it says)."""
+    if validator is None:
+        return True
+    sent = [v for v in (headers.get("Last-Modified"), headers.get("ETag")) if v]
+    return not sent or validator in sent
+
+
 async def _forget_validator(part: Path) -> None:
     """Drop the validator once its ``.part`` is complete or abandoned."""
     with contextlib.suppress(FileNotFoundError):
@@ -229,17 +239,21 @@ async def _download_once(
                 )
             if resp.status == 206:
                 start, total = _content_range(resp.headers.get("Content-Range"))
-                if start != offset:
-                    raise _Restart
+                if start != offset or not _same_version(validator, resp.headers):
+                    raise _Restart  # a server that ignored If-Range sent another version's tail
                 append = True
             else:
                 # 200: the whole file (no Range support, or it changed since the .part began).
+                # The old validator goes first: a crash before the new one is written must not
+                # leave old bytes vouched for by the new version's validator.
+                await _forget_validator(part)
                 offset, append = 0, False
                 total = resp.content_length
-                await _write_validator(part, resp.headers)
             done = offset
             buffer = bytearray()
             async with aiofiles.open(part, "ab" if append else "wb") as fh:
+                if not append:
+                    await _write_validator(part, resp.headers)
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     buffer += chunk
                     if len(buffer) >= CHUNK:

@@ -37,7 +37,6 @@ DATASETS_ROOT: Final = "/app/ai-toolkit/datasets/"
 JobConfig: TypeAlias = "str | os.PathLike[str] | Mapping[str, Any]"
 
 
-
 def parse_config(text: str, *, source: str = "config") -> dict[str, Any]:
     """Parse AI Toolkit YAML text into a mapping.
 

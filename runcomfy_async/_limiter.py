@@ -66,6 +66,7 @@ class TokenBucket:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate}, burst={self.burst}, waiting={len(self._waiters)})"
@@ -81,7 +82,13 @@ class TokenBucket:
             self._stamp = now
 
     async def acquire(self, priority: Priority = Priority.USER) -> None:
-        """Wait for a token; callers of a lower ``priority`` value go first."""
+        """Wait for a token; callers of a lower ``priority`` value go first.
+
+        Raises:
+            ClientClosedError: the bucket was closed (before or while waiting).
+        """
+        if self._closed:
+            raise errors.ClientClosedError("the client's rate limiter is closed")
         loop = asyncio.get_running_loop()
         self._loop = loop
         now = time.monotonic()
@@ -95,7 +102,7 @@ class TokenBucket:
         try:
             await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 # Granted, but the caller is gone: the token goes back to the bucket.
                 self._tokens = min(float(self.burst), self._tokens + 1.0)
                 self._dispatch()
@@ -118,6 +125,7 @@ class TokenBucket:
         A caller still waiting for a token when its client closes would otherwise wait forever
         (e.g. background ``await req`` tasks at a FastAPI shutdown).
         """
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -125,12 +125,12 @@ class Transport:
             ) as resp:
                 body = await resp.read()
                 return RawResponse(status=resp.status, headers=resp.headers, body=body)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise map_error(exc, method=method, url=url) from exc
-        except RuntimeError as exc:
-            if not self.session.closed:
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            if self.session.closed:
+                # aiohttp's bare "Session is closed", or a connection it cut on closing.
+                raise errors.ClientClosedError(
+                    f"the client was closed while {method} {redact_url(url)} was in flight"
+                ) from exc
+            if isinstance(exc, RuntimeError):
                 raise
-            # aiohttp's bare "Session is closed": the client was closed under this call.
-            raise errors.ClientClosedError(
-                f"the client was closed while {method} {redact_url(url)} was in flight"
-            ) from exc
+            raise map_error(exc, method=method, url=url) from exc

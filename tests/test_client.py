@@ -15,6 +15,7 @@ from runcomfy_async import (
     ClientClosedError,
     ClientState,
     ConfigurationError,
+    ConflictError,
     NotFoundError,
     PollPolicy,
     RateLimitError,
@@ -315,3 +316,15 @@ def test_connect_timeout_counts_as_unsent() -> None:
     exc = map_error(aiohttp.ConnectionTimeoutError("connect"), method="POST", url="https://x/y")
     assert isinstance(exc, UnsentTransportError)
     assert isinstance(exc, TimeoutError)
+
+
+@pytest.mark.asyncio
+async def test_named_create_answered_500_never_returns_an_older_dataset() -> None:
+    """A name taken before the call is a ConflictError even when the create was answered 500."""
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0) as rc:
+        older = await rc.datasets.create("taken")
+        emu.state.datasets.get(older.id).created_at -= 3600  # made an hour before this call
+        emu.inject("500", api="trainer", method="POST", path=r"datasets$", count=1)
+        with pytest.raises(ConflictError, match="already exists"):
+            await rc.datasets.create("taken")
+        assert [d.id for d in await rc.datasets.list()] == [older.id]

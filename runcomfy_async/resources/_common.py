@@ -31,7 +31,7 @@ def describe_error(error: Any) -> str:
         code = error.get("code") or error.get("error_code")
         if message:
             return f"{message} [{code}]" if code else str(message)
-    if error is None or error == "":
+    if not error:
         return "the server gave no reason"
     return str(error)
 

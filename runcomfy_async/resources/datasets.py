@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["Dataset", "Datasets"]
 
 _BASE = "/prod/v1/trainers/datasets"
+#: Clock difference tolerated between this machine and the server when matching a new dataset.
+_CLOCK_SKEW = 120.0
 #: Seconds an empty DRAFT is awaited before ``wait_ready`` calls it "nothing is uploading".
 DRAFT_GRACE = 10.0
 
@@ -382,6 +384,9 @@ class Datasets:
     async def create(self, name: str | None = None) -> Dataset:
         """Create an empty dataset (status DRAFT); ``name`` must be unique in the account.
 
+        With a name, an answer lost to a 5xx, a reset or a cut body is resolved by looking the
+        name up: an empty DRAFT of that name made since this call began is the one it created.
+
         Raises:
             ConflictError: the name is taken.
         """
@@ -395,26 +400,50 @@ class Datasets:
             api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT
         )
         # Not retried blindly: a lost answer could leave a second dataset. The pipeline repeats it
-        # only after a 429 or a refused connection (it never ran). With a name, a 5xx or a lost
-        # answer is resolved by a look-up first: names are unique in the account (API.md 1.1),
-        # so the dataset either exists under that name (it ran) or a second try is safe.
+        # only when it never ran (a 429, a refused or timed-out connect). With a name, a 5xx or a
+        # lost answer is resolved by a look-up first: names are unique in the account (API.md
+        # 1.1), so the dataset either exists under that name (it ran) or a second try is safe.
+        began = time.time() - _CLOCK_SKEW
         try:
             payload = await self._client.request(spec)
         except (errors.ServerError, errors.TransportError, errors.UnexpectedResponseError):
             if name is None:
                 raise
-            existing = await self._named(name)
+            existing = await self._made_since(name, began)
             if existing is not None:
                 return existing
-            payload = await self._client.request(spec)
+            try:
+                payload = await self._client.request(spec)
+            except errors.ConflictError:
+                # The first try was still running when we looked: it made the dataset.
+                existing = await self._made_since(name, began)
+                if existing is None:
+                    raise
+                return existing
         info = structure(payload, DatasetInfo, what="created dataset")
         return Dataset(self._client, info.id, info.name)
 
-    async def _named(self, name: str) -> Dataset | None:
-        """The dataset called ``name``, if the account has one (names are unique)."""
+    async def _made_since(self, name: str, began: float) -> Dataset | None:
+        """The empty dataset called ``name`` created since ``began``, if there is one.
+
+        An older dataset, or one with files, already had the name: that is a conflict, never
+        "the one we just made".
+        """
         for info in await self.list():
-            if info.name == name:
+            if info.name != name:
+                continue
+            fresh = info.created_at is None or info.created_at.timestamp() >= began
+            if fresh and not info.files and info.status in (
+                DatasetStatus.DRAFT, DatasetStatus.UPLOADING
+            ):
                 return Dataset(self._client, info.id, info.name)
+            raise errors.ConflictError(
+                f"a dataset named {name!r} already exists ({info.id}); pick another name or "
+                "use rc.datasets.get(id)",
+                status=409,
+                method="POST",
+                url=self._client.base_url(API.TRAINER) + _BASE,
+            )
         return None
 
     def get(self, dataset_id: str) -> Dataset:

@@ -8,6 +8,8 @@ raises or its task is cancelled (DESIGN rule 8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Generator
@@ -376,8 +378,8 @@ class Machines:
         duration = _check_seconds(estimated_duration, "estimated_duration")
         user_id = self._client.require_user_id()
         # Retry.UNSENT: a launch creates a machine that bills; if an answer were lost after the
-        # server acted, a repeat would start a second one. Only a 429 or a refused connection
-        # (the request never ran) is repeated.
+        # server acted, a repeat would start a second one. Only a 429 or a refused or timed-out
+        # connect (the request never ran) is repeated.
         spec = RequestSpec(
             api=API.SERVER,
             method="POST",
@@ -407,30 +409,55 @@ class Machines:
         return Machine(self._client, server_id)
 
 
-
 async def _stop_orphan(client: RunComfy, launching: asyncio.Future[Any]) -> None:
-    """Let a launch whose caller was cancelled finish, then stop the machine it started.
+    """Stop the machine a launch starts after its caller was cancelled.
 
-    Bounded by ``STOP_TIMEOUT`` per step, and itself shielded: a second cancellation while this
-    runs does not leave the machine billing.
+    The launch is never cut off (a POST already sent may still start a machine): if it answers
+    within ``STOP_TIMEOUT`` the stop happens here, shielded from a second cancellation; if it
+    takes longer, a done-callback stops the machine whenever the answer comes.
     """
+    try:
+        await asyncio.wait_for(asyncio.shield(launching), STOP_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        launching.add_done_callback(functools.partial(_stop_when_launched, client))
+        return
+    except Exception as exc:  # noqa: BLE001 - the launch failed: no machine to stop
+        logger.info("a cancelled launch failed (%r); no machine was started", exc)
+        return
+    stopping = _stop_when_launched(client, launching)
+    while stopping is not None and not stopping.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(stopping)  # cancelled again: the stop still finishes first
 
-    async def finish() -> None:
-        payload = await asyncio.wait_for(launching, STOP_TIMEOUT)
-        server_id = payload.get("server_id") if isinstance(payload, dict) else None
-        if isinstance(server_id, str) and server_id:
-            logger.warning("launch of machine %s was cancelled; stopping it", server_id)
-            await asyncio.wait_for(Machine(client, server_id).stop(), STOP_TIMEOUT)
 
-    cleanup = asyncio.ensure_future(finish())
-    while not cleanup.done():
+#: Stops of machines whose launch was cancelled: held here so the tasks are not collected.
+_ORPHAN_STOPS: list[asyncio.Task[None]] = []
+
+
+def _stop_when_launched(
+    client: RunComfy, launching: asyncio.Future[Any]
+) -> asyncio.Task[None] | None:
+    """Start a bounded stop of the machine ``launching`` created, if it created one."""
+    if launching.cancelled() or launching.exception() is not None:
+        return None
+    payload = launching.result()
+    server_id = payload.get("server_id") if isinstance(payload, dict) else None
+    if not isinstance(server_id, str) or not server_id:
+        return None
+    logger.warning("launch of machine %s was cancelled; stopping it so it does not bill", server_id)
+
+    async def stop() -> None:
         try:
-            await asyncio.shield(cleanup)
-        except asyncio.CancelledError:
-            continue  # cancelled again: the stop still finishes (bounded) first
-        except Exception as exc:  # noqa: BLE001 - logged: the caller's cancellation goes on
+            await asyncio.wait_for(Machine(client, server_id).stop(), STOP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - logged: nobody awaits this task
             logger.warning(
-                "could not stop the machine of a cancelled launch (%r); check "
-                "rc.machines.list() and stop it there",
+                "could not stop machine %s after its launch was cancelled (%r); stop it with "
+                "rc.machines.get(id).stop() or the dashboard",
+                server_id,
                 exc,
             )
+
+    task = asyncio.ensure_future(stop())
+    _ORPHAN_STOPS.append(task)
+    task.add_done_callback(_ORPHAN_STOPS.remove)
+    return task

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import shlex
 import signal
 import sys
@@ -29,9 +30,17 @@ def parse_rate_limit(value: str) -> float | None:
     if value.strip().lower() in ("none", "off", "0"):
         return None
     rate = float(value)
-    if rate <= 0:
-        raise ValueError("must be > 0, or 'none' to switch the limit off")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError("must be a number > 0, or 'none' (or 0) to switch the limit off")
     return rate
+
+
+def _burst(value: str) -> int:
+    """``--burst``: a whole number of requests >= 1."""
+    burst = int(value)
+    if burst < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return burst
 
 
 def _rate(value: str) -> float | None:
@@ -53,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None, help="bearer token to accept (default: random)")
     parser.add_argument("--user-id", default=None, help="account user id (default: random UUID)")
     parser.add_argument(
-        "--rate-limit", type=_rate, default=1.0, help="requests/s per token, or 'none'"
+        "--rate-limit", type=_rate, default=1.0, help="requests/s per token, or 'none' (or 0)"
     )
-    parser.add_argument("--burst", type=int, default=3, help="rate-limit burst (default 3)")
+    parser.add_argument("--burst", type=_burst, default=3, help="rate-limit burst (default 3)")
     parser.add_argument("--speed", type=float, default=50.0, help="time speed-up (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="fault injection seed")
     parser.add_argument(

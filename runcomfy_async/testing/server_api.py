@@ -276,11 +276,12 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         current = store.status(record)
         if current != "Ready":
             # API.md 4.5: the duration is changed "after the machine is Ready".
+            when = "once it is Ready" if current == "Initializing" else "only while it is Ready"
             raise ApiError(
                 409,
                 409001,
                 f"Server {record.server_id} is {current}: its running duration can be changed "
-                "once it is Ready",
+                f"{when}",
             )
         record.estimated_duration = value
         return web.json_response(store.to_json(record))
