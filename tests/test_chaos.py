@@ -360,7 +360,7 @@ async def _watch_preempted_job(emu: Emulator, rc: RunComfy, seed: int, dest: Pat
     job = await rc.jobs.submit(JOB_CONFIG)
     job.poll = FAST_POLL
     preempt_at = random.Random(seed).randint(3, 17)
-    jobs_of(emu.state).preempt(job.id, at_step=preempt_at)
+    emu.preempt_job(job.id, at_step=preempt_at)
     first = [a.key async for a in job.watch_artifacts()]
     stopped = await job
     assert stopped.status is JobState.STOPPED

@@ -298,7 +298,7 @@ async def test_watch_artifacts_yields_each_once_while_running(
 async def test_preempted_job_is_reported_and_resumes(emu: Emulator, rc: RunComfy) -> None:
     """A preempted STOPPED comes back with preempted=True (not raised); resume completes it."""
     job = await rc.jobs.submit(CONFIG)
-    jobs_of(emu.state).preempt(job.id, at_step=12)
+    emu.preempt_job(job.id, at_step=12)
     stopped = await job
     assert stopped.status is JobState.STOPPED
     assert stopped.preempted and not stopped.completed

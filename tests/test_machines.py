@@ -225,7 +225,7 @@ async def test_404_beyond_the_grace_period_fails(emu: Emulator, rc: RunComfy) ->
 @pytest.mark.asyncio
 async def test_start_failure_raises_machine_failed(emu: Emulator, rc: RunComfy) -> None:
     """A machine that errors while starting raises MachineFailed with the snapshot."""
-    machine_store(emu.state).fail_next_launch("Error")
+    emu.fail_next_launch("Error")
     async with await rc.machines.launch(await _version(rc)) as machine:
         with pytest.raises(MachineFailed) as caught:
             await machine.wait_ready(poll=FAST)

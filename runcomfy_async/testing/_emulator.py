@@ -14,6 +14,8 @@ from aiohttp import web
 from ._app import build_app
 from ._faults import FaultKind, FaultRule
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
+from .server_api import machine_store
+from .trainer_jobs import jobs_of
 
 if TYPE_CHECKING:
     from runcomfy_async._client import RunComfy
@@ -260,6 +262,19 @@ class Emulator:
             ValueError: a negative duration.
         """
         self.state.model_requests.set_behavior(model_id, fail=fail, duration=duration)
+
+    def preempt_job(self, job_id: str, *, at_step: int | None = None) -> None:
+        """Stop a training job as a reclaimed server does: STOPPED short of its last step.
+
+        Args:
+            job_id: the job.
+            at_step: stop when the run reaches this step; None stops it now.
+        """
+        jobs_of(self.state).preempt(job_id, at_step=at_step)
+
+    def fail_next_launch(self, status: str = "Error") -> None:
+        """Make the next launched machine end its boot in ``status`` instead of Ready."""
+        machine_store(self.state).fail_next_launch(status)
 
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock forward (expires URLs, ends processing) without sleeping."""

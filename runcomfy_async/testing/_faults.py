@@ -184,6 +184,8 @@ class FaultSet:
 
     def pick(self, api: str, method: str, path: str) -> FaultRule | None:
         """The rule that fires for this request, if any."""
+        if not self.rules:  # nothing to draw for: keep no per-request bookkeeping either
+            return None
         key = request_key(method, path)
         occurrence = self._seen[key] = self._seen.get(key, 0) + 1
         for rule in list(self.rules):
