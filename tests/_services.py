@@ -68,7 +68,7 @@ def redis_url_fixture() -> Iterator[str]:
         _missing("redis-server")
         raise AssertionError("unreachable: _missing() skips or fails")
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
+    process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -409,7 +409,7 @@ def _cli_command() -> list[str]:
 
 def _run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """Run ``runcomfy ARGS`` as a real process and capture its output."""
-    return subprocess.run(  # noqa: S603 - our own console script with fixed arguments
+    return subprocess.run(
         [*_cli_command(), *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
@@ -478,7 +478,7 @@ def test_ctrl_c_during_upload_exits_130_and_resumes(
     )
     env = {**os.environ, **server.env()}
     args = ["datasets", "upload", "cli-slow", str(folder), "--concurrency", "2"]
-    upload = subprocess.Popen(  # noqa: S603 - our own console script with fixed arguments
+    upload = subprocess.Popen(
         [*_cli_command(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
@@ -515,3 +515,16 @@ def test_unreachable_api_exits_4(invoke: Callable[..., Result]) -> None:
     line = one_error_line(result)
     assert "could not connect" in line
     assert "RUNCOMFY_*_URL" in line
+
+
+def test_missing_cli_extra_names_the_install_command() -> None:
+    """Without click installed, importing the CLI says which extra to install."""
+    code = (
+        "import sys; sys.modules['click'] = None\n"
+        "try:\n    import runcomfy_async.cli\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'runcomfy-async[cli]'" in out.stdout

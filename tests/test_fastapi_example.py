@@ -147,7 +147,7 @@ def emulator_env() -> Iterator[dict[str, str]]:
     """A standalone emulator process (1 request/s, burst 3); the RUNCOMFY_* variables for it."""
     command = [sys.executable, "-m", "runcomfy_async.testing", "--port", "0"]
     command += ["--rate-limit", str(RATE), "--burst", str(SERVER_BURST), "--speed", "1000"]
-    process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+    process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -181,7 +181,7 @@ def app_url(
         command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app.main:app"]
         command += ["--workers", "4", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--log-level", "warning", "--timeout-graceful-shutdown", "2"]
-        process = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+        process = subprocess.Popen(
             command,
             env=env,
             cwd=ROOT,

@@ -6,8 +6,16 @@ exit codes. ``main`` is the console script's entry point.
 
 from __future__ import annotations
 
-from . import datasets, demo, emulator, jobs, machines, models
-from ._app import cli
+try:
+    from . import datasets, demo, emulator, jobs, machines, models
+    from ._app import cli
+except ModuleNotFoundError as exc:  # click and rich come with the cli extra only
+    if exc.name not in ("click", "rich"):
+        raise
+    raise ImportError(
+        f"the runcomfy command needs {exc.name!r}, which comes with the cli extra: "
+        "pip install 'runcomfy-async[cli]'"
+    ) from exc
 
 __all__ = ["cli", "main"]
 
