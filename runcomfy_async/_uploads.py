@@ -26,7 +26,7 @@ import inspect
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 import aiofiles.os
@@ -36,6 +36,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
 from . import errors
+from ._media import CAPTION_TYPES, CONTENT_TYPES, stem, suffix
 from ._protocol import is_retryable_status, redact_url
 from ._retry import RetryPolicy
 from ._transport import map_error
@@ -85,39 +86,15 @@ MAX_URL_REFRESHES: Final = 3
 #: How long a 403'd file waits for others to join its refresh request (one API call for all).
 _REFRESH_WINDOW: Final = 0.05
 
-_IMAGE_TYPES: Final = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".gif": "image/gif",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
-_VIDEO_TYPES: Final = {
-    ".mp4": "video/mp4",
-    ".mov": "video/quicktime",
-    ".webm": "video/webm",
-    ".avi": "video/x-msvideo",
-    ".mkv": "video/x-matroska",
-}
-_CAPTION_TYPES: Final = {".txt": "text/plain"}
-_CONTENT_TYPES: Final = {**_IMAGE_TYPES, **_VIDEO_TYPES, **_CAPTION_TYPES}
 
 
-def _suffix(filename: str) -> str:
-    return PurePath(filename).suffix.lower()
 
 
-def _stem(filename: str) -> str:
-    """The base name captions pair on: ``dog_01`` for ``dog_01.jpg`` (API.md 1.2)."""
-    return filename.rsplit(".", 1)[0] if PurePath(filename).suffix else filename
 
 
 def content_type_for(filename: str) -> str | None:
     """The Content-Type of a supported dataset file (image, video or ``.txt``), else None."""
-    return _CONTENT_TYPES.get(_suffix(filename))
+    return CONTENT_TYPES.get(suffix(filename))
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -246,7 +223,7 @@ def set_problems(files: Sequence[ScannedFile], *, captions: bool) -> list[str]:
         if any(ord(c) < 32 or c == "\x7f" for c in f.filename):
             problems.append(f"{f.filename!r}: the name contains control characters; rename it")
         if content_type_for(f.filename) is None:
-            supported = " ".join(sorted(e.lstrip(".") for e in _CONTENT_TYPES))
+            supported = " ".join(sorted(e.lstrip(".") for e in CONTENT_TYPES))
             problems.append(
                 f"{f.filename}: unsupported file type; supported: {supported} "
                 "(remove or convert it)"
@@ -269,18 +246,18 @@ def set_problems(files: Sequence[ScannedFile], *, captions: bool) -> list[str]:
 def _caption_problems(names: Sequence[str]) -> list[str]:
     """The caption rule both ways (API.md 1.2): media need a ``.txt``, a ``.txt`` needs media."""
     typed = [n for n in names if content_type_for(n) is not None]
-    captions = {_stem(n) for n in typed if _suffix(n) in _CAPTION_TYPES}
-    media = {_stem(n) for n in typed if _suffix(n) not in _CAPTION_TYPES}
+    captions = {stem(n) for n in typed if suffix(n) in CAPTION_TYPES}
+    media = {stem(n) for n in typed if suffix(n) not in CAPTION_TYPES}
     problems = [
-        f"{n}: no caption {_stem(n)}.txt; write one (each image/video needs a .txt caption with "
+        f"{n}: no caption {stem(n)}.txt; write one (each image/video needs a .txt caption with "
         "the same base name)"
         for n in typed
-        if _suffix(n) not in _CAPTION_TYPES and _stem(n) not in captions
+        if suffix(n) not in CAPTION_TYPES and stem(n) not in captions
     ]
     problems.extend(
-        f"{n}: caption without an image or video named {_stem(n)}.*; add the media or remove it"
+        f"{n}: caption without an image or video named {stem(n)}.*; add the media or remove it"
         for n in typed
-        if _suffix(n) in _CAPTION_TYPES and _stem(n) not in media
+        if suffix(n) in CAPTION_TYPES and stem(n) not in media
     )
     return problems
 

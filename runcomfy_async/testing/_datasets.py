@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import enum
 import re
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from .._media import CAPTION_TYPES, CONTENT_TYPES, stem, suffix
 from ._storage import StorageError, StoredObject
 
 if TYPE_CHECKING:
@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKET",
-    "CAPTION_EXTENSIONS",
-    "IMAGE_EXTENSIONS",
-    "VIDEO_EXTENSIONS",
+    "CAPTION_TYPES",
     "DatasetRecord",
     "DatasetStatus",
     "DatasetStore",
@@ -38,25 +36,6 @@ __all__ = [
 ]
 
 BUCKET: Final = "datasets"
-IMAGE_EXTENSIONS: Final = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".gif": "image/gif",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
-VIDEO_EXTENSIONS: Final = {
-    ".mp4": "video/mp4",
-    ".mov": "video/quicktime",
-    ".webm": "video/webm",
-    ".avi": "video/x-msvideo",
-    ".mkv": "video/x-matroska",
-}
-CAPTION_EXTENSIONS: Final = {".txt": "text/plain"}
-_ALL_TYPES: Final = {**IMAGE_EXTENSIONS, **VIDEO_EXTENSIONS, **CAPTION_EXTENSIONS}
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]+")
 MAX_NAME_LENGTH: Final = 128
 
@@ -74,19 +53,13 @@ class NameTaken(Exception):
     """A dataset with this name already exists in the account."""
 
 
-def _suffix(filename: str) -> str:
-    """The lower-cased extension, dot included."""
-    return PurePosixPath(filename).suffix.lower()
 
 
-def _stem(filename: str) -> str:
-    """The base name the caption rule pairs on (``img_0001`` for ``img_0001.jpg``)."""
-    return filename.rsplit(".", 1)[0]
 
 
 def content_type_for(filename: str) -> str | None:
     """The Content-Type a supported file is uploaded with, ``None`` if unsupported."""
-    return _ALL_TYPES.get(_suffix(filename))
+    return CONTENT_TYPES.get(suffix(filename))
 
 
 def filename_problem(filename: str) -> str | None:
@@ -96,7 +69,7 @@ def filename_problem(filename: str) -> str | None:
     if any(ord(c) < 32 for c in filename):
         return f"{filename!r} contains control characters"
     if content_type_for(filename) is None:
-        supported = " ".join(sorted(e.lstrip(".") for e in _ALL_TYPES))
+        supported = " ".join(sorted(e.lstrip(".") for e in CONTENT_TYPES))
         return f"{filename!r} has an unsupported file type; supported: {supported}"
     return None
 
@@ -114,12 +87,12 @@ def name_problem(name: str) -> str | None:
 
 def caption_problem(filenames: list[str]) -> str | None:
     """The caption rule: every image/video has a same-stem ``.txt`` and vice versa."""
-    media = [f for f in filenames if _suffix(f) not in CAPTION_EXTENSIONS]
-    captions = [f for f in filenames if _suffix(f) in CAPTION_EXTENSIONS]
-    caption_stems = {_stem(f) for f in captions}
-    media_stems = {_stem(f) for f in media}
-    missing = sorted(f for f in media if _stem(f) not in caption_stems)
-    orphans = sorted(f for f in captions if _stem(f) not in media_stems)
+    media = [f for f in filenames if suffix(f) not in CAPTION_TYPES]
+    captions = [f for f in filenames if suffix(f) in CAPTION_TYPES]
+    caption_stems = {stem(f) for f in captions}
+    media_stems = {stem(f) for f in media}
+    missing = sorted(f for f in media if stem(f) not in caption_stems)
+    orphans = sorted(f for f in captions if stem(f) not in media_stems)
     if not missing and not orphans:
         return None
     parts = []
