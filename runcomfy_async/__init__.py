@@ -5,7 +5,6 @@ awaitable handles. ``runcomfy_async.testing.Emulator`` serves the same APIs loca
 """
 
 from ._client import ClientState, RunComfy
-from ._downloads import DownloadProgress
 from ._limiter import Limiter, Priority, TokenBucket
 from ._polling import PollPolicy
 from ._redis_limiter import RedisTokenBucket
@@ -29,6 +28,7 @@ from .errors import (
     MachineFailed,
     NotFoundError,
     OperationFailed,
+    OutcomeUnknownError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
@@ -38,6 +38,8 @@ from .errors import (
     ServerError,
     TransportError,
     UnexpectedResponseError,
+    UnsentTimeoutError,
+    UnsentTransportError,
     UploadError,
     ValidationError,
     WaitTimeoutError,
@@ -59,6 +61,7 @@ from .types.models import (
     RequestStatus,
     ResultStatus,
 )
+from .types.progress import DownloadProgress, ProgressCallback
 from .types.uploads import (
     BytesSent,
     FailureReason,
@@ -122,11 +125,13 @@ __all__ = [
     "Models",
     "NotFoundError",
     "OperationFailed",
+    "OutcomeUnknownError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
     "Priority",
     "Progress",
+    "ProgressCallback",
     "RateLimitError",
     "RedisTokenBucket",
     "RequestCancelled",
@@ -145,6 +150,8 @@ __all__ = [
     "TrainingJob",
     "TransportError",
     "UnexpectedResponseError",
+    "UnsentTimeoutError",
+    "UnsentTransportError",
     "UploadError",
     "UploadEvent",
     "UploadMethod",

@@ -12,10 +12,9 @@ import enum
 import functools
 import logging
 import os
-import random
-import time
 import warnings
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -24,18 +23,10 @@ import aiohttp
 
 from . import errors
 from ._limiter import Limiter, Priority, TokenBucket
-from ._protocol import (
-    API,
-    RequestSpec,
-    Retry,
-    decode_response,
-    is_loopback,
-    is_retryable_status,
-    parse_retry_after,
-    redact_url,
-)
+from ._pipeline import CallTrace, Pipeline, json_answer
+from ._protocol import API, RequestSpec, is_loopback, redact_url
 from ._retry import RetryPolicy
-from ._transport import Timeouts, Transport, UnsentTransportError
+from ._transport import Exchange, Timeouts, Transport
 from ._version import __version__
 from .resources.datasets import Datasets
 from .resources.jobs import Jobs
@@ -56,8 +47,6 @@ _URL_ENV = {
     API.MODEL: "RUNCOMFY_MODEL_URL",
     API.SERVER: "RUNCOMFY_SERVER_URL",
 }
-#: Seconds to pause the bucket after a 429 without a usable Retry-After.
-DEFAULT_RATE_LIMIT_PAUSE = 1.0
 
 
 class ClientState(enum.Enum):
@@ -166,12 +155,11 @@ class RunComfy:
         self.retry = retry or RetryPolicy(max_attempts=max_retries + 1)
         self._session = session
         self._owns_session = session is None
-        self._transport: Transport | None = None
-        self._api_headers: dict[str, str] = {}
+        self._pipeline: Pipeline | None = None
+        self._calls_at_close = 0
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rng = random.Random()
         self.state = ClientState.UNOPENED
-        self.api_calls = 0
 
     def __repr__(self) -> str:
         return (
@@ -208,24 +196,42 @@ class RunComfy:
                 connector=aiohttp.TCPConnector(limit=100, limit_per_host=64),
                 headers={"User-Agent": f"runcomfy-async/{__version__}"},
             )
-        self._transport = Transport(self._session, self.timeouts)
-        # The same two headers on every API call: built once, not per request (aiohttp copies
-        # them into the request's own header map, so sharing the dict is safe).
-        self._api_headers = _AuthHeaders(
-            {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+            # aiohttp silently resends an idempotent request once when a reused connection drops
+            # before the answer. The one retry decision owns every repeat (a DELETE's 404 after a
+            # lost answer is success only if we know it was a repeat), so it is switched off on
+            # the session we own, as aiohttp's own test client does. A borrowed session keeps it.
+            self._session._retry_connection = False
+        transport = Transport(
+            self._session, self.timeouts, token=self._token, token_bases=list(self._urls.values())
         )
+        # The guard holds the client weakly: no cycle, so an unclosed client is collected (and
+        # warns) as soon as its last reference goes.
+        client = weakref.ref(self)
+
+        def guard() -> None:
+            """Raise if the client closed or moved loops meanwhile."""
+            alive = client()
+            if alive is not None:
+                alive._check_usable()
+
+        self._pipeline = Pipeline(transport, limiter=self.limiter, policy=self.retry, guard=guard)
         self.state = ClientState.OPEN
 
     async def aclose(self) -> None:
         """Close the owned session and limiter; idempotent. A borrowed session stays open."""
         if self.state is ClientState.CLOSED:
             return
+        if self._cleanups:
+            # A machine whose launch was cancelled is still being stopped: let it finish.
+            await asyncio.wait(set(self._cleanups), timeout=self.retry.cleanup_timeout)
         self.state = ClientState.CLOSED
         if self._owns_limiter:
             await self.limiter.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
-        self._transport = None
+        if self._pipeline is not None:
+            self._calls_at_close = self._pipeline.api_calls
+        self._pipeline = None
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if (
@@ -242,9 +248,9 @@ class RunComfy:
                 stacklevel=1,
             )
 
-    def _check_usable(self) -> Transport:
-        """The transport, after checking the client is open and on the loop it was opened on."""
-        if self.state is ClientState.CLOSED or self._transport is None:
+    def _check_usable(self) -> None:
+        """Raise unless the client is open and used on the loop it was opened on."""
+        if self.state is ClientState.CLOSED or self._pipeline is None:
             if self.state is ClientState.UNOPENED:
                 raise errors.ClientClosedError(
                     "this RunComfy client is not open; use `async with RunComfy() as rc:` "
@@ -258,7 +264,6 @@ class RunComfy:
                 "this RunComfy client was opened in another event loop; create one client per "
                 "event loop (e.g. in your FastAPI lifespan), not one at import time"
             )
-        return self._transport
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -283,6 +288,22 @@ class RunComfy:
 
     # -- the pipeline ----------------------------------------------------------------------
 
+    @property
+    def api_calls(self) -> int:
+        """Rate-limited API calls this client has sent."""
+        return self._pipeline.api_calls if self._pipeline is not None else self._calls_at_close
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The retry loop every exchange of this client runs through (API, storage, downloads).
+
+        Raises:
+            ClientClosedError, WrongEventLoopError: as for any call.
+        """
+        self._check_usable()
+        assert self._pipeline is not None
+        return self._pipeline
+
     async def request(
         self,
         spec: RequestSpec,
@@ -290,111 +311,46 @@ class RunComfy:
         priority: Priority = Priority.USER,
         data: Callable[[], Any] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        trace: CallTrace | None = None,
+        policy: RetryPolicy | None = None,
     ) -> Any:
         """Send one API call through limiter, retries and error mapping; return decoded JSON.
 
         Args:
             spec: what to send.
-            priority: ``Priority.BACKGROUND`` for polls, so user calls overtake them.
+            priority: ``Priority.BACKGROUND`` for polls, so user calls overtake them;
+                ``Priority.CLEANUP`` for calls that stop billing.
             data: builds a fresh request body per attempt (a multipart upload); a consumed
-                iterator is never replayed (STYLE rule 7).
+                iterator is never replayed.
             timeout: overrides the API timeout (uploads need a longer one).
+            trace: records whether the call may have reached the server.
+            policy: retry bounds for this call instead of the client's.
 
         Raises:
             APIError: the server answered with an error (after retries where allowed).
             TransportError: no answer (after retries where allowed).
         """
-        transport = self._check_usable()
+        pipeline = self.pipeline
         url = self._urls[spec.api] + spec.path
-        headers = self._api_headers
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            await self.limiter.acquire(priority)
-            transport = self._check_usable()  # closed while waiting (any limiter): say so
-            self.api_calls += 1
-            retry_after: float | None = None
-            try:
-                raw = await transport.send(
-                    spec.method,
-                    url,
-                    headers=headers,
-                    params=spec.params,
-                    json=spec.json,
-                    data=data,
-                    timeout=timeout,
-                )
-            except errors.TransportError as exc:
-                retryable = spec.retry is Retry.SAFE or isinstance(exc, UnsentTransportError)
-                failure: errors.RunComfyError = exc
-                status = 0
-            else:
-                status = raw.status
-                if status == 429:
-                    retry_after = _retry_after(raw.headers)
-                    # Capped: one Retry-After of a day must not freeze every later call (a
-                    # machine's stop among them); past the cap the caller gets the error instead.
-                    await self.limiter.pause(
-                        min(
-                            retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE,
-                            self.retry.max_retry_after,
-                        )
-                    )
-                try:
-                    result = decode_response(
-                        status, raw.headers, raw.body, method=spec.method, url=url, now=time.time()
-                    )
-                except errors.APIError as exc:
-                    failure = exc
-                    # A 429 was rejected before processing, so even a create may be repeated;
-                    # 5xx may have been processed, so only SAFE requests are repeated, and so
-                    # is a SAFE request whose 2xx body arrived unreadable (cut by a proxy).
-                    retryable = exc.status == 429 or (
-                        spec.retry is Retry.SAFE
-                        and (
-                            is_retryable_status(exc.status)
-                            or isinstance(exc, errors.UnexpectedResponseError)
-                        )
-                    )
-                    if exc.status == 429 and retry_after is None:
-                        retry_after = DEFAULT_RATE_LIMIT_PAUSE
-                else:
-                    # Guarded: redacting the URL and building ``extra`` cost more than the
-                    # rest of the bookkeeping on a fast call, and debug logging is usually off.
-                    if logger.isEnabledFor(logging.DEBUG):
-                        safe_url = redact_url(url)
-                        logger.debug(
-                            "%s %s -> %s (attempt %d)", spec.method, safe_url, status, attempt,
-                            extra={"method": spec.method, "url": safe_url, "status": status,
-                                   "attempt": attempt},
-                        )
-                    return result
-            delay = (
-                self.retry.next_delay(
-                    attempt,
-                    elapsed=time.monotonic() - started,
-                    retry_after=retry_after,
-                    rng=self._rng,
-                )
-                if retryable
-                else None
-            )
-            safe_url = redact_url(url)
-            logger.debug(
-                "%s %s -> %s (attempt %d): %s; %s",
-                spec.method,
-                safe_url,
-                status or type(failure).__name__,
-                attempt,
-                failure,
-                f"retrying in {delay:.2f}s" if delay is not None else "giving up",
-                extra={"method": spec.method, "url": safe_url, "status": status,
-                       "attempt": attempt, "wait": delay},
-            )
-            if delay is None:
-                raise failure
-            await asyncio.sleep(delay)
+        exchange = Exchange(
+            method=spec.method, url=url, params=spec.params, json=spec.json, data=data,
+            timeout=timeout,
+        )
+        return await pipeline.call(
+            exchange,
+            functools.partial(json_answer, method=spec.method, url=url),
+            kind=spec.retry,
+            priority=priority,
+            trace=trace,
+            policy=policy,
+        )
+
+    def spawn_cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run a cleanup nobody awaits (stopping a machine whose launch was cancelled); closing
+        the client waits for it (bounded by the retry policy's ``cleanup_timeout``)."""
+        task = asyncio.ensure_future(cleanup)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     # -- collections -----------------------------------------------------------------------
 
@@ -417,14 +373,3 @@ class RunComfy:
     def models(self) -> Models:
         """Model API requests: submit, await the output, cancel while queued."""
         return Models(self)
-
-
-class _AuthHeaders(dict[str, str]):
-    """API headers whose repr masks the token, for tracebacks that show locals and debuggers."""
-
-    def __repr__(self) -> str:
-        return repr({k: "***" if k.lower() == "authorization" else v for k, v in self.items()})
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    return parse_retry_after(headers.get("Retry-After"), now=time.time())

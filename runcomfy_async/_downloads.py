@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Final
@@ -32,15 +30,17 @@ import aiohttp
 import attrs
 
 from . import errors
-from ._protocol import error_from_response, redact_url
-from ._retry import RetryPolicy
-from ._transport import map_error
+from ._files import open_file, read_small, write_small
+from ._pipeline import Pipeline, storage_answer
+from ._progress import ProgressRelay, first_error, with_progress
+from ._protocol import MAX_URL_REFRESHES, Retry, redact_url
+from ._transport import Answer, Credentials, Exchange
 from .types.jobs import Artifact
+from .types.progress import DownloadProgress, ProgressCallback
 
 __all__ = [
     "CHUNK",
     "DownloadProgress",
-    "ProgressCallback",
     "download_artifacts",
     "plan_paths",
     "safe_name",
@@ -58,20 +58,9 @@ _RESERVED: Final = frozenset(
     | {f"com{i}" for i in range(1, 10)}
     | {f"lpt{i}" for i in range(1, 10)}
 )
-_ERROR_BODY_LIMIT: Final = 64 * 1024
+#: Times one download may start over because the server would not continue its ``.part``.
+_MAX_RESTARTS: Final = 2
 
-
-@attrs.frozen(kw_only=True)
-class DownloadProgress:
-    """Progress of one file: ``done`` of ``total`` bytes on disk (``total`` None if unknown)."""
-
-    artifact: Artifact
-    path: Path
-    done: int
-    total: int | None
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 RefreshArtifact = Callable[[Artifact], Awaitable[Artifact]]
 
 
@@ -148,20 +137,15 @@ def _validator_path(part: Path) -> Path:
 
 async def _read_validator(part: Path) -> str | None:
     """The validator a ``.part`` was started with, or None when unknown."""
-    try:
-        async with aiofiles.open(_validator_path(part)) as fh:
-            value = (await fh.read()).strip()
-    except FileNotFoundError:
-        return None
-    return value or None
+    value = await read_small(_validator_path(part))
+    return (value.strip() or None) if value is not None else None
 
 
 async def _write_validator(part: Path, headers: Mapping[str, str]) -> None:
     """Record which version of the file a new ``.part`` holds (a date suits every server)."""
     value = headers.get("Last-Modified") or headers.get("ETag")
     if value and not value.startswith("W/"):
-        async with aiofiles.open(_validator_path(part), "w") as fh:
-            await fh.write(value)
+        await write_small(_validator_path(part), value)
     else:
         await _forget_validator(part)
 
@@ -203,189 +187,218 @@ class _Restart(Exception):
     """The partial file cannot be continued; start over from byte 0."""
 
 
-async def _download_once(
-    session: aiohttp.ClientSession,
-    artifact: Artifact,
-    url: str,
-    path: Path,
-    *,
-    timeout: aiohttp.ClientTimeout,
-    progress: ProgressCallback | None,
-) -> None:
-    """One GET of ``url`` into ``path``'s ``.part`` (continued where possible), then rename."""
-    part = _part_path(path)
-    offset = await _size_on_disk(part)
-    validator = await _read_validator(part) if offset else None
-    if offset and validator is None:
-        offset = 0  # a .part we cannot tie to this exact file version: start over, never mix
-    # No Authorization here, ever: the signed URL is the credential (API.md section 1.3).
-    # If-Range: the server sends the rest only if the file is still the version the .part
-    # began with; a regenerated artifact comes back whole (200) and replaces it.
-    headers = {"Range": f"bytes={offset}-", "If-Range": validator} if validator and offset else {}
-    safe_url = redact_url(url)
-    try:
-        async with session.get(url, headers=headers, timeout=timeout) as resp:
-            if resp.status == 416 and offset:
-                _, total = _content_range(resp.headers.get("Content-Range"))
-                if total != offset:
-                    raise _Restart
-                await aiofiles.os.replace(part, path)
-                await _forget_validator(part)
-                return
-            if resp.status >= 400:
-                body = await resp.content.read(_ERROR_BODY_LIMIT)
-                raise error_from_response(
-                    resp.status, resp.headers, body, method="GET", url=url, now=time.time()
-                )
-            if resp.status == 206:
-                start, total = _content_range(resp.headers.get("Content-Range"))
-                if start != offset or not _same_version(validator, resp.headers):
-                    raise _Restart  # a server that ignored If-Range sent another version's tail
-                append = True
-            else:
-                # 200: the whole file (no Range support, or it changed since the .part began).
-                # The old validator goes first: a crash before the new one is written must not
-                # leave old bytes vouched for by the new version's validator.
-                await _forget_validator(part)
-                offset, append = 0, False
-                total = resp.content_length
-            done = offset
-            buffer = bytearray()
-            async with aiofiles.open(part, "ab" if append else "wb") as fh:
-                if not append:
-                    await _write_validator(part, resp.headers)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    buffer += chunk
-                    if len(buffer) >= CHUNK:
-                        await fh.write(bytes(buffer))
-                        done += len(buffer)
-                        buffer.clear()
-                        if progress is not None:
-                            progress(DownloadProgress(
-                                artifact=artifact, path=path, done=done, total=total
-                            ))
-                if buffer:
-                    await fh.write(bytes(buffer))
-                    done += len(buffer)
-            if progress is not None:
-                progress(DownloadProgress(artifact=artifact, path=path, done=done, total=total))
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise map_error(exc, method="GET", url=url) from exc
-    if total is not None and done != total:
-        raise errors.TransportError(
-            f"download of {safe_url} ended at byte {done} of {total}; it resumes from there",
-            method="GET",
-            url=safe_url,
+@attrs.define(kw_only=True)
+class _Attempt:
+    """What one GET asked for: from which byte, for which version of the file."""
+
+    offset: int = 0
+    validator: str | None = None
+
+
+class _Download:
+    """One artifact into one path: each attempt continues the ``.part`` where it can."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        path: Path,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        relay: ProgressRelay[DownloadProgress],
+    ) -> None:
+        self.artifact = artifact
+        self.path = path
+        self.part = _part_path(path)
+        self._timeout = timeout
+        self._relay = relay
+        self._attempt = _Attempt()
+
+    async def request(self) -> Exchange:
+        """The GET for this attempt, with ``Range``/``If-Range`` when a ``.part`` can go on."""
+        offset = await _size_on_disk(self.part)
+        validator = await _read_validator(self.part) if offset else None
+        if offset and validator is None:
+            offset = 0  # a .part we cannot tie to this exact file version: start over, never mix
+        self._attempt = _Attempt(offset=offset, validator=validator)
+        # If-Range: the server sends the rest only if the file is still the version the .part
+        # began with; a regenerated artifact comes back whole (200) and replaces it.
+        headers = (
+            {"Range": f"bytes={offset}-", "If-Range": validator} if validator and offset else {}
         )
-    await aiofiles.os.replace(part, path)
-    await _forget_validator(part)
+        # No Authorization here, ever: the signed URL is the credential (API.md section 1.3).
+        return Exchange(
+            method="GET",
+            url=self.artifact.url,
+            headers=headers,
+            timeout=self._timeout,
+            credentials=Credentials.NONE,
+        )
+
+    def interpret(self, answer: Answer[None]) -> bool:
+        """True when a 416 says the ``.part`` already holds the whole file."""
+        attempt = self._attempt
+        if answer.status == 416 and attempt.offset:
+            _, total = _content_range(answer.headers.get("Content-Range"))
+            if total != attempt.offset:
+                raise _Restart
+            return True
+        storage_answer(answer, method="GET", url=self.artifact.url)
+        return False
+
+    async def consume(self, resp: aiohttp.ClientResponse) -> None:
+        """Stream a 200/206 into the ``.part``, then rename it into place once complete."""
+        attempt, part = self._attempt, self.part
+        if resp.status == 206:
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            if start != attempt.offset or not _same_version(attempt.validator, resp.headers):
+                raise _Restart  # a server that ignored If-Range sent another version's tail
+            append, done = True, attempt.offset
+        else:
+            # 200: the whole file (no Range support, or it changed since the .part began).
+            # The old validator goes first: a crash before the new one is written must not
+            # leave old bytes vouched for by the new version's validator.
+            await _forget_validator(part)
+            append, done, total = False, 0, resp.content_length
+        emit = self._relay.emit
+        buffer = bytearray()
+        fh = await open_file(part, "ab" if append else "wb")
+        try:
+            if not append:  # after truncating: old bytes are never vouched for by it
+                await _write_validator(part, resp.headers)
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                buffer += chunk
+                if len(buffer) >= CHUNK:
+                    await asyncio.to_thread(fh.write, bytes(buffer))
+                    done += len(buffer)
+                    buffer.clear()
+                    emit(DownloadProgress(
+                        artifact=self.artifact, path=self.path, done=done, total=total
+                    ))
+            if buffer:
+                await asyncio.to_thread(fh.write, bytes(buffer))
+                done += len(buffer)
+        finally:
+            fh.close()
+        emit(DownloadProgress(artifact=self.artifact, path=self.path, done=done, total=total))
+        if total is not None and done != total:
+            safe_url = redact_url(self.artifact.url)
+            raise errors.TransportError(
+                f"download of {safe_url} ended at byte {done} of {total}; it resumes from there",
+                method="GET",
+                url=safe_url,
+            )
+        await self.finish()
+
+    async def finish(self) -> None:
+        """The ``.part`` is complete: put it in place."""
+        await aiofiles.os.replace(self.part, self.path)
+        await _forget_validator(self.part)
+
+    async def start_over(self) -> None:
+        """Drop the ``.part`` and its validator."""
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.remove(self.part)
+        await _forget_validator(self.part)
 
 
-async def _download_with_retries(
-    session: aiohttp.ClientSession,
-    artifact: Artifact,
-    path: Path,
+async def _download(
+    pipeline: Pipeline,
+    download: _Download,
     *,
-    timeout: aiohttp.ClientTimeout,
-    retry: RetryPolicy,
-    rng: random.Random,
-    progress: ProgressCallback | None,
     refresh: RefreshArtifact | None,
 ) -> None:
-    """Download one artifact, resuming after broken connections and 5xx; re-sign once on 403."""
-    started = time.monotonic()
-    attempt = 0
-    refreshed = False
+    """Download one artifact through the retry loop; re-sign on 403, start over when a server
+    will not continue the ``.part``."""
+    refreshes = restarts = 0
     while True:
-        attempt += 1
-        retry_after: float | None = None
         try:
-            await _download_once(
-                session, artifact, artifact.url, path, timeout=timeout, progress=progress
+            complete = await pipeline.call(
+                download.request,
+                download.interpret,
+                kind=Retry.SAFE,
+                priority=None,
+                consume=download.consume,
             )
         except _Restart:
-            await aiofiles.os.remove(_part_path(path))
-            await _forget_validator(_part_path(path))
-            failure: errors.RunComfyError = errors.TransportError(
-                f"{redact_url(artifact.url)} did not continue the partial file; starting over",
-                method="GET",
-                url=redact_url(artifact.url),
-            )
+            await download.start_over()
+            restarts += 1
+            if restarts > _MAX_RESTARTS:
+                url = redact_url(download.artifact.url)
+                raise errors.TransportError(
+                    f"{url} would not continue the partial file; download it again",
+                    method="GET",
+                    url=url,
+                ) from None
+            continue
         except errors.PermissionDeniedError:
             # A 403 from storage is an expired or bad signature: a fresh result re-signs it.
-            if refresh is None or refreshed:
+            if refresh is None or refreshes >= MAX_URL_REFRESHES:
                 raise
-            artifact, refreshed = await refresh(artifact), True
+            refreshes += 1
+            download.artifact = await refresh(download.artifact)
             continue
-        except errors.RateLimitError as exc:
-            failure, retry_after = exc, exc.retry_after
-        except (errors.TransportError, errors.ServerError) as exc:
-            failure = exc
-        else:
-            return
-        delay = retry.next_delay(
-            attempt, elapsed=time.monotonic() - started, retry_after=retry_after, rng=rng
-        )
-        if delay is None:
-            failure.add_note(
-                f"gave up after {attempt} attempts; {_part_path(path).name} is kept and "
-                "downloading again resumes it"
+        except errors.RunComfyError as exc:
+            exc.add_note(
+                f"{download.part.name} is kept and downloading again resumes it"
             )
-            raise failure
-        await asyncio.sleep(delay)
+            raise
+        if complete:
+            await download.finish()
+        return
 
 
 async def download_artifacts(
-    session: aiohttp.ClientSession,
+    pipeline: Pipeline,
     artifacts: Sequence[Artifact],
     dest: Path,
     *,
     timeout: aiohttp.ClientTimeout,
-    retry: RetryPolicy,
     concurrency: int,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback[DownloadProgress] | None = None,
     refresh: RefreshArtifact | None = None,
 ) -> list[Path]:
     """Download ``artifacts`` into ``dest`` (``concurrency`` at a time); return their paths.
 
     Every file is attempted even if another fails; partial files stay as ``.part`` for the next
-    run to resume.
+    run to resume. Downloads take no rate-limit token and carry no token, but run through the
+    client's one retry loop (Retry-After on 429/503 honoured, 5xx and broken connections
+    retried with backoff).
 
     Raises:
         ValidationError: a planned path would leave ``dest``.
         APIError: storage refused a file (the first failure; others are added as notes).
         TransportError: a file could not be fetched after retries.
+        Exception: what the progress callback raised (the downloads stop).
     """
     paths = plan_paths(dest, artifacts)
     for folder in sorted({p.parent for p in paths}):
         await aiofiles.os.makedirs(folder, exist_ok=True)
-    semaphore = asyncio.Semaphore(concurrency)
-    rng = random.Random()
-    failures: list[tuple[PurePath, Exception]] = []
 
-    async def one(artifact: Artifact, path: Path) -> None:
-        """Download one file under the semaphore, recording (not raising) its failure."""
-        async with semaphore:
-            try:
-                await _download_with_retries(
-                    session,
-                    artifact,
-                    path,
-                    timeout=timeout,
-                    retry=retry,
-                    rng=rng,
-                    progress=progress,
-                    refresh=refresh,
-                )
-            except (errors.RunComfyError, OSError) as exc:
-                failures.append((path, exc))
+    async def run(relay: ProgressRelay[DownloadProgress]) -> list[Path]:
+        """Every download, their events going to ``relay``."""
+        semaphore = asyncio.Semaphore(concurrency)
+        failures: list[tuple[PurePath, Exception]] = []
 
-    async with asyncio.TaskGroup() as group:
-        for artifact, path in zip(artifacts, paths, strict=True):
-            group.create_task(one(artifact, path))
-    if failures:
-        first = failures[0][1]
-        for failed_path, exc in failures[1:]:
-            first.add_note(f"also failed: {failed_path.name}: {exc}")
-        raise first
-    return paths
+        async def one(artifact: Artifact, path: Path) -> None:
+            """Download one file under the semaphore, recording (not raising) its failure."""
+            async with semaphore:
+                download = _Download(artifact, path, timeout=timeout, relay=relay)
+                try:
+                    await _download(pipeline, download, refresh=refresh)
+                except (errors.RunComfyError, OSError) as exc:
+                    failures.append((path, exc))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for artifact, path in zip(artifacts, paths, strict=True):
+                    group.create_task(one(artifact, path))
+        except ExceptionGroup as group_error:
+            raise first_error(group_error) from None
+        if failures:
+            first = failures[0][1]
+            for failed_path, exc in failures[1:]:
+                first.add_note(f"also failed: {failed_path.name}: {exc}")
+            raise first
+        return paths
+
+    return await with_progress(progress, run)

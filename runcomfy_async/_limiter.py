@@ -23,6 +23,9 @@ __all__ = ["Limiter", "Priority", "TokenBucket"]
 class Priority(enum.IntEnum):
     """Who is asking for a token; lower values are served first."""
 
+    #: Calls that stop billing (a machine's stop, cancelling an abandoned request): ahead of
+    #: every queued caller, after any server-set pause.
+    CLEANUP = -1
     USER = 0
     #: The last call of a wait that already saw the final state (e.g. fetching a finished model
     #: request's result): it completes somebody's ``await``, so it goes before fresh polls.

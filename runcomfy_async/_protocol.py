@@ -19,11 +19,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from . import errors
+from ._retry import RetryPolicy
 
 __all__ = [
     "API",
+    "MAX_URL_REFRESHES",
+    "Action",
+    "Decision",
+    "Failure",
+    "Outcome",
     "RequestSpec",
     "Retry",
+    "decide",
     "decode_response",
     "error_from_response",
     "is_loopback",
@@ -34,6 +41,10 @@ __all__ = [
 
 #: Status codes that mean "try again later" (API.md section 0, DESIGN "Rules of the pipeline").
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: Fresh signed URLs one transfer (upload or download) may fetch after storage refused its URL
+#: with 403 (expired or bad signature) before it fails.
+MAX_URL_REFRESHES = 3
 
 #: Query keys whose values are harmless to log; every other value is masked.
 _SAFE_QUERY_KEYS = frozenset({"include_cost", "limit", "offset", "max_items", "size", "expires"})
@@ -78,16 +89,127 @@ class API(enum.Enum):
 
 
 class Retry(enum.Enum):
-    """How a request may be retried.
+    """What kind of request this is, for the retry decision (:func:`decide`).
 
-    ``SAFE``: idempotent (GET, DELETE, or a POST whose repeat is harmless): retry on connection
-    errors, 429 and 5xx. ``UNSENT``: a POST that could create something twice: retry only when the
-    request provably never reached the handler (connection refused, 429 -- a rate-limited request is
-    rejected before it is processed).
+    ``SAFE``: idempotent (a GET, or a POST whose repeat is harmless): repeated after connection
+    failures, 429 and 5xx. ``UNSENT``: a POST that could create (and bill) something twice:
+    repeated only when it provably never reached the handler (the connection never opened, or a
+    429, which is refused before processing). ``CLEANUP``: a delete or stop: repeated like SAFE
+    without an attempt limit until the policy's ``cleanup_timeout``; a 404 on a repeat means an
+    earlier try already did it; a server-set pause past the cap is waited out up to the cap.
     """
 
     SAFE = "safe"
     UNSENT = "unsent"
+    CLEANUP = "cleanup"
+
+
+class Failure(enum.Enum):
+    """Why an exchange produced no usable answer."""
+
+    #: The connection never opened (refused, connect timeout): nothing reached the server.
+    UNSENT = "unsent"
+    #: Reset, read timeout or cut after the request left: the server may have acted.
+    SENT = "sent"
+    #: A 2xx whose body was unreadable (cut, or not the JSON documented): the server acted.
+    UNREADABLE = "unreadable"
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What one attempt produced: an HTTP status with its headers, or a transport failure."""
+
+    status: int = 0
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    failure: Failure | None = None
+
+
+class Action(enum.Enum):
+    """What the retry loop does next."""
+
+    DELIVER = "deliver"  #: hand the answer (or "already gone") to the caller
+    RETRY = "retry"  #: try again after ``delay`` seconds
+    PAUSE = "pause"  #: hold the whole rate-limit bucket for ``delay`` seconds, then try again
+    RAISE = "raise"  #: give the error to the caller
+
+
+@attrs.frozen(kw_only=True)
+class Decision:
+    """One step of the retry loop: an action and, for RETRY and PAUSE, how long to wait."""
+
+    action: Action
+    delay: float = 0.0
+
+
+#: Seconds a 429 without a usable Retry-After pauses the bucket (the account refills 1/s).
+DEFAULT_RATE_LIMIT_PAUSE = 1.0
+_DELIVER = Decision(action=Action.DELIVER)
+_RAISE = Decision(action=Action.RAISE)
+
+
+def decide(
+    kind: Retry,
+    outcome: Outcome,
+    *,
+    attempt: int,
+    elapsed: float,
+    now: float,
+    policy: RetryPolicy,
+    jitter: float,
+) -> Decision:
+    """The one retry decision for every HTTP exchange (API, storage, downloads, ComfyUI).
+
+    Args:
+        kind: what kind of request it was.
+        outcome: what the attempt produced.
+        attempt: which try this was (from 1).
+        elapsed: seconds since the first try was sent (token waits excluded).
+        now: the wall clock (epoch seconds), for a ``Retry-After`` given as an HTTP date.
+        policy: the retry bounds.
+        jitter: a uniform sample of [0, 1) for the backoff.
+    """
+    status, failure = outcome.status, outcome.failure
+    cleanup = kind is Retry.CLEANUP
+    if failure is None and 200 <= status < 400:
+        return _DELIVER
+    if failure is None and status == 404 and cleanup and attempt > 1:
+        return _DELIVER  # an earlier try did it; its answer was lost (docs/reliability.md)
+    server_wait: float | None = None
+    if failure is not None:
+        repeatable = failure is Failure.UNSENT or kind is not Retry.UNSENT
+    elif status == 429:
+        # Refused before processing, so even a create may be repeated.
+        repeatable = True
+        server_wait = parse_retry_after(outcome.headers.get("Retry-After"), now=now)
+        if server_wait is None:
+            server_wait = DEFAULT_RATE_LIMIT_PAUSE
+    elif status in RETRYABLE_STATUSES:
+        # A 5xx may have been processed: only a request whose repeat is harmless goes again.
+        repeatable = kind is not Retry.UNSENT
+        if status == 503:
+            server_wait = parse_retry_after(outcome.headers.get("Retry-After"), now=now)
+    else:
+        repeatable = False
+    if not repeatable:
+        return _RAISE
+    if server_wait is not None and server_wait > policy.max_retry_after:
+        if not cleanup:
+            return _RAISE  # past the cap the caller hears of it rather than hang silently
+        server_wait = policy.max_retry_after
+    if server_wait is not None:
+        delay = policy.after_server_wait(server_wait, jitter)
+    else:
+        delay = policy.backoff(attempt, jitter)
+    if cleanup:
+        budget: float | None = policy.cleanup_timeout
+    elif attempt >= policy.max_attempts:
+        return _RAISE
+    else:
+        budget = policy.total_timeout
+    if budget is not None and elapsed + delay > budget:
+        return _RAISE
+    action = Action.PAUSE if status == 429 and failure is None else Action.RETRY
+    return Decision(action=action, delay=delay)
 
 
 @attrs.frozen(kw_only=True)
@@ -201,7 +323,7 @@ def error_from_response(
     method: str,
     url: str,
     payload: Any = None,
-    now: float = 0.0,
+    now: float,
 ) -> errors.APIError:
     """Build the APIError subclass for an error answer (never includes the request's token)."""
     if payload is None and body:
@@ -247,7 +369,7 @@ def decode_response(
     *,
     method: str,
     url: str,
-    now: float = 0.0,
+    now: float,
 ) -> Any:
     """Decoded JSON of a successful answer; raises the matching APIError otherwise.
 

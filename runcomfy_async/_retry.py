@@ -1,11 +1,10 @@
-"""Retry policy: exponential backoff with full jitter, bounded by attempts and total time.
+"""Retry policy: the bounds of backoff with full jitter, and of waiting out a server's pause.
 
-Pure: the caller supplies the random source and the clock, so tests replay decisions exactly.
+Pure data: the decision that uses it (:func:`runcomfy_async._protocol.decide`) is handed the
+jitter sample and the clock, so tests replay decisions exactly.
 """
 
 from __future__ import annotations
-
-import random
 
 import attrs
 
@@ -14,49 +13,33 @@ __all__ = ["RetryPolicy"]
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """How often and how long to retry a failed API call.
+    """How often and how long to retry a failed request.
 
     Args:
         max_attempts: total tries of one call, the first included.
         base_delay: the first backoff's upper bound, in seconds.
         max_delay: cap of any one backoff.
         max_retry_after: a server-requested wait longer than this is not waited out: the error
-            surfaces instead (a caller rarely wants to hang for minutes silently).
-        total_timeout: give up retrying once this many seconds have passed since the first try.
+            surfaces instead (a caller rarely wants to hang for minutes silently). Cleanup calls
+            (a machine's stop, a delete) wait this long and then try again.
+        total_timeout: give up retrying once this many seconds have passed since the first try
+            was sent (time spent waiting for a rate-limit token does not count).
+        cleanup_timeout: the same bound for cleanup calls, which are retried without an attempt
+            limit until it passes: a machine left running bills.
     """
 
     max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     base_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     max_delay: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
-    max_retry_after: float = 120.0
+    max_retry_after: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
     total_timeout: float | None = 300.0
+    cleanup_timeout: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
 
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full-jitter delay before try ``attempt + 1`` (``attempt`` counts from 1)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 1)))
-        return rng.uniform(0.0, ceiling)
+    def backoff(self, attempt: int, jitter: float) -> float:
+        """Full-jitter delay after try ``attempt`` (from 1); ``jitter`` is a sample of [0, 1)."""
+        return jitter * min(self.max_delay, self.base_delay * 2.0 ** min(max(0, attempt - 1), 64))
 
-    def next_delay(
-        self,
-        attempt: int,
-        *,
-        elapsed: float,
-        retry_after: float | None,
-        rng: random.Random,
-    ) -> float | None:
-        """Seconds to wait before retrying, or None when the budget is spent.
-
-        A server's ``Retry-After`` is honoured (plus a little jitter so paused callers do not
-        all return in the same instant) unless it exceeds ``max_retry_after``.
-        """
-        if attempt >= self.max_attempts:
-            return None
-        if retry_after is not None:
-            if retry_after > self.max_retry_after:
-                return None
-            delay = retry_after + rng.uniform(0.0, min(0.25, self.base_delay))
-        else:
-            delay = self.backoff(attempt, rng)
-        if self.total_timeout is not None and elapsed + delay > self.total_timeout:
-            return None
-        return delay
+    def after_server_wait(self, retry_after: float, jitter: float) -> float:
+        """A server-requested wait plus a little jitter, so paused callers do not all return at
+        once."""
+        return retry_after + jitter * min(0.25, self.base_delay)

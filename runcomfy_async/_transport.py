@@ -1,15 +1,19 @@
-"""The one seam between the request pipeline and aiohttp.
+"""The one seam between the library and aiohttp: every HTTP exchange goes through here.
 
-Sends a request, reads the whole (small, JSON) answer, and maps aiohttp/asyncio failures to
-:class:`~runcomfy_async.errors.TransportError` with ``raise ... from exc``. ``request_sent`` on the
-error tells the retry logic whether the server could have seen the request at all.
+API calls, signed-URL PUTs, artifact and output downloads and ComfyUI calls are all one
+:class:`Exchange` sent by :meth:`Transport.exchange`. Each call says which credentials it may
+carry: the API token goes only to the base URLs the transport was given for it, and a call to
+object storage carries none (its URL's signature is the credential). aiohttp/asyncio failures are
+mapped to :class:`~runcomfy_async.errors.TransportError` with ``raise ... from exc``; whether the
+request could have reached the server decides the error's class (``UnsentTransportError``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import attrs
@@ -18,7 +22,21 @@ from multidict import CIMultiDictProxy
 from . import errors
 from ._protocol import redact_url
 
-__all__ = ["RawResponse", "Timeouts", "Transport", "UnsentTimeoutError", "UnsentTransportError"]
+__all__ = [
+    "Answer",
+    "BodyAbort",
+    "Consume",
+    "Credentials",
+    "Exchange",
+    "Timeouts",
+    "Transport",
+    "map_error",
+]
+
+R = TypeVar("R")
+
+#: Bytes of an error answer kept for its message; the rest is not read.
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -26,7 +44,7 @@ class Timeouts:
     """Timeouts in seconds for API calls (``connect``/``read``/``total``) and for transfers.
 
     Uploads and downloads get their own, longer read timeout: a 2 GiB PUT must not be cut off by
-    the limit that suits a JSON status call (LESSONS 5: connect apart from long reads).
+    the limit that suits a JSON status call (connect apart from long reads).
     """
 
     connect: float = 10.0
@@ -47,28 +65,75 @@ class Timeouts:
         )
 
 
+class Credentials(enum.Enum):
+    """What a call may carry to prove who it is."""
+
+    #: The bearer token: only to the base URLs the transport holds the token for.
+    BEARER = "bearer"
+    #: Nothing: object storage and downloads, whose signed URL is the credential.
+    NONE = "none"
+
+
 @attrs.frozen(kw_only=True)
-class RawResponse:
-    """Status, headers and the whole body of one answer."""
+class Exchange:
+    """One HTTP request as data; ``data`` builds a fresh body for each attempt (never a consumed
+    iterator replayed)."""
+
+    method: str
+    url: str
+    params: Mapping[str, str] | None = None
+    json: Any = None
+    data: Callable[[], Any] | None = None
+    headers: Mapping[str, str] | None = None
+    timeout: aiohttp.ClientTimeout | None = None
+    credentials: Credentials = Credentials.BEARER
+
+
+@attrs.frozen(kw_only=True)
+class Answer(Generic[R]):
+    """Status and headers of one answer; ``body`` for an error status (at most 64 KiB) or when
+    no consumer was given, ``value`` what the consumer made of a success."""
 
     status: int
     headers: CIMultiDictProxy[str]
-    body: bytes
+    body: bytes = b""
+    value: R | None = None
 
 
-class UnsentTransportError(errors.TransportError):
-    """The connection could not be opened: the request provably never left the machine."""
+#: Reads a non-error answer (status < 400) while the connection is open, e.g. to stream it to
+#: disk; returns what the caller wants from it.
+Consume = Callable[[aiohttp.ClientResponse], Awaitable[R]]
 
 
-class UnsentTimeoutError(UnsentTransportError, errors.APITimeoutError):
-    """Connecting timed out: nothing was sent, so even a create may be tried again."""
+class BodyAbort(Exception):
+    """Raised from a request body or a consumer to stop the call with a failure of its own.
+
+    aiohttp reports an exception raised inside a request body as a connection error; the
+    transport finds this one behind it and raises its ``cause`` instead, never retried.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+def _aborted(exc: BaseException) -> BaseException | None:
+    """The failure a body or consumer signalled, if ``exc`` was caused by one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BodyAbort):
+            return current.cause
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportError:
     """Translate an aiohttp/asyncio failure into our tree (the URL has query secrets masked)."""
     safe = redact_url(url)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UnsentTimeoutError(
+        return errors.UnsentTimeoutError(
             f"timed out connecting to {safe} ({method}); the request was not sent",
             method=method,
             url=safe,
@@ -81,7 +146,7 @@ def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportE
             url=safe,
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UnsentTransportError(
+        return errors.UnsentTransportError(
             f"could not connect to {safe} ({method}): {exc.os_error}", method=method, url=safe
         )
     return errors.TransportError(
@@ -92,40 +157,89 @@ def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportE
 
 
 class Transport:
-    """Sends one HTTP request on a shared ``aiohttp.ClientSession``."""
+    """Sends exchanges on a shared ``aiohttp.ClientSession``.
 
-    def __init__(self, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    Args:
+        session: the session every exchange uses (the client's, owned or borrowed).
+        timeouts: the default API timeout comes from here.
+        token: the bearer token for :attr:`Credentials.BEARER` calls (None: such calls are refused).
+        token_bases: the base URLs the token may be sent to.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        timeouts: Timeouts,
+        *,
+        token: str | None = None,
+        token_bases: Sequence[str] = (),
+    ) -> None:
         self.session = session
         self.timeouts = timeouts
         # Built once: a fresh ClientTimeout per call showed up in the pipeline's profile.
         self._api_timeout = timeouts.for_api()
+        self._auth: Mapping[str, str] = (
+            _AuthHeaders({"Authorization": f"Bearer {token}", "Accept": "application/json"})
+            if token is not None
+            else {}
+        )
+        self._token_bases = tuple(base.rstrip("/") + "/" for base in token_bases)
 
-    async def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str],
-        params: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: Callable[[], Any] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-    ) -> RawResponse:
-        """Send and read the full answer; ``data`` builds a fresh body for this attempt."""
+    def _headers(self, exchange: Exchange) -> Mapping[str, str]:
+        """The exchange's headers plus, where allowed, the token."""
+        extra = exchange.headers or {}
+        if exchange.credentials is Credentials.NONE:
+            if any(k.lower() == "authorization" for k in extra):
+                raise errors.ConfigurationError(
+                    "an object-storage request must not carry an Authorization header: its "
+                    "signed URL is the credential"
+                )
+            return extra
+        if not self._auth or not (exchange.url + "/").startswith(self._token_bases):
+            raise errors.ConfigurationError(
+                f"refusing to send the API token to {redact_url(exchange.url)}: it goes only to "
+                "the API base URLs"
+            )
+        return _AuthHeaders({**self._auth, **extra}) if extra else self._auth
+
+    async def exchange(
+        self, exchange: Exchange, consume: Consume[R] | None = None
+    ) -> Answer[R]:
+        """Send one request; read an error answer's body, or hand a success to ``consume``
+        (without one the whole body is read).
+
+        Raises:
+            TransportError: no answer (``UnsentTransportError`` when nothing left the machine).
+            ClientClosedError: the session was closed meanwhile.
+            Exception: what a body or consumer signalled with :class:`BodyAbort`.
+        """
+        method, url = exchange.method, exchange.url
+        headers = self._headers(exchange)
         try:
             async with self.session.request(
                 method,
                 url,
                 headers=headers,
-                params=params,
-                json=json,
-                data=data() if data is not None else None,
-                timeout=timeout or self._api_timeout,
+                params=exchange.params,
+                json=exchange.json,
+                data=exchange.data() if exchange.data is not None else None,
+                timeout=exchange.timeout or self._api_timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
-                return RawResponse(status=resp.status, headers=resp.headers, body=body)
+                if resp.status >= 400:
+                    body = await resp.content.read(ERROR_BODY_LIMIT)
+                    return Answer(status=resp.status, headers=resp.headers, body=body)
+                if consume is None:
+                    body = await resp.read()
+                    return Answer(status=resp.status, headers=resp.headers, body=body)
+                value = await consume(resp)
+                return Answer(status=resp.status, headers=resp.headers, value=value)
+        except BodyAbort as abort:
+            raise abort.cause from None
         except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            cause = _aborted(exc)
+            if cause is not None:
+                raise cause from None
             if self.session.closed:
                 # aiohttp's bare "Session is closed", or a connection it cut on closing.
                 raise errors.ClientClosedError(
@@ -134,3 +248,10 @@ class Transport:
             if isinstance(exc, RuntimeError):
                 raise
             raise map_error(exc, method=method, url=url) from exc
+
+
+class _AuthHeaders(dict[str, str]):
+    """Headers whose repr masks the token, for tracebacks that show locals and debuggers."""
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k.lower() == "authorization" else v for k, v in self.items()})

@@ -11,6 +11,9 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- ConfigError               an AI Toolkit config the service would reject
     +-- TransportError                connection failed, reset or timed out (no HTTP answer)
     |   +-- APITimeoutError           a connect/read/total timeout expired
+    |   +-- UnsentTransportError      the connection never opened: the request provably never left
+    |   |   +-- UnsentTimeoutError    connecting timed out (also an APITimeoutError)
+    |   +-- OutcomeUnknownError       a create was sent but its answer was lost: it may have run
     +-- APIError                      the server answered with an error
     |   +-- BadRequestError           400 / 422 (the request was invalid)
     |   +-- AuthenticationError       401 (token missing, wrong or expired)
@@ -58,6 +61,7 @@ __all__ = [
     "MachineFailed",
     "NotFoundError",
     "OperationFailed",
+    "OutcomeUnknownError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -67,6 +71,8 @@ __all__ = [
     "ServerError",
     "TransportError",
     "UnexpectedResponseError",
+    "UnsentTimeoutError",
+    "UnsentTransportError",
     "UploadError",
     "ValidationError",
     "WaitTimeoutError",
@@ -122,6 +128,26 @@ class TransportError(RunComfyError):
 
 class APITimeoutError(TransportError, builtins.TimeoutError):
     """A connect, read or total timeout expired."""
+
+
+class UnsentTransportError(TransportError):
+    """The connection could not be opened: the request provably never left the machine."""
+
+
+class UnsentTimeoutError(UnsentTransportError, APITimeoutError):
+    """Connecting timed out: nothing was sent, so even a create may be tried again."""
+
+
+class OutcomeUnknownError(TransportError):
+    """A request that creates (and may bill) something was sent, but its answer was lost.
+
+    The server may have queued it: it was not repeated, since a repeat could run and bill twice.
+    ``check`` says where to look for what it made.
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", check: str = "") -> None:
+        self.check = check
+        super().__init__(message, method=method, url=url)
 
 
 class APIError(RunComfyError):

@@ -26,7 +26,8 @@ from runcomfy_async import (
     WrongEventLoopError,
 )
 from runcomfy_async._protocol import API, RequestSpec, Retry
-from runcomfy_async._transport import UnsentTransportError, map_error
+from runcomfy_async._transport import map_error
+from runcomfy_async.errors import UnsentTransportError
 from runcomfy_async.testing import Emulator
 
 LIST = RequestSpec(api=API.TRAINER, method="GET", path="/prod/v1/trainers/datasets")

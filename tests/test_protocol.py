@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from multidict import CIMultiDict
 
@@ -20,7 +18,7 @@ URL = "https://trainer-api.runcomfy.net/prod/v1/trainers/datasets"
 
 
 def _decode(status: int, body: bytes, **headers: str) -> object:
-    return decode_response(status, CIMultiDict(headers), body, method="GET", url=URL)
+    return decode_response(status, CIMultiDict(headers), body, method="GET", url=URL, now=0.0)
 
 
 def test_json_success_decodes() -> None:
@@ -67,6 +65,7 @@ def test_status_maps_to_class(status: int, cls: type[errors.APIError]) -> None:
             b'{"error_code": 1, "error_message": "nope"}',
             method="POST",
             url=URL,
+            now=0.0,
         )
     exc = info.value
     assert (exc.status, exc.message) == (status, "nope")
@@ -145,21 +144,8 @@ def test_redact_url_masks_signatures() -> None:
 
 
 def test_backoff_is_bounded_and_jittered() -> None:
-    """Backoff grows exponentially, stays under the cap, and is random."""
+    """Backoff grows exponentially with the attempt, stays under the cap, scales with jitter."""
     policy = RetryPolicy(base_delay=1.0, max_delay=8.0)
-    rng = random.Random(1)
-    delays = [policy.backoff(a, rng) for a in range(1, 10)]
-    assert all(0 <= d <= 8.0 for d in delays)
-    assert len(set(delays)) == len(delays)
-
-
-def test_next_delay_budget() -> None:
-    """No delay once attempts, total time, or a too-long Retry-After exhaust the budget."""
-    policy = RetryPolicy(max_attempts=3, total_timeout=10.0, max_retry_after=60.0)
-    rng = random.Random(0)
-    assert policy.next_delay(1, elapsed=0, retry_after=None, rng=rng) is not None
-    assert policy.next_delay(3, elapsed=0, retry_after=None, rng=rng) is None
-    assert policy.next_delay(1, elapsed=0, retry_after=120.0, rng=rng) is None
-    assert policy.next_delay(1, elapsed=9.9, retry_after=5.0, rng=rng) is None
-    delay = policy.next_delay(1, elapsed=0, retry_after=2.0, rng=rng)
-    assert delay is not None and 2.0 <= delay <= 2.25
+    assert [policy.backoff(a, 0.5) for a in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert policy.backoff(3, 0.0) == 0.0
+    assert policy.after_server_wait(2.0, 1.0) == 2.25

@@ -15,14 +15,14 @@ import pytest_asyncio
 from runcomfy_async import errors
 from runcomfy_async._client import RunComfy
 from runcomfy_async._retry import RetryPolicy
-from runcomfy_async._uploads import (
-    CHUNK_SIZE,
+from runcomfy_async._upload_body import CHUNK_SIZE
+from runcomfy_async._upload_engine import run_uploads
+from runcomfy_async._upload_plan import (
     DIRECT_UPLOAD_LIMIT,
     ScannedFile,
     UploadSource,
     content_type_for,
     plan_uploads,
-    run_uploads,
     set_problems,
 )
 from runcomfy_async.resources.datasets import Dataset
@@ -392,10 +392,9 @@ async def test_a_413_from_the_url_endpoint_halves_the_batch(
     results, sent = await run_uploads(
         direct=[],
         signed=sources,
-        session=rc.session,
+        pipeline=rc.pipeline,
         fetch_targets=fetch,
         send_direct=ds._send_direct,
-        retry=FAST_RETRY,
         timeout=rc.timeouts.for_transfer(),
         progress=None,
         concurrency=4,

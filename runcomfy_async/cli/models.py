@@ -90,11 +90,10 @@ async def download_outputs(
         for url in output_urls(output)
     ]
     return await download_artifacts(
-        rc.session,
+        rc.pipeline,
         artifacts,
         dest,
         timeout=rc.timeouts.for_transfer(),
-        retry=rc.retry,
         concurrency=4,
         progress=progress,
     )

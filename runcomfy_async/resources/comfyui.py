@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import mimetypes
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,16 +24,18 @@ import aiofiles.os
 import aiohttp
 
 from .. import errors
+from .._pipeline import Pipeline, json_answer, storage_answer
 from .._polling import PollPolicy, poll_until
-from .._protocol import decode_response, error_from_response, is_loopback, redact_url
-from .._transport import Timeouts, Transport, map_error
+from .._progress import ProgressRelay, with_progress
+from .._protocol import Retry, is_loopback, redact_url
+from .._retry import RetryPolicy
+from .._transport import Answer, Credentials, Exchange, Timeouts, Transport
 from ..types.machines import ComfyEvent, ComfyFile
+from ..types.progress import ProgressCallback
 
-__all__ = ["ComfyUI", "ProgressCallback"]
+__all__ = ["ComfyUI"]
 
 logger = logging.getLogger("runcomfy_async")
-
-ProgressCallback = Callable[[ComfyEvent], Awaitable[None] | None]
 
 _CHUNK = 1 << 20
 #: Seconds of WebSocket silence after which the history is checked, in case an event was missed.
@@ -184,6 +187,8 @@ class ComfyUI:
         timeouts: connect/read timeouts for calls and for transfers.
         token: a bearer token to send (opt-in; https or loopback URLs only).
         client_id: the ComfyUI client id prompts are queued under (default: a fresh UUID).
+        retry: the retry bounds (default: :class:`RetryPolicy`'s); ComfyUI calls run through
+            the same retry decision as API calls, without a rate-limit token.
 
     Raises:
         ConfigurationError: a token would go over plain http to a non-loopback host.
@@ -197,6 +202,7 @@ class ComfyUI:
         timeouts: Timeouts | None = None,
         token: str | None = None,
         client_id: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -210,8 +216,11 @@ class ComfyUI:
         self.history_check = HISTORY_CHECK
         self._session = session
         self._timeouts = timeouts or Timeouts()
-        self._transport = Transport(session, self._timeouts)
-        self._headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        transport = Transport(session, self._timeouts, token=token, token_bases=[self.base_url])
+        self._pipeline = Pipeline(transport, limiter=None, policy=retry or RetryPolicy())
+        self._credentials = Credentials.NONE if token is None else Credentials.BEARER
+        # The WebSocket is not an HTTP exchange: it carries the opt-in token itself.
+        self._ws_headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self._client_ids: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -222,25 +231,37 @@ class ComfyUI:
         method: str,
         path: str,
         *,
+        kind: Retry,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         data: Callable[[], Any] | None = None,
         keep_400: bool = False,
     ) -> tuple[int, Any]:
-        """One JSON call: ``(status, decoded body)``; an error status raises, a 400 only if not
-        ``keep_400`` (``/prompt`` explains its 400s in ComfyUI's own shape)."""
+        """One JSON call through the retry loop: ``(status, decoded body)``; an error status
+        raises, a 400 only if not ``keep_400`` (``/prompt`` explains its 400s in ComfyUI's own
+        shape)."""
         url = self.base_url + path
-        raw = await self._transport.send(
-            method, url, headers=self._headers, params=params, json=json_body, data=data
+
+        def interpret(answer: Answer[Any]) -> tuple[int, Any]:
+            """A kept 400's JSON as it is, anything else as an API answer."""
+            if answer.status == 400 and keep_400:
+                try:
+                    return answer.status, json.loads(answer.body)
+                except ValueError:
+                    pass
+            return answer.status, json_answer(answer, method=method, url=url)
+
+        exchange = Exchange(
+            method=method,
+            url=url,
+            params=params,
+            json=json_body,
+            data=data,
+            credentials=self._credentials,
         )
-        if raw.status == 400 and keep_400:
-            try:
-                return raw.status, json.loads(raw.body)
-            except ValueError:
-                pass
-        return raw.status, decode_response(
-            raw.status, raw.headers, raw.body, method=method, url=url
-        )
+        answer = await self._pipeline.call(exchange, interpret, kind=kind, priority=None)
+        assert answer is not None  # only a cleanup call delivers None
+        return answer
 
     async def queue_prompt(
         self, workflow: Mapping[str, Any], *, client_id: str | None = None
@@ -259,9 +280,13 @@ class ComfyUI:
         """
         prompt = _check_workflow(workflow)
         cid = client_id or self.client_id
-        # Not retried: a repeat after a lost answer would run the prompt twice.
+        # Retry.UNSENT: a repeat after a lost answer would run the prompt twice.
         status, payload = await self._call(
-            "POST", "/prompt", json_body={"prompt": prompt, "client_id": cid}, keep_400=True
+            "POST",
+            "/prompt",
+            kind=Retry.UNSENT,
+            json_body={"prompt": prompt, "client_id": cid},
+            keep_400=True,
         )
         if status == 400 or (isinstance(payload, Mapping) and payload.get("node_errors")):
             raise _prompt_refused(status, payload)
@@ -275,7 +300,7 @@ class ComfyUI:
 
     async def _history_entry(self, prompt_id: str) -> Mapping[str, Any] | None:
         """The prompt's history entry, or None while it is unfinished (API.md 6.1)."""
-        _, payload = await self._call("GET", f"/history/{prompt_id}")
+        _, payload = await self._call("GET", f"/history/{prompt_id}", kind=Retry.SAFE)
         entry = payload.get(prompt_id) if isinstance(payload, Mapping) else None
         return entry if isinstance(entry, Mapping) else None
 
@@ -284,7 +309,7 @@ class ComfyUI:
         prompt_id: str,
         *,
         timeout: float | None = None,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback[ComfyEvent] | None = None,
         poll: PollPolicy | None = None,
     ) -> list[ComfyFile]:
         """Wait until a prompt has run and return its output files.
@@ -295,7 +320,8 @@ class ComfyUI:
         Args:
             prompt_id: what :meth:`queue_prompt` returned.
             timeout: client-side deadline in seconds (None: as long as it takes).
-            progress: called with each :class:`ComfyEvent` about this prompt (sync or async).
+            progress: called with each :class:`ComfyEvent` about this prompt (sync or async);
+                if it raises, the wait stops with that exception.
             poll: the schedule of the ``/history`` fallback.
 
         Raises:
@@ -303,9 +329,22 @@ class ComfyUI:
             WaitTimeoutError: ``timeout`` passed first.
         """
         prompt_id = _check_prompt_id(prompt_id)
+        return await with_progress(
+            progress, lambda relay: self._wait(prompt_id, timeout=timeout, relay=relay, poll=poll)
+        )
+
+    async def _wait(
+        self,
+        prompt_id: str,
+        *,
+        timeout: float | None,
+        relay: ProgressRelay[ComfyEvent],
+        poll: PollPolicy | None,
+    ) -> list[ComfyFile]:
+        """:meth:`wait` itself, its events going to ``relay``."""
         try:
             async with asyncio.timeout(timeout) as scope:
-                await self._follow_socket(prompt_id, progress)
+                await self._follow_socket(prompt_id, relay)
                 # After the socket (done, or failed): the history holds the outcome. ComfyUI
                 # sends execution_success just before it records the history, so poll for it.
                 entry = await poll_until(
@@ -329,7 +368,7 @@ class ComfyUI:
             raise failure
         return _files_of(entry)
 
-    async def _follow_socket(self, prompt_id: str, progress: ProgressCallback | None) -> None:
+    async def _follow_socket(self, prompt_id: str, relay: ProgressRelay[ComfyEvent]) -> None:
         """Follow the prompt's events until it finished, or until the socket fails (then the
         caller's history polling takes over)."""
         client_id = self._client_ids.get(prompt_id, self.client_id)
@@ -337,7 +376,7 @@ class ComfyUI:
             ws = await self._session.ws_connect(
                 self.base_url + "/ws",
                 params={"clientId": client_id},
-                headers=self._headers,
+                headers=self._ws_headers,
                 heartbeat=30.0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
@@ -364,10 +403,7 @@ class ComfyUI:
                 event = _parse_event(message.data)
                 if event is None or event.data.get("prompt_id") != prompt_id:
                     continue
-                if progress is not None:
-                    maybe = progress(event)
-                    if maybe is not None:
-                        await maybe
+                relay.emit(event)
                 if event.type in ("execution_error", "execution_interrupted"):
                     raise _execution_failed(prompt_id, event.data, event.type)
                 if event.type == "execution_success" or (
@@ -407,17 +443,28 @@ class ComfyUI:
         partial = target.with_name(target.name + ".part")
         url = self.base_url + "/view"
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+
+        async def save(resp: aiohttp.ClientResponse) -> None:
+            """Stream the file into ``partial`` (a retry writes it anew)."""
+            async with aiofiles.open(partial, "wb") as f:
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    await f.write(chunk)
+
+        exchange = Exchange(
+            method="GET",
+            url=url,
+            params=params,
+            timeout=self._timeouts.for_transfer(),
+            credentials=self._credentials,
+        )
         try:
-            async with self._session.get(
-                url, params=params, headers=self._headers, timeout=self._timeouts.for_transfer()
-            ) as resp:
-                await _check_view(resp, url)
-                async with aiofiles.open(partial, "wb") as f:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        await f.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            await _remove(partial)
-            raise map_error(exc, method="GET", url=url) from exc
+            await self._pipeline.call(
+                exchange,
+                functools.partial(_view_answer, url=url),
+                kind=Retry.SAFE,
+                priority=None,
+                consume=save,
+            )
         except BaseException:
             await _remove(partial)  # cleanup that re-raises, cancellation included
             raise
@@ -456,8 +503,14 @@ class ComfyUI:
             form.add_field("overwrite", "true" if overwrite else "false")
             return form
 
-        # Not retried: the file body is consumed by the attempt; a failure surfaces to the caller.
-        _, payload = await self._call("POST", "/upload/image", data=body)
+        # Each attempt reads the file anew. Without overwrite a repeat after a lost answer would
+        # store a renamed second copy, so it is repeated only if it never left (Retry.UNSENT).
+        _, payload = await self._call(
+            "POST",
+            "/upload/image",
+            kind=Retry.SAFE if overwrite else Retry.UNSENT,
+            data=body,
+        )
         if not isinstance(payload, Mapping) or not isinstance(payload.get("name"), str):
             raise errors.UnexpectedResponseError("ComfyUI's upload answer has no name", status=200)
         return ComfyFile(
@@ -479,13 +532,17 @@ def _parse_event(text: str) -> ComfyEvent | None:
     return ComfyEvent(type=message["type"], data=data if isinstance(data, Mapping) else {})
 
 
-async def _check_view(resp: aiohttp.ClientResponse, url: str) -> None:
+def _view_answer(answer: Answer[None], *, url: str) -> None:
     """Raise the matching error unless ``/view`` answered 200 with the file."""
-    if resp.status == 200:
+    if answer.status in (200, 206) or answer.status >= 400:
+        storage_answer(answer, method="GET", url=url)
         return
-    body = await resp.read()
-    status = resp.status if resp.status >= 400 else 502
-    raise error_from_response(status, resp.headers, body, method="GET", url=url)
+    raise errors.UnexpectedResponseError(
+        f"ComfyUI's /view answered {answer.status} instead of the file",
+        status=502,
+        method="GET",
+        url=redact_url(url),
+    )
 
 
 async def _remove(path: Path) -> None:

@@ -12,16 +12,20 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .. import _uploads, errors
+from .. import _upload_plan as _plan
+from .. import errors
 from .._converter import structure
 from .._limiter import Priority
+from .._pipeline import counting_calls
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._upload_engine import run_uploads
 from ..types.datasets import DatasetInfo, DatasetStatus
+from ..types.progress import ProgressCallback
 from ..types.uploads import (
     FileResult,
-    ProgressCallback,
     UploadEndpoints,
+    UploadEvent,
     UploadPlanned,
     UploadReport,
     UploadTarget,
@@ -134,9 +138,9 @@ class Dataset:
         self,
         *paths: str | os.PathLike[str],
         concurrency: int = 8,
-        progress: ProgressCallback | None = None,
-        direct_limit: int = _uploads.DIRECT_UPLOAD_LIMIT,
-        batch_size: int = _uploads.DEFAULT_BATCH_SIZE,
+        progress: ProgressCallback[UploadEvent] | None = None,
+        direct_limit: int = _plan.DIRECT_UPLOAD_LIMIT,
+        batch_size: int = _plan.DEFAULT_BATCH_SIZE,
         verify: bool = False,
         timeout: float | None = None,
     ) -> UploadReport:
@@ -174,8 +178,8 @@ class Dataset:
                 f"direct_limit must be a byte count >= 0, got {direct_limit!r}"
             )
         check_concurrency(concurrency, "files")
-        _uploads.check_batch_size(batch_size)
-        scanned = await asyncio.to_thread(_uploads.scan_paths, paths)
+        _plan.check_batch_size(batch_size)
+        scanned = await asyncio.to_thread(_plan.scan_paths, paths)
         return await self._upload(
             scanned,
             [],
@@ -194,10 +198,10 @@ class Dataset:
         path: str | os.PathLike[str],
         *,
         concurrency: int = 8,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback[UploadEvent] | None = None,
         resume: bool = True,
         verify: bool = True,
-        batch_size: int = _uploads.DEFAULT_BATCH_SIZE,
+        batch_size: int = _plan.DEFAULT_BATCH_SIZE,
         timeout: float | None = None,
     ) -> UploadReport:
         """Upload a folder of images/videos and their ``.txt`` captions as a training set.
@@ -231,8 +235,8 @@ class Dataset:
             WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
         """
         check_concurrency(concurrency, "files")
-        _uploads.check_batch_size(batch_size)
-        scanned, problems = await asyncio.to_thread(_uploads.scan_folder, Path(path))
+        _plan.check_batch_size(batch_size)
+        scanned, problems = await asyncio.to_thread(_plan.scan_folder, Path(path))
         return await self._upload(
             scanned,
             problems,
@@ -248,69 +252,69 @@ class Dataset:
 
     async def _upload(
         self,
-        scanned: Sequence[_uploads.ScannedFile],
+        scanned: Sequence[_plan.ScannedFile],
         problems: list[str],
         *,
         captions: bool,
         resume: bool,
         direct_limit: int | None,
         concurrency: int,
-        progress: ProgressCallback | None,
+        progress: ProgressCallback[UploadEvent] | None,
         batch_size: int,
         verify: bool,
         timeout: float | None,
     ) -> UploadReport:
         """Validate, plan, send and (optionally) verify: the shared body of both uploads."""
-        problems = problems + _uploads.set_problems(scanned, captions=captions)
+        problems = problems + _plan.set_problems(scanned, captions=captions)
         if problems:
             raise errors.DatasetValidationError(problems)
-        sources = _uploads.to_sources(scanned)
+        sources = _plan.to_sources(scanned)
         client = self._client
-        session = client.session  # raises now if the client is closed
+        pipeline = client.pipeline  # raises now if the client is closed
         started = time.monotonic()
-        calls_before = client.api_calls
-        existing = (await self.status()).sizes if resume else None
-        plan = _uploads.plan_uploads(sources, existing=existing, direct_limit=direct_limit)
-        to_send = plan.direct + plan.signed
-        results, bytes_sent = await _uploads.run_uploads(
-            direct=plan.direct,
-            signed=plan.signed,
-            session=session,
-            fetch_targets=self._upload_targets,
-            send_direct=self._send_direct,
-            retry=client.retry,
-            timeout=client.timeouts.for_transfer(),
-            progress=progress,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            planned=UploadPlanned(
-                files=len(to_send),
-                total_bytes=sum(s.size for s in to_send),
-                skipped_files=len(plan.skipped),
-                skipped_bytes=sum(s.size for s in plan.skipped),
-            ),
-        )
-
-        def report() -> UploadReport:
-            return UploadReport(
-                dataset_id=self.id,
-                uploaded=tuple(r for r in results if r.reason is None),
-                skipped=tuple(
-                    FileResult(filename=s.filename, path=s.path, size=s.size) for s in plan.skipped
+        with counting_calls() as calls:
+            existing = (await self.status()).sizes if resume else None
+            plan = _plan.plan_uploads(sources, existing=existing, direct_limit=direct_limit)
+            to_send = plan.direct + plan.signed
+            results, bytes_sent = await run_uploads(
+                direct=plan.direct,
+                signed=plan.signed,
+                pipeline=pipeline,
+                fetch_targets=self._upload_targets,
+                send_direct=self._send_direct,
+                timeout=client.timeouts.for_transfer(),
+                progress=progress,
+                concurrency=concurrency,
+                batch_size=batch_size,
+                planned=UploadPlanned(
+                    files=len(to_send),
+                    total_bytes=sum(s.size for s in to_send),
+                    skipped_files=len(plan.skipped),
+                    skipped_bytes=sum(s.size for s in plan.skipped),
                 ),
-                failed=tuple(r for r in results if r.reason is not None),
-                bytes_sent=bytes_sent,
-                api_calls=client.api_calls - calls_before,
-                elapsed=time.monotonic() - started,
             )
 
-        if verify:
-            await self._verify(sources, report, timeout=timeout)
-        return report()
+            def report() -> UploadReport:
+                return UploadReport(
+                    dataset_id=self.id,
+                    uploaded=tuple(r for r in results if r.reason is None),
+                    skipped=tuple(
+                        FileResult(filename=s.filename, path=s.path, size=s.size)
+                        for s in plan.skipped
+                    ),
+                    failed=tuple(r for r in results if r.reason is not None),
+                    bytes_sent=bytes_sent,
+                    api_calls=calls.calls,
+                    elapsed=time.monotonic() - started,
+                )
+
+            if verify:
+                await self._verify(sources, report, timeout=timeout)
+            return report()
 
     async def _verify(
         self,
-        sources: Sequence[_uploads.UploadSource],
+        sources: Sequence[_plan.UploadSource],
         report: Callable[[], UploadReport],
         *,
         timeout: float | None,
@@ -389,6 +393,9 @@ class Datasets:
 
         Raises:
             ConflictError: the name is taken.
+            UnsentTransportError: the API could not be reached (nothing was sent).
+            OutcomeUnknownError: without a name, the answer was lost after the request left:
+                a dataset may have been created (see ``rc.datasets.list()``).
         """
         if name is not None and (not name.strip() or name != name.strip()):
             raise errors.ValidationError(
@@ -400,13 +407,16 @@ class Datasets:
             api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT
         )
         # Not retried blindly: a lost answer could leave a second dataset. The pipeline repeats it
-        # only when it never ran (a 429, a refused or timed-out connect). With a name, a 5xx or a
-        # lost answer is resolved by a look-up first: names are unique in the account (API.md
-        # 1.1), so the dataset either exists under that name (it ran) or a second try is safe.
+        # only when it never ran (a 429, a connection that never opened); that failure is final.
+        # With a name, a 5xx or a lost answer is resolved by a look-up first: names are unique
+        # in the account (API.md 1.1), so the dataset either exists under that name (it ran) or
+        # a second try is safe.
         began = time.time() - _CLOCK_SKEW
         try:
             payload = await self._client.request(spec)
-        except (errors.ServerError, errors.TransportError, errors.UnexpectedResponseError):
+        except errors.UnsentTransportError:
+            raise  # provably never left: nothing to look up
+        except (errors.ServerError, errors.OutcomeUnknownError):
             if name is None:
                 raise
             existing = await self._made_since(name, began)
@@ -462,9 +472,14 @@ class Datasets:
     async def delete(self, dataset_id: str) -> None:
         """Delete a dataset by id.
 
+        Repeated after a lost answer or a 5xx; a 404 on such a repeat means the first try
+        deleted it, which is success.
+
         Raises:
-            NotFoundError: no such dataset.
+            NotFoundError: no such dataset (on the first try).
         """
         await self._client.request(
-            RequestSpec(api=API.TRAINER, method="DELETE", path=_path(dataset_id))
+            RequestSpec(
+                api=API.TRAINER, method="DELETE", path=_path(dataset_id), retry=Retry.CLEANUP
+            )
         )

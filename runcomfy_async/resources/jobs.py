@@ -17,7 +17,7 @@ import attrs
 
 from .. import errors
 from .._converter import structure
-from .._downloads import ProgressCallback, download_artifacts
+from .._downloads import DownloadProgress, download_artifacts
 from .._job_config import (
     DATASETS_ROOT,
     TRAINING_FOLDER,
@@ -40,6 +40,7 @@ from ..types.jobs import (
     JobStatus,
     artifacts_from_wire,
 )
+from ..types.progress import ProgressCallback
 from ._common import check_concurrency, describe_error
 from .datasets import Dataset
 
@@ -280,7 +281,7 @@ class TrainingJob:
         *,
         kinds: Iterable[str] = ARTIFACT_KINDS,
         concurrency: int = 4,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback[DownloadProgress] | None = None,
     ) -> list[Path]:
         """Download the job's artifacts into ``dest`` as ``dest/<kind>/<name>``.
 
@@ -318,11 +319,10 @@ class TrainingJob:
             return next((a for a in fresh.artifacts if a.key == artifact.key), artifact)
 
         return await download_artifacts(
-            client.session,
+            client.pipeline,
             result.of_kind(*wanted),
             Path(dest),
             timeout=client.timeouts.for_transfer(),
-            retry=client.retry,
             concurrency=concurrency,
             progress=progress,
             refresh=refresh,
@@ -428,9 +428,19 @@ class Jobs:
         # Not retried after the request may have arrived: a lost answer could mean a job is
         # already queued (and billing), and the API has no idempotency key to make a repeat
         # harmless. 429 and refused connections prove it never ran, so those are repeated.
-        payload = await self._client.request(
-            RequestSpec(api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT)
-        )
+        try:
+            payload = await self._client.request(
+                RequestSpec(
+                    api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT
+                )
+            )
+        except errors.OutcomeUnknownError as exc:
+            exc.check = (
+                "your training jobs on runcomfy.com for one submitted just now before submitting "
+                "again: it may have been queued and billed"
+            )
+            exc.add_note(f"check {exc.check}")
+            raise
         info = structure(payload, JobStatus, what="submitted training job")
         return TrainingJob(self._client, info.id, info.name, poll=self.poll)
 

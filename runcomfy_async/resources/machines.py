@@ -8,8 +8,6 @@ raises or its task is cancelled (DESIGN rule 8).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from collections.abc import Generator
@@ -17,11 +15,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
+import attrs
+
 from .. import errors
 from .._converter import structure
 from .._limiter import Priority
+from .._pipeline import CallTrace
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._retry import RetryPolicy
 from ..types.machines import MachineInfo, MachineStatus, ServerType, Workflow
 from ._common import unwrap_list
 from .comfyui import ComfyUI
@@ -36,8 +38,11 @@ logger = logging.getLogger("runcomfy_async")
 #: Seconds a launched machine may answer 404 before we stop calling it "not registered yet"
 #: (API.md 4.4: the status GET may 404 right after launch).
 NOT_FOUND_GRACE = 60.0
-#: Seconds the stop request on leaving ``async with machine`` may take, retries included.
-STOP_TIMEOUT = 30.0
+#: Seconds the stop on leaving ``async with machine`` keeps trying, counted from when it is first
+#: sent (not while it waits for a rate-limit token or a server-set pause).
+STOP_TIMEOUT = 300.0
+#: Clock difference tolerated between this machine and the server when matching a launch.
+_CLOCK_SKEW = 120.0
 
 
 def _users_path(user_id: str, suffix: str) -> str:
@@ -213,24 +218,43 @@ class Machine:
         )
         return structure(payload, MachineInfo, what="machine after the duration change")
 
-    async def stop(self) -> MachineInfo | None:
+    async def stop(self, *, priority: Priority = Priority.USER) -> MachineInfo | None:
         """Stop the machine (billing stops when this returns, API.md 4.6).
+
+        Repeated after a lost answer or a 5xx (a stop is idempotent); a 404, at once or on a
+        repeat, means the machine is already gone, which is what was asked.
+
+        Args:
+            priority: ``Priority.CLEANUP`` to go ahead of every queued call.
 
         Returns:
             The machine as the server described it (e.g. ``Stopping``), or None when it sent no
-            machine, or the machine was already gone (a 404 is not an error here).
+            machine, or the machine was already gone.
 
         Raises:
             ConfigurationError: the client has no user id.
         """
+        return await self._stop(priority=priority, policy=None)
+
+    async def _stop(
+        self, *, priority: Priority, policy: RetryPolicy | None
+    ) -> MachineInfo | None:
+        """The DELETE, as a cleanup call."""
         user_id = self._client.require_user_id()
         try:
             payload = await self._client.request(
-                RequestSpec(api=API.SERVER, method="DELETE", path=_server_path(user_id, self.id))
+                RequestSpec(
+                    api=API.SERVER,
+                    method="DELETE",
+                    path=_server_path(user_id, self.id),
+                    retry=Retry.CLEANUP,
+                ),
+                priority=priority,
+                policy=policy,
             )
         except errors.NotFoundError:
             logger.debug("machine %s was already stopped (404 on DELETE)", self.id)
-            return None
+            payload = None
         self.main_service_url = None
         if isinstance(payload, dict) and "server_id" in payload:
             return structure(payload, MachineInfo, what="stopped machine")
@@ -246,8 +270,14 @@ class Machine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop the machine, shielded from cancellation and bounded by ``stop_timeout``."""
-        stopping = asyncio.ensure_future(asyncio.wait_for(self.stop(), self.stop_timeout))
+        """Stop the machine, shielded from cancellation, ahead of every queued call.
+
+        The stop waits out a server-set pause, then goes first; it keeps trying for
+        ``stop_timeout`` seconds from when it is first sent, and returns only once the server
+        confirmed it (or said the machine is gone).
+        """
+        policy = attrs.evolve(self._client.retry, cleanup_timeout=self.stop_timeout)
+        stopping = asyncio.ensure_future(self._stop(priority=Priority.CLEANUP, policy=policy))
         cancelled = False
         failure: Exception | None = None
         while True:
@@ -267,10 +297,7 @@ class Machine:
             raise asyncio.CancelledError
         if failure is None:
             return
-        message = (
-            f"could not stop machine {self.id} within {self.stop_timeout:g}s ({failure!r}); "
-            "it may still be billing: stop it with rc.machines.get(id).stop() or the dashboard"
-        )
+        message = _stop_by_hand(self.id, f"could not stop machine {self.id} ({failure!r})")
         if exc is not None:
             logger.warning("%s", message)
             return
@@ -299,6 +326,7 @@ class Machine:
             self.main_service_url,
             timeouts=self._client.timeouts,
             token=self._client._token if send_token else None,
+            retry=self._client.retry,
         )
 
 
@@ -391,15 +419,33 @@ class Machines:
             },
             retry=Retry.UNSENT,
         )
-        # The POST runs as its own task, shielded: if the caller is cancelled while the launch is
-        # in flight, the machine may already exist and bill, and no handle would reach anyone to
-        # stop it. So the launch is finished (bounded) and the new machine stopped at once.
-        launching = asyncio.ensure_future(self._client.request(spec))
+        # The POST runs as its own task, shielded: if the caller is cancelled after it may have
+        # left, the machine may exist and bill, and no handle would reach anyone to stop it, so
+        # a cleanup task stops it once the answer comes. Cancelled before it left (still
+        # waiting for a token, or its connection refused), it is dropped: nothing was started.
+        trace = CallTrace()
+        began = time.time()
+        launching = asyncio.ensure_future(self._client.request(spec, trace=trace))
         try:
             payload = await asyncio.shield(launching)
         except asyncio.CancelledError:
-            await _stop_orphan(self._client, launching)
+            if launching.done() or trace.maybe_sent:
+                self._client.spawn_cleanup(_stop_launched(self._client, launching))
+            else:
+                launching.cancel()
             raise
+        except errors.OutcomeUnknownError as exc:
+            found = await self._launched_since(version_id, kind, duration, began)
+            if found is None:
+                exc.check = (
+                    "rc.machines.list() (or the dashboard) for a machine of workflow version "
+                    f"{version_id} launched at {time.strftime('%H:%M:%S', time.gmtime(began))} "
+                    "UTC; stop it if you do not want it"
+                )
+                exc.add_note(f"check {exc.check}")
+                raise
+            logger.info("launch answer lost; found the machine it started: %s", found.id)
+            return found
         server_id = payload.get("server_id") if isinstance(payload, dict) else None
         if not isinstance(server_id, str) or not server_id:
             raise errors.UnexpectedResponseError(
@@ -408,56 +454,57 @@ class Machines:
             )
         return Machine(self._client, server_id)
 
+    async def _launched_since(
+        self, version_id: str, kind: ServerType, duration: int, began: float
+    ) -> Machine | None:
+        """The one machine a launch with a lost answer started, if it can be told apart.
 
-async def _stop_orphan(client: RunComfy, launching: asyncio.Future[Any]) -> None:
-    """Stop the machine a launch starts after its caller was cancelled.
+        Matched by workflow version, server type and duration, and by launch time: a machine
+        started by this launch is not Ready yet, or became Ready after the launch began (within
+        a clock skew). Two candidates are ambiguous: None.
+        """
+        candidates = [
+            info
+            for info in await self.list()
+            if info.workflow_version_id == version_id
+            and info.server_type in (None, kind.value)
+            and info.estimated_duration in (None, duration)
+            and not info.current_status.ended
+            and (
+                info.service_ready_at is None
+                or info.service_ready_at.timestamp() >= began - _CLOCK_SKEW
+            )
+        ]
+        if len(candidates) != 1:
+            return None
+        return Machine(self._client, candidates[0].server_id)
 
-    The launch is never cut off (a POST already sent may still start a machine): if it answers
-    within ``STOP_TIMEOUT`` the stop happens here, shielded from a second cancellation; if it
-    takes longer, a done-callback stops the machine whenever the answer comes.
+
+def _stop_by_hand(server_id: str, what: str) -> str:
+    """A failed stop's message: the machine id and how to stop it by hand."""
+    return (
+        f"{what}; it may still be billing: stop it with `runcomfy machines stop {server_id}`, "
+        f"`await rc.machines.get({server_id!r}).stop()`, or the dashboard"
+    )
+
+
+async def _stop_launched(client: RunComfy, launching: asyncio.Future[Any]) -> None:
+    """Stop the machine a launch started after its caller was cancelled (a cleanup task).
+
+    The launch is never cut off (a POST already sent may still start a machine): this waits for
+    its answer, then stops the machine ahead of every queued call.
     """
     try:
-        await asyncio.wait_for(asyncio.shield(launching), STOP_TIMEOUT)
-    except (TimeoutError, asyncio.CancelledError):
-        launching.add_done_callback(functools.partial(_stop_when_launched, client))
-        return
+        payload = await launching
     except Exception as exc:  # noqa: BLE001 - the launch failed: no machine to stop
         logger.info("a cancelled launch failed (%r); no machine was started", exc)
         return
-    stopping = _stop_when_launched(client, launching)
-    while stopping is not None and not stopping.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(stopping)  # cancelled again: the stop still finishes first
-
-
-#: Stops of machines whose launch was cancelled: held here so the tasks are not collected.
-_ORPHAN_STOPS: list[asyncio.Task[None]] = []
-
-
-def _stop_when_launched(
-    client: RunComfy, launching: asyncio.Future[Any]
-) -> asyncio.Task[None] | None:
-    """Start a bounded stop of the machine ``launching`` created, if it created one."""
-    if launching.cancelled() or launching.exception() is not None:
-        return None
-    payload = launching.result()
     server_id = payload.get("server_id") if isinstance(payload, dict) else None
     if not isinstance(server_id, str) or not server_id:
-        return None
+        return
     logger.warning("launch of machine %s was cancelled; stopping it so it does not bill", server_id)
-
-    async def stop() -> None:
-        try:
-            await asyncio.wait_for(Machine(client, server_id).stop(), STOP_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - logged: nobody awaits this task
-            logger.warning(
-                "could not stop machine %s after its launch was cancelled (%r); stop it with "
-                "rc.machines.get(id).stop() or the dashboard",
-                server_id,
-                exc,
-            )
-
-    task = asyncio.ensure_future(stop())
-    _ORPHAN_STOPS.append(task)
-    task.add_done_callback(_ORPHAN_STOPS.remove)
-    return task
+    try:
+        await Machine(client, server_id).stop(priority=Priority.CLEANUP)
+    except Exception as exc:  # noqa: BLE001 - logged: nobody awaits this task
+        logger.warning("%s", _stop_by_hand(server_id, f"could not stop machine {server_id} "
+                                           f"after its launch was cancelled ({exc!r})"))

@@ -21,6 +21,7 @@ from .._converter import structure
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._retry import RetryPolicy
 from ..types.models import (
     CancelOutcome,
     Lora,
@@ -45,9 +46,9 @@ _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
 #: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
-#: Seconds ``run`` spends cancelling a request nobody can await any more (its deadline passed or
-#: its caller was cancelled) before giving up on that courtesy.
-_ABANDON_CANCEL_SECONDS: Final = 10.0
+#: Bounds of cancelling a request nobody can await any more (its deadline passed or its caller
+#: was cancelled): retried for this long from when it is first sent, not while it waits.
+_ABANDON_POLICY: Final = RetryPolicy(total_timeout=30.0)
 
 DEFAULT_POLL: Final = PollPolicy(initial=1.0, factor=1.5, max_interval=10.0)
 
@@ -242,8 +243,11 @@ class ModelRequest:
             self.model_id = result.model_id
         return result
 
-    async def cancel(self) -> CancelOutcome:
+    async def cancel(self, *, priority: Priority = Priority.USER) -> CancelOutcome:
         """Ask the server to cancel the request; only a queued request can be cancelled.
+
+        Args:
+            priority: ``Priority.CLEANUP`` to go ahead of every queued call.
 
         Returns:
             ``CancelOutcome.CANCELLED``, or ``CancelOutcome.NOT_CANCELLABLE`` once the run has
@@ -261,7 +265,9 @@ class ModelRequest:
                 method="POST",
                 path=_request_path(self.id, "/cancel"),
                 retry=Retry.SAFE,
-            )
+            ),
+            priority=priority,
+            policy=_ABANDON_POLICY if priority is Priority.CLEANUP else None,
         )
         return cancel_outcome(payload)
 
@@ -335,11 +341,13 @@ class ModelRequest:
 
 
 async def _cancel_abandoned(request: ModelRequest) -> None:
-    """Best-effort cancel of a request that ``run`` can no longer hand to anyone (stops billing)."""
+    """Best-effort cancel of a request that ``run`` can no longer hand to anyone (stops billing).
+
+    A cleanup call: ahead of every queued call, its deadline counted from when it is sent.
+    """
     try:
-        async with asyncio.timeout(_ABANDON_CANCEL_SECONDS):
-            outcome = await request.cancel()
-    except (errors.RunComfyError, TimeoutError) as exc:
+        outcome = await request.cancel(priority=Priority.CLEANUP)
+    except errors.RunComfyError as exc:
         logger.warning("could not cancel abandoned model request %s: %s", request.id, exc)
     else:
         logger.info("abandoned model request %s: cancel answered %s", request.id, outcome.value)
@@ -367,15 +375,26 @@ class Models:
             ValidationError: a malformed model id or inputs JSON cannot carry (nothing is sent).
             BadRequestError: the server rejected the model id or inputs.
             InsufficientBalanceError: the account balance is too low.
+            OutcomeUnknownError: the submit was sent but its answer was lost; it may have been
+                queued and billed (``check`` says where to look).
         """
         path = model_path(model_id)
         body = encode_inputs(inputs)
         # Not retried blindly: a submit whose answer was lost may have been queued, and a second
-        # one would run (and bill) twice. Only a 429 or a refused connection -- the request
-        # provably never ran -- is repeated (Retry.UNSENT).
-        payload = await self._client.request(
-            RequestSpec(api=API.MODEL, method="POST", path=path, json=body, retry=Retry.UNSENT)
-        )
+        # one would run (and bill) twice. Only a 429 or a connection that never opened -- the
+        # request provably never ran -- is repeated (Retry.UNSENT). The API has no way to find a
+        # request by its inputs, so a lost answer is the caller's to check.
+        try:
+            payload = await self._client.request(
+                RequestSpec(api=API.MODEL, method="POST", path=path, json=body, retry=Retry.UNSENT)
+            )
+        except errors.OutcomeUnknownError as exc:
+            exc.check = (
+                f"your request history on runcomfy.com for a {model_id} request made just now "
+                "before submitting again: it may have been queued and billed"
+            )
+            exc.add_note(f"check {exc.check}")
+            raise
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         if not isinstance(request_id, str) or not request_id:
             raise errors.UnexpectedResponseError(

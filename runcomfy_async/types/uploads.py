@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TypeAlias
@@ -20,7 +19,6 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
-    "ProgressCallback",
     "UploadEndpoints",
     "UploadEvent",
     "UploadMethod",
@@ -202,5 +200,3 @@ class FileFailed:
 UploadEvent: TypeAlias = (
     UploadPlanned | FileStarted | BytesSent | FileRetrying | FileDone | FileFailed
 )
-#: A progress callback: plain or ``async`` function taking one event.
-ProgressCallback: TypeAlias = Callable[[UploadEvent], Awaitable[None] | None]

@@ -1,0 +1,31 @@
+"""Progress reporting shared by uploads, downloads and ComfyUI: one callback type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeAlias, TypeVar
+
+import attrs
+
+from .jobs import Artifact
+
+__all__ = ["DownloadProgress", "ProgressCallback"]
+
+E = TypeVar("E")
+
+#: A plain or async function called with each progress event of an operation:
+#: ``ProgressCallback[UploadEvent]``, ``ProgressCallback[DownloadProgress]``,
+#: ``ProgressCallback[ComfyEvent]``. It runs outside the request, in a task of its own; if it
+#: raises, the operation stops and its caller gets that exception as it is.
+ProgressCallback: TypeAlias = Callable[[E], Awaitable[None] | None]
+
+
+@attrs.frozen(kw_only=True)
+class DownloadProgress:
+    """Progress of one file: ``done`` of ``total`` bytes on disk (``total`` None if unknown)."""
+
+    artifact: Artifact
+    path: Path
+    done: int
+    total: int | None
