@@ -14,8 +14,6 @@ from aiohttp import web
 from ._app import build_app
 from ._faults import FaultKind, FaultRule
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
-from .server_api import machine_store
-from .trainer_jobs import jobs_of
 
 if TYPE_CHECKING:
     from runcomfy_async._client import RunComfy
@@ -132,8 +130,7 @@ class Emulator:
             raise
         port = runner.addresses[0][1]
         self._url = f"http://{_url_host(self.config.host)}:{port}"
-        state.base_url = self._url
-        state.storage.base_url = self._url
+        state.listening_at(self._url)
         self._state = state
         self._runner = runner
         return self
@@ -270,11 +267,11 @@ class Emulator:
             job_id: the job.
             at_step: stop when the run reaches this step; None stops it now.
         """
-        jobs_of(self.state).preempt(job_id, at_step=at_step)
+        self.state.jobs.preempt(job_id, at_step=at_step)
 
     def fail_next_launch(self, status: str = "Error") -> None:
         """Make the next launched machine end its boot in ``status`` instead of Ready."""
-        machine_store(self.state).fail_next_launch(status)
+        self.state.machines.fail_next_launch(status)
 
     def advance(self, seconds: float) -> None:
         """Move the emulator's clock forward (expires URLs, ends processing) without sleeping."""

@@ -19,6 +19,7 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -103,12 +104,14 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, exc.status * 1000 + 1, message, headers=headers)
 
 
-_FAULT_MESSAGES: Final = {
-    500: ("InternalError", "Internal Server Error"),
-    502: ("BadGateway", "Bad Gateway"),
-    503: ("ServiceUnavailable", "Service Unavailable"),
-    504: ("GatewayTimeout", "Gateway Timeout"),
-}
+_FAULT_MESSAGES: Final[Mapping[int, tuple[str, str]]] = MappingProxyType(
+    {
+        500: ("InternalError", "Internal Server Error"),
+        502: ("BadGateway", "Bad Gateway"),
+        503: ("ServiceUnavailable", "Service Unavailable"),
+        504: ("GatewayTimeout", "Gateway Timeout"),
+    }
+)
 
 
 def _fault_response(rule: FaultRule, api: str) -> web.Response:
