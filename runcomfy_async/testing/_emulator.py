@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import tempfile
 import uuid
@@ -45,7 +46,8 @@ class Emulator:
         burst: capacity of the rate-limit bucket.
         speed: divides every simulated duration (``speed=50``: a 50 s step takes 1 s).
         max_direct_upload: byte limit of one direct (multipart) dataset upload.
-        url_ttl: real seconds a signed URL stays valid.
+        url_ttl: simulated seconds a signed URL stays valid (divided by ``speed``, like every
+            simulated duration: 900 at ``speed=1000`` is 0.9 s of real time).
         seed: seeds the fault injector's random choices, so runs replay.
         storage_dir: where uploaded files live; default a temporary directory removed on close.
         dataset_processing_seconds: simulated time from a dataset's last file to READY.
@@ -70,12 +72,15 @@ class Emulator:
         storage_dir: Path | None = None,
         dataset_processing_seconds: float = 5.0,
     ) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a finite number > 0, got {speed}")
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError(f"rate_limit must be > 0 or None, got {rate_limit}")
         if burst < 1 or max_direct_upload < 1 or url_ttl <= 0 or dataset_processing_seconds < 0:
-            raise ValueError("burst, max_direct_upload and url_ttl must be positive")
+            raise ValueError(
+                "burst, max_direct_upload and url_ttl must be positive, "
+                "dataset_processing_seconds not negative"
+            )
         self.config = EmulatorConfig(
             host=host,
             port=port,
@@ -274,7 +279,12 @@ class Emulator:
         self.state.machines.fail_next_launch(status)
 
     def advance(self, seconds: float) -> None:
-        """Move the emulator's clock forward (expires URLs, ends processing) without sleeping."""
+        """Move the emulator's clock forward (expires URLs, ends processing) without sleeping.
+
+        Args:
+            seconds: real seconds, the unit the emulator's timestamps move in; a simulated
+                duration ``d`` is over after ``d / speed`` of them (:meth:`Clock.real`).
+        """
         self.state.clock.advance(seconds)
 
     def inject(
