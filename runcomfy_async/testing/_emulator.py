@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 
 from ._app import build_app
-from ._faults import FaultKind, FaultRule
+from ._faults import FaultKind, FaultRule, RetryAfterForm
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
 
 if TYPE_CHECKING:
@@ -298,16 +298,25 @@ class Emulator:
         count: int | None = None,
         skip: int = 0,
         retry_after: float | None = None,
+        retry_after_form: RetryAfterForm = "seconds",
+        error_code: int | str | None = None,
+        error_message: str | None = None,
         delay: float = 0.0,
         after: bool = False,
     ) -> FaultRule:
         """Inject a fault; see :class:`FaultRule` for the kinds and filters.
 
+        Examples: ``emu.inject("200_error", api="trainer", count=1)`` answers HTTP 200 with
+        ``{"error_code": 500001, ...}``; ``emu.inject("503", api="storage", retry_after=2)``
+        answers signed PUTs and artifact GETs 503 with ``Retry-After: 2``;
+        ``retry_after_form="date"`` sends that pause as an HTTP-date instead.
+
         Returns:
             The active rule; its ``fired`` counter shows how often it hit.
 
         Raises:
-            ValueError: an unknown kind or API, or an out-of-range number.
+            ValueError: an unknown kind or API, an out-of-range number, or an option the kind
+                does not take (see :class:`FaultRule`).
         """
         rule = FaultRule(
             kind=kind,
@@ -318,6 +327,9 @@ class Emulator:
             count=count,
             skip=skip,
             retry_after=retry_after,
+            retry_after_form=retry_after_form,
+            error_code=error_code,
+            error_message=error_message,
             delay=delay,
             after=after,
         )
