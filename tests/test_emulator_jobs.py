@@ -17,7 +17,7 @@ import yaml
 
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing._storage import StoredObject
-from runcomfy_async.testing.trainer_jobs import PREFIX, jobs_of
+from runcomfy_async.testing.trainer_jobs import PREFIX
 
 QUEUE = 10.0
 STEP = 3.0
@@ -159,7 +159,7 @@ async def test_artifacts_are_served_signed_with_ranges(
     job_id = await submit(http, make_config(steps=5, save_every=5))
     emu.advance(QUEUE + 6 * STEP)
     url = (await job_result(http, job_id))["artifacts"]["checkpoints"][0]["path"]
-    stored = jobs_of(emu.state).artifacts(job_id)[0]
+    stored = emu.state.jobs.artifacts(job_id)[0]
     expected = emu.state.storage.blob_path(stored.key)
     assert expected is not None
     data = expected.read_bytes()
@@ -249,7 +249,7 @@ async def test_preempt_then_resume_from_highest_checkpoint(
 ) -> None:
     """A preempted job is STOPPED short with an error; resume continues from its checkpoint."""
     job_id = await submit(http, make_config(steps=20, save_every=5))
-    jobs_of(emu.state).preempt(job_id, at_step=8)
+    emu.state.jobs.preempt(job_id, at_step=8)
     emu.advance(QUEUE + 12 * STEP)
     stopped = await job_status(http, job_id)
     assert stopped["status"] == "STOPPED"
@@ -275,7 +275,7 @@ async def test_preempt_now_and_resume_of_running_or_finished_job(
     job_id = await submit(http, make_config(steps=4, save_every=100))
     emu.advance(QUEUE + 2 * STEP + 1)
     assert (await call(http, "POST", f"{PREFIX}/{job_id}/resume", {}))[0] == 409
-    jobs_of(emu.state).preempt(job_id)
+    emu.state.jobs.preempt(job_id)
     stopped = await job_status(http, job_id)
     assert (stopped["status"], stopped["progress"]["current_step"]) == ("STOPPED", 2)
     assert (await call(http, "POST", f"{PREFIX}/{job_id}/resume", {}))[0] == 200
@@ -317,7 +317,7 @@ async def test_add_artifact_hook_lists_the_given_name(
 ) -> None:
     """The test hook publishes a blob and lists it with the (untrusted) name it was given."""
     job_id = await submit(http, make_config())
-    url = jobs_of(emu.state).add_artifact(job_id, "samples", "../../etc/passwd", b"x" * 10)
+    url = emu.state.jobs.add_artifact(job_id, "samples", "../../etc/passwd", b"x" * 10)
     items = (await job_result(http, job_id))["artifacts"]["samples"]
     assert [item["name"] for item in items] == ["../../etc/passwd"]
     async with aiohttp.ClientSession() as plain, plain.get(url) as resp:

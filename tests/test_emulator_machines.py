@@ -14,7 +14,6 @@ import pytest_asyncio
 
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.comfyui import example_workflow, tiny_png
-from runcomfy_async.testing.server_api import machine_store
 
 
 @pytest_asyncio.fixture
@@ -41,7 +40,7 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
 
 
 async def _launch(emu: Emulator, http: aiohttp.ClientSession, **body: Any) -> dict[str, Any]:
-    version = machine_store(emu.state).workflows[0]["version_id"]
+    version = emu.state.machines.workflows[0]["version_id"]
     payload = {"workflow_version_id": version, "server_type": "large", "estimated_duration": 600}
     status, machine = await _json(await http.post(_users(emu) + "/servers", json=payload | body))
     assert status == 200, machine
@@ -81,7 +80,7 @@ async def test_lifecycle_initializing_ready_stopping_gone(
     emu: Emulator, http: aiohttp.ClientSession
 ) -> None:
     """Launch answers Initializing; status 404s once, turns Ready with the URL; DELETE ends it."""
-    store = machine_store(emu.state)
+    store = emu.state.machines
     store.stop_seconds = 30.0
     machine = await _launch(emu, http)
     server_id = machine["server_id"]
@@ -110,7 +109,7 @@ async def test_duration_runs_out_and_can_be_changed(
     emu: Emulator, http: aiohttp.ClientSession
 ) -> None:
     """A machine stops when its estimated duration is over; update-estimated-duration moves it."""
-    machine_store(emu.state).stop_seconds = 1e9  # stays listed as Stopping
+    emu.state.machines.stop_seconds = 1e9  # stays listed as Stopping
     machine = await _launch(emu, http, estimated_duration=60)
     server_id = machine["server_id"]
     await _until_ready(emu, http, server_id)
@@ -158,12 +157,12 @@ async def test_launch_validation(
     emu: Emulator, http: aiohttp.ClientSession, body: dict[str, Any], field: str
 ) -> None:
     """A bad launch body is a 422 whose detail names the field, and nothing is launched."""
-    version = machine_store(emu.state).workflows[0]["version_id"]
+    version = emu.state.machines.workflows[0]["version_id"]
     payload = {"workflow_version_id": version, "server_type": "large", "estimated_duration": 600}
     status, error = await _json(await http.post(_users(emu) + "/servers", json=payload | body))
     assert (status, error["error_code"]) == (422, 422001)
     assert [d["loc"][-1] for d in error["detail"]] == [field]
-    assert machine_store(emu.state).live() == []
+    assert emu.state.machines.live() == []
 
 
 @pytest.mark.asyncio
@@ -176,7 +175,7 @@ async def test_other_user_id_is_forbidden(emu: Emulator, http: aiohttp.ClientSes
 @pytest.mark.asyncio
 async def test_start_failure_hook(emu: Emulator, http: aiohttp.ClientSession) -> None:
     """fail_next_launch makes only the next machine end its boot in Error."""
-    machine_store(emu.state).fail_next_launch()
+    emu.state.machines.fail_next_launch()
     failing = await _launch(emu, http)
     healthy = await _launch(emu, http)
     await _until_ready(emu, http, healthy["server_id"])
@@ -188,7 +187,7 @@ async def test_start_failure_hook(emu: Emulator, http: aiohttp.ClientSession) ->
 @pytest.mark.asyncio
 async def test_comfyui_only_while_ready(emu: Emulator, http: aiohttp.ClientSession) -> None:
     """ComfyUI answers 502 while the machine boots and 404 for an unknown machine."""
-    machine_store(emu.state).boot_seconds = 6000.0
+    emu.state.machines.boot_seconds = 6000.0
     machine = await _launch(emu, http)
     booting = await http.get(f"{emu.url}/comfyui/{machine['server_id']}/history")
     unknown = await http.get(f"{emu.url}/comfyui/no-such-machine/history")

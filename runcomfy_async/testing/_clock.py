@@ -1,13 +1,18 @@
 """The emulator's clock: wall time plus a manual offset, and the speed factor for durations.
 
 Timestamps the emulator reports are this clock's wall time; every simulated duration (a dataset's
-processing, a training step, a machine's boot) is divided by ``speed`` through :meth:`Clock.real`,
-so ``speed=50`` turns a 50 s server-side step into 1 s of real time. ``advance`` lets a test jump
+processing, a signed URL's lifetime, a job's queue wait and steps, a Model API run, a machine's
+boot and stop, a ComfyUI node) is divided by ``speed`` through :meth:`Clock.real`, so
+``speed=50`` turns a 50 s server-side step into 1 s of real time. ``advance`` lets a test jump
 forward (to expire signed URLs, finish a job) without sleeping.
+
+Deliberately *not* scaled: the account rate limit and any ``Retry-After`` or fault ``delay``.
+Those are pauses the client waits out in real time, so they stay real seconds.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -20,8 +25,8 @@ class Clock:
     """Emulator time: ``time()`` in UNIX seconds, ``real()`` to scale a simulated duration."""
 
     def __init__(self, speed: float, *, wall: Callable[[], float] = time.time) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a finite number > 0, got {speed}")
         self.speed = speed
         self._wall = wall
         self._offset = 0.0

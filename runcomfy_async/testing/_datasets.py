@@ -128,7 +128,7 @@ class DatasetRecord:
     files: dict[str, StoredFile] = attrs.Factory(dict)
     last_file_at: float | None = None
     #: signature -> (filename, expiry) of signed URLs not yet used
-    outstanding: dict[str, tuple[str, int]] = attrs.Factory(dict)
+    outstanding: dict[str, tuple[str, float]] = attrs.Factory(dict)
     last_expiry: float = 0.0
     ready: bool = False
     error: str | None = None
@@ -204,7 +204,7 @@ class DatasetStore:
         for sig, (_, expires) in list(record.outstanding.items()):
             if now > expires:
                 del record.outstanding[sig]
-                record.last_expiry = max(record.last_expiry, float(expires))
+                record.last_expiry = max(record.last_expiry, expires)
         if record.error is not None or record.last_file_at is None or record.ready:
             return
         if record.outstanding:

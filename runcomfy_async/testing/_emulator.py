@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import tempfile
 import uuid
@@ -12,10 +13,8 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 
 from ._app import build_app
-from ._faults import FaultKind, FaultRule
+from ._faults import FaultKind, FaultRule, RetryAfterForm
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
-from .server_api import machine_store
-from .trainer_jobs import jobs_of
 
 if TYPE_CHECKING:
     from runcomfy_async._client import RunComfy
@@ -47,7 +46,8 @@ class Emulator:
         burst: capacity of the rate-limit bucket.
         speed: divides every simulated duration (``speed=50``: a 50 s step takes 1 s).
         max_direct_upload: byte limit of one direct (multipart) dataset upload.
-        url_ttl: real seconds a signed URL stays valid.
+        url_ttl: simulated seconds a signed URL stays valid (divided by ``speed``, like every
+            simulated duration: 900 at ``speed=1000`` is 0.9 s of real time).
         seed: seeds the fault injector's random choices, so runs replay.
         storage_dir: where uploaded files live; default a temporary directory removed on close.
         dataset_processing_seconds: simulated time from a dataset's last file to READY.
@@ -72,12 +72,15 @@ class Emulator:
         storage_dir: Path | None = None,
         dataset_processing_seconds: float = 5.0,
     ) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a finite number > 0, got {speed}")
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError(f"rate_limit must be > 0 or None, got {rate_limit}")
         if burst < 1 or max_direct_upload < 1 or url_ttl <= 0 or dataset_processing_seconds < 0:
-            raise ValueError("burst, max_direct_upload and url_ttl must be positive")
+            raise ValueError(
+                "burst, max_direct_upload and url_ttl must be positive, "
+                "dataset_processing_seconds not negative"
+            )
         self.config = EmulatorConfig(
             host=host,
             port=port,
@@ -132,8 +135,7 @@ class Emulator:
             raise
         port = runner.addresses[0][1]
         self._url = f"http://{_url_host(self.config.host)}:{port}"
-        state.base_url = self._url
-        state.storage.base_url = self._url
+        state.listening_at(self._url)
         self._state = state
         self._runner = runner
         return self
@@ -270,14 +272,19 @@ class Emulator:
             job_id: the job.
             at_step: stop when the run reaches this step; None stops it now.
         """
-        jobs_of(self.state).preempt(job_id, at_step=at_step)
+        self.state.jobs.preempt(job_id, at_step=at_step)
 
     def fail_next_launch(self, status: str = "Error") -> None:
         """Make the next launched machine end its boot in ``status`` instead of Ready."""
-        machine_store(self.state).fail_next_launch(status)
+        self.state.machines.fail_next_launch(status)
 
     def advance(self, seconds: float) -> None:
-        """Move the emulator's clock forward (expires URLs, ends processing) without sleeping."""
+        """Move the emulator's clock forward (expires URLs, ends processing) without sleeping.
+
+        Args:
+            seconds: real seconds, the unit the emulator's timestamps move in; a simulated
+                duration ``d`` is over after ``d / speed`` of them (:meth:`Clock.real`).
+        """
         self.state.clock.advance(seconds)
 
     def inject(
@@ -291,16 +298,25 @@ class Emulator:
         count: int | None = None,
         skip: int = 0,
         retry_after: float | None = None,
+        retry_after_form: RetryAfterForm = "seconds",
+        error_code: int | str | None = None,
+        error_message: str | None = None,
         delay: float = 0.0,
         after: bool = False,
     ) -> FaultRule:
         """Inject a fault; see :class:`FaultRule` for the kinds and filters.
 
+        Examples: ``emu.inject("200_error", api="trainer", count=1)`` answers HTTP 200 with
+        ``{"error_code": 500001, ...}``; ``emu.inject("503", api="storage", retry_after=2)``
+        answers signed PUTs and artifact GETs 503 with ``Retry-After: 2``;
+        ``retry_after_form="date"`` sends that pause as an HTTP-date instead.
+
         Returns:
             The active rule; its ``fired`` counter shows how often it hit.
 
         Raises:
-            ValueError: an unknown kind or API, or an out-of-range number.
+            ValueError: an unknown kind or API, an out-of-range number, or an option the kind
+                does not take (see :class:`FaultRule`).
         """
         rule = FaultRule(
             kind=kind,
@@ -311,6 +327,9 @@ class Emulator:
             count=count,
             skip=skip,
             retry_after=retry_after,
+            retry_after_form=retry_after_form,
+            error_code=error_code,
+            error_message=error_message,
             delay=delay,
             after=after,
         )

@@ -18,7 +18,9 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from email.utils import formatdate
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -29,10 +31,10 @@ from ._storage import StorageError, storage_error_response
 from ._wire import ApiError, error_response
 
 if TYPE_CHECKING:
-    from ._faults import FaultRule
+    from ._faults import FaultRule, RetryAfterForm
     from ._state import Api, EmulatorState
 
-__all__ = ["api_for_path", "make_middlewares", "mask_headers"]
+__all__ = ["api_for_path", "make_middlewares", "mask_headers", "retry_after_value"]
 
 logger = logging.getLogger("runcomfy_async.testing")
 
@@ -103,21 +105,40 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, exc.status * 1000 + 1, message, headers=headers)
 
 
-_FAULT_MESSAGES: Final = {
-    500: ("InternalError", "Internal Server Error"),
-    502: ("BadGateway", "Bad Gateway"),
-    503: ("ServiceUnavailable", "Service Unavailable"),
-    504: ("GatewayTimeout", "Gateway Timeout"),
-}
+_FAULT_MESSAGES: Final[Mapping[int, tuple[str, str]]] = MappingProxyType(
+    {
+        500: ("InternalError", "Internal Server Error"),
+        502: ("BadGateway", "Bad Gateway"),
+        503: ("ServiceUnavailable", "Service Unavailable"),
+        504: ("GatewayTimeout", "Gateway Timeout"),
+    }
+)
+
+
+def retry_after_value(
+    seconds: float, form: RetryAfterForm, *, wall: Callable[[], float] = time.time
+) -> str:
+    """A ``Retry-After`` value (RFC 9110 section 10.2.3): delta-seconds or an HTTP-date.
+
+    Both round up, so a client never comes back early. The date is taken from the real wall
+    clock, the one aiohttp's ``Date`` header uses, not the emulator's (advanceable) clock: the
+    client compares it with its own clock and waits in real time.
+    """
+    if form == "date":
+        return formatdate(math.ceil(wall() + seconds), usegmt=True)
+    return str(max(0, math.ceil(seconds)))
 
 
 def _fault_response(rule: FaultRule, api: str) -> web.Response:
     """The answer a fault sends instead of the real one (storage's own body on storage)."""
     kind = rule.kind
+    headers: dict[str, str] = {}
+    if rule.retry_after is not None:
+        headers["Retry-After"] = retry_after_value(rule.retry_after, rule.retry_after_form)
+    if kind == "200_error":
+        # API.md section 0, "important quirk": HTTP 200 with a top-level error body.
+        return error_response(200, rule.error_code, rule.error_message or "")
     if kind == "429":
-        headers = {}
-        if rule.retry_after is not None:
-            headers["Retry-After"] = str(max(0, math.ceil(rule.retry_after)))
         if api == "storage":
             response = storage_error_response(429, "SlowDown", "Please reduce your request rate.")
             response.headers.update(headers)
@@ -134,8 +155,10 @@ def _fault_response(rule: FaultRule, api: str) -> web.Response:
     status = int(kind)
     code, message = _FAULT_MESSAGES[status]
     if api == "storage":
-        return storage_error_response(status, code, message)
-    return error_response(status, status * 1000 + 1, message)
+        response = storage_error_response(status, code, message)
+        response.headers.update(headers)
+        return response
+    return error_response(status, status * 1000 + 1, message, headers=headers)
 
 
 async def _receive_part_of_body(request: web.Request) -> None:

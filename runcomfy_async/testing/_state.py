@@ -1,7 +1,9 @@
 """Everything one emulator instance knows: config, clock, request log, ids, and every API's store.
 
 Endpoint modules receive the :class:`EmulatorState` in ``add_routes`` and keep no globals, so
-several emulators can run side by side in one process.
+several emulators can run side by side in one process. Each store is an attribute made here, in
+one place, and reached one way: ``emu.state.datasets``, ``.jobs``, ``.model_requests``,
+``.machines``, ``.comfy``; every store takes its time from the one :class:`Clock`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from ._datasets import DatasetStore
 from ._faults import FaultSet
 from ._ratelimit import AccountLimiter
 from ._storage import ObjectStorage
+from .comfyui import ComfyStore
 from .model_api import ModelRequestStore
+from .server_api import MachineStore
+from .trainer_jobs import JobStore
 
 __all__ = ["Api", "EmulatorConfig", "EmulatorState", "RequestRecord"]
 
@@ -76,7 +81,22 @@ class RequestRecord:
 
 
 class EmulatorState:
-    """Shared state of one emulator; stores of later APIs become attributes here."""
+    """Shared state of one emulator: its config, clock, faults, log and every API's store.
+
+    Attributes:
+        config: the knobs the emulator was built with.
+        clock: the one clock every store reads, with the ``speed`` factor.
+        faults: the active fault rules.
+        limiter: the account rate limit (real time, see ``_ratelimit``).
+        storage: object storage (signed URLs, blobs).
+        datasets: Trainer API datasets.
+        jobs: Trainer API AI Toolkit jobs.
+        model_requests: Model API requests.
+        machines: Server API workflows and machines.
+        comfy: the ComfyUI of every machine.
+        log: every request received, oldest first.
+        base_url: ``http://host:port``; set when the server is listening.
+    """
 
     def __init__(self, config: EmulatorConfig, storage_dir: Path) -> None:
         self.config = config
@@ -89,11 +109,21 @@ class EmulatorState:
             storage=self.storage,
             processing_seconds=config.dataset_processing_seconds,
         )
+        self.jobs = JobStore(
+            clock=self.clock, storage=self.storage, datasets=self.datasets, new_id=self.new_id
+        )
         self.model_requests = ModelRequestStore(clock=self.clock, storage=self.storage)
+        self.machines = MachineStore(self.clock, self.new_id)
+        self.comfy = ComfyStore(clock=self.clock, machines=self.machines)
         self.log: list[RequestRecord] = []
         self._seq = itertools.count()
-        #: ``http://host:port``; set when the server is listening.
         self.base_url = ""
+
+    def listening_at(self, base_url: str) -> None:
+        """The server listens at ``base_url``: every store that builds URLs learns it."""
+        self.base_url = base_url
+        self.storage.base_url = base_url
+        self.machines.base_url = base_url
 
     def next_seq(self) -> int:
         """Arrival order of a request, so the log stays oldest-first under concurrency."""

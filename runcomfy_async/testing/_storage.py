@@ -2,8 +2,11 @@
 
 Dataset files arrive by signed PUT (API.md section 1.3): the URL carries ``size``, ``expires``
 and ``sig`` = HMAC-SHA256 over ``"PUT\\n{key}\\n{size}\\n{expires}"``, so a PUT of any other
-size, after expiry or with a tampered query is refused and nothing is stored. Bodies stream to a
-temporary file (sha256 computed on the way) and are renamed into place only when complete.
+size, after expiry or with a tampered query is refused and nothing is stored. ``expires`` is
+UNIX seconds with millisecond decimals on the emulator's clock: a URL lives ``url_ttl``
+simulated seconds, ``url_ttl / speed`` real ones, which at high speed is well under a second.
+Bodies stream to a temporary file (sha256 computed on the way) and are renamed into place only
+when complete.
 Other emulator modules publish downloadable blobs with :meth:`ObjectStorage.put_blob`; GETs
 support ``Range: bytes=N-`` so clients can resume.
 """
@@ -80,10 +83,10 @@ class WrongSize(Exception):
 
 @attrs.frozen(kw_only=True)
 class SignedUpload:
-    """A signed PUT URL and its expiry (UNIX seconds)."""
+    """A signed PUT URL and its expiry (UNIX seconds of the emulator's clock, to the ms)."""
 
     url: str
-    expires: int
+    expires: float
     signature: str
 
 
@@ -155,6 +158,7 @@ class ObjectStorage:
     """Files under ``root/{bucket}/{key}``, signed URLs, and the upload sinks per bucket."""
 
     def __init__(self, root: Path, *, clock: Clock, url_ttl: float) -> None:
+        """Serve files under ``root``; signed URLs live ``url_ttl`` simulated seconds."""
         self.root = root
         self.clock = clock
         self.url_ttl = url_ttl
@@ -172,9 +176,14 @@ class ObjectStorage:
         bucket_key = hmac.new(self._secret, bucket.encode(), hashlib.sha256).digest()
         return hmac.new(bucket_key, message.encode(), hashlib.sha256).hexdigest()
 
-    def _expiry(self) -> int:
-        """Expiry of a URL issued now, in whole UNIX seconds."""
-        return math.ceil(self.clock.time() + self.url_ttl)
+    def _expiry(self) -> str:
+        """Expiry of a URL issued now: UNIX seconds with three decimals, rounded up.
+
+        The lifetime is simulated time, so it goes through the clock like every other duration;
+        milliseconds keep a sub-second lifetime (``url_ttl / speed``) exact enough to test.
+        """
+        expires = self.clock.time() + self.clock.real(self.url_ttl)
+        return f"{math.ceil(expires * 1000) / 1000:.3f}"
 
     def sign_put(self, bucket: str, key: str, size: int) -> SignedUpload:
         """A URL that accepts exactly one body of ``size`` bytes at ``bucket/key`` until expiry."""
@@ -183,7 +192,7 @@ class ObjectStorage:
         sig = self._signature(bucket, f"PUT\n{key}\n{size}\n{expires}")
         query = urlencode({"size": size, "expires": expires, "sig": sig})
         url = f"{self.base_url}/storage/{bucket}/{quote(key, safe='/')}?{query}"
-        return SignedUpload(url=url, expires=expires, signature=sig)
+        return SignedUpload(url=url, expires=float(expires), signature=sig)
 
     def sign_get(self, key: str) -> str:
         """A fresh signed GET URL for the artifact blob ``key``."""
@@ -193,7 +202,7 @@ class ObjectStorage:
         query = urlencode({"expires": expires, "sig": sig})
         return f"{self.base_url}/storage/{ARTIFACTS}/{quote(key, safe='/')}?{query}"
 
-    def verify(self, bucket: str, message: str, expires: int, sig: str) -> None:
+    def verify(self, bucket: str, message: str, expires: float, sig: str) -> None:
         """Check a signature, then expiry; raise the storage error a real bucket would send."""
         expected = self._signature(bucket, message)
         if not hmac.compare_digest(expected, sig):
@@ -290,14 +299,30 @@ class ObjectStorage:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
+def _bad_query(name: str) -> StorageError:
+    """A missing or mangled signed-URL parameter fails like a wrong signature."""
+    message = f"The signed URL is missing a valid {name!r}."
+    return StorageError(403, "SignatureDoesNotMatch", message)
+
+
 def _query_int(request: web.Request, name: str) -> int:
-    """An integer query parameter of a signed URL; a missing or mangled one fails the signature."""
+    """An integer query parameter of a signed URL (``size``)."""
     try:
         return int(request.query[name])
     except (KeyError, ValueError) as exc:
-        raise StorageError(
-            403, "SignatureDoesNotMatch", f"The signed URL is missing a valid {name!r}."
-        ) from exc
+        raise _bad_query(name) from exc
+
+
+def _query_expiry(request: web.Request) -> tuple[str, float]:
+    """``expires`` as signed (the exact text) and as UNIX seconds."""
+    text = request.query.get("expires", "")
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise _bad_query("expires") from exc
+    if not math.isfinite(value):
+        raise _bad_query("expires")
+    return text, value
 
 
 def _refuse_second_credential(request: web.Request) -> None:
@@ -328,9 +353,9 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         if sink is None:
             raise StorageError(404, "NoSuchBucket", f"Bucket {bucket!r} does not exist.")
         size = _query_int(request, "size")
-        expires = _query_int(request, "expires")
+        expires_text, expires = _query_expiry(request)
         sig = request.query.get("sig", "")
-        storage.verify(bucket, f"PUT\n{key}\n{size}\n{expires}", expires, sig)
+        storage.verify(bucket, f"PUT\n{key}\n{size}\n{expires_text}", expires, sig)
         if request.content_length is None:
             raise StorageError(411, "MissingContentLength", "A Content-Length header is required.")
         if request.content_length != size:
@@ -358,9 +383,9 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         """Serve a published blob; ``Range`` requests get 206 with ``Content-Range``."""
         _refuse_second_credential(request)
         key = request.match_info["key"]
-        expires = _query_int(request, "expires")
+        expires_text, expires = _query_expiry(request)
         sig = request.query.get("sig", "")
-        storage.verify(ARTIFACTS, f"GET\n{key}\n{expires}", expires, sig)
+        storage.verify(ARTIFACTS, f"GET\n{key}\n{expires_text}", expires, sig)
         path = storage.blob_path(key)
         if path is None or not path.is_file():
             raise StorageError(404, "NoSuchKey", f"No object {key!r}.")

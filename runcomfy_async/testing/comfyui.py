@@ -6,7 +6,8 @@ ComfyUI's validation errors, ``GET /prompt``, ``GET /history[/{prompt_id}]``, ``
 time in a fake execution of scaled duration whose ``SaveImage`` / ``PreviewImage`` nodes produce
 a tiny valid PNG. A ``CLIPTextEncode`` whose ``text`` contains ``EMULATOR_FAIL`` fails with an
 ``execution_error``, to exercise failure paths. A machine that is not Ready answers 502, an
-unknown or stopped one 404. Tests reach the state with ``comfy_store(emu.state)``.
+unknown or stopped one 404. The store is ``emu.state.comfy``. Event timestamps come from the
+emulator's clock.
 """
 
 from __future__ import annotations
@@ -14,21 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import time
 import uuid
-import weakref
 import zlib
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from aiohttp import BodyPartReader, WSCloseCode, web
 
 from ._wire import ApiError, read_json
-from .server_api import machine_store
 
 if TYPE_CHECKING:
+    from ._clock import Clock
     from ._state import EmulatorState
+    from .server_api import MachineStore
 
 __all__ = [
     "FAIL_MARKER",
@@ -44,7 +45,7 @@ __all__ = [
 PREFIX: Final = "/comfyui/{server_id}"
 FAIL_MARKER: Final = "EMULATOR_FAIL"
 #: The node classes this ComfyUI knows, with their required inputs.
-NODE_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
+NODE_INPUTS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "CheckpointLoaderSimple": ("ckpt_name",),
     "CLIPTextEncode": ("text", "clip"),
     "EmptyLatentImage": ("width", "height"),
@@ -53,9 +54,11 @@ NODE_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
     "LoadImage": ("image",),
     "SaveImage": ("images",),
     "PreviewImage": ("images",),
-}
+})
 #: Output nodes and the folder type their images go to.
-OUTPUT_NODES: Final = {"SaveImage": "output", "PreviewImage": "temp"}
+OUTPUT_NODES: Final[Mapping[str, str]] = MappingProxyType(
+    {"SaveImage": "output", "PreviewImage": "temp"}
+)
 MAX_UPLOAD: Final = 20 * 1024 * 1024
 
 
@@ -98,11 +101,6 @@ def example_workflow(text: str = "a cat in a hat", *, steps: int = 8) -> dict[st
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "emu"}},
     }
-
-
-def _ms() -> int:
-    """ComfyUI's event timestamps: epoch milliseconds."""
-    return int(time.time() * 1000)
 
 
 def _is_link(value: Any) -> bool:
@@ -150,10 +148,13 @@ class ComfyStore:
     Attributes:
         node_seconds: simulated time one node takes.
         step_seconds: simulated time one sampler step takes.
+        machines: each machine's ComfyUI, by server id.
+        servers: the Server API's machines (a prompt runs only while its machine is Ready).
     """
 
-    def __init__(self, state: EmulatorState) -> None:
-        self.state = state
+    def __init__(self, *, clock: Clock, machines: MachineStore) -> None:
+        self.clock = clock
+        self.servers = machines
         self.node_seconds = 1.0
         self.step_seconds = 0.25
         self.machines: dict[str, ComfyMachine] = {}
@@ -185,8 +186,13 @@ class ComfyStore:
         for server_id in list(self.machines):
             await self.drop_sockets(server_id)
 
+    def now_ms(self) -> int:
+        """ComfyUI's event timestamps: epoch milliseconds, of the emulator's clock."""
+        return int(self.clock.time() * 1000)
+
     async def _sleep(self, simulated: float) -> None:
-        await asyncio.sleep(self.state.clock.real(simulated))
+        """Wait out a simulated duration, scaled by the emulator's speed."""
+        await asyncio.sleep(self.clock.real(simulated))
 
     async def _execute(
         self, server_id: str, prompt_id: str, prompt: dict[str, Any], extra: dict[str, Any]
@@ -202,8 +208,9 @@ class ComfyStore:
             async def event(kind: str, data: dict[str, Any], *, keep: bool = False) -> None:
                 data = {**data, "prompt_id": prompt_id}
                 if keep:
-                    messages.append([kind, {**data, "timestamp": _ms()}])
-                await machine.send(client_id, kind, data | ({"timestamp": _ms()} if keep else {}))
+                    messages.append([kind, {**data, "timestamp": self.now_ms()}])
+                stamp = {"timestamp": self.now_ms()} if keep else {}
+                await machine.send(client_id, kind, data | stamp)
 
             await event("execution_start", {}, keep=True)
             await event("execution_cached", {"nodes": []}, keep=True)
@@ -211,7 +218,7 @@ class ComfyStore:
             failed: dict[str, Any] | None = None
             executed: list[str] = []
             for node_id in _order(prompt):
-                if not machine_store(self.state).is_ready(server_id):
+                if not self.servers.is_ready(server_id):
                     return  # the machine stopped under the prompt
                 node = prompt[node_id]
                 inputs = node.get("inputs", {})
@@ -394,25 +401,19 @@ def _safe_part(value: str) -> bool:
     return not value.startswith(("/", "\\")) and ".." not in value.replace("\\", "/").split("/")
 
 
-_STORES: weakref.WeakKeyDictionary[EmulatorState, ComfyStore] = weakref.WeakKeyDictionary()
-
-
 def comfy_store(state: EmulatorState) -> ComfyStore:
-    """The ComfyUI store of one emulator (made on first use)."""
-    store = _STORES.get(state)
-    if store is None:
-        store = _STORES[state] = ComfyStore(state)
-    return store
+    """``state.comfy``, the ComfyUI store of one emulator (kept for earlier callers)."""
+    return state.comfy
 
 
 def add_routes(app: web.Application, state: EmulatorState) -> None:
     """Register the ComfyUI routes, bare and under ComfyUI's ``/api`` alias."""
-    store = comfy_store(state)
+    store = state.comfy
 
     def available(request: web.Request) -> tuple[str, ComfyMachine]:
         """The machine's ComfyUI if it is Ready; 502 while it is not, 404 when unknown."""
         server_id = request.match_info["server_id"]
-        ready = machine_store(state).is_ready(server_id)
+        ready = state.machines.is_ready(server_id)
         if ready is None:
             raise web.HTTPNotFound
         if not ready:
@@ -446,7 +447,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         client_id = body.get("client_id")
         extra = {
             "client_id": client_id if isinstance(client_id, str) else None,
-            "create_time": _ms(),
+            "create_time": store.now_ms(),
             "number": machine.number,
             "outputs": outputs,
         }

@@ -5,12 +5,11 @@ A machine's status is computed from the scaled clock on each read: ``Initializin
 emulator's ComfyUI (``{emu.url}/comfyui/{server_id}``), until its ``estimated_duration`` runs out
 or a DELETE arrives; then ``Stopping`` for ``stop_seconds`` and gone (404). Like the real service
 (API.md 4.4) the status of a new machine answers 404 for its first ``not_found_reads`` reads.
-Tests reach the store with ``machine_store(emu.state)`` (e.g. ``.fail_next_launch()``).
+The store is ``emu.state.machines`` (e.g. ``.fail_next_launch()``, ``.boot_seconds``).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
@@ -168,16 +167,9 @@ class MachineStore:
         }
 
 
-_STORES: weakref.WeakKeyDictionary[EmulatorState, MachineStore] = weakref.WeakKeyDictionary()
-
-
 def machine_store(state: EmulatorState) -> MachineStore:
-    """The machine store of one emulator (made on first use; one per emulator, no globals)."""
-    store = _STORES.get(state)
-    if store is None:
-        store = _STORES[state] = MachineStore(state.clock, state.new_id)
-    store.base_url = state.base_url
-    return store
+    """``state.machines``, the machine store of one emulator (kept for earlier callers)."""
+    return state.machines
 
 
 def _positive_int(value: object) -> TypeGuard[int]:
@@ -192,7 +184,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         """The store, after checking the path's user id is this account's (else 403)."""
         if request.match_info["user_id"] != state.config.user_id:
             raise ApiError(403, 403003, "Forbidden: this token does not own that user id")
-        return machine_store(state)
+        return state.machines
 
     def lookup(request: web.Request, store: MachineStore) -> MachineRecord:
         """The machine named in the path, or 404."""

@@ -187,7 +187,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         record = lookup(request)
         sizes = check_sizes(await read_json(request))
         uploads: dict[str, Any] = {}
-        expires = 0
+        expires = 0.0
         for filename, size in sizes.items():
             signed = store.issue_upload(record, filename, size)
             expires = signed.expires

@@ -12,14 +12,15 @@ YAML, or mounts a dataset that is not READY is accepted and then goes FAILED wit
 when it would start. Cancel keeps the artifacts made so far; resume continues the same job id
 from its highest checkpoint. Tests stop a job early with :meth:`JobStore.preempt` (the STOPPED
 "server was reclaimed" case of API.md section 2.3) and publish arbitrary artifacts with
-:meth:`JobStore.add_artifact`; reach the store with ``jobs_of(emu.state)``.
+:meth:`JobStore.add_artifact`; the store is ``emu.state.jobs``.
 """
 
 from __future__ import annotations
 
 import random
 import secrets
-import weakref
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -30,7 +31,10 @@ from ._datasets import DatasetStatus
 from ._wire import ApiError, field_error, not_found, read_json, validation_error
 
 if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._datasets import DatasetStore
     from ._state import EmulatorState
+    from ._storage import ObjectStorage
 
 __all__ = [
     "DATASETS_ROOT",
@@ -50,7 +54,9 @@ DATASETS_ROOT: Final = "/app/ai-toolkit/datasets/"
 GPU_TYPES: Final = frozenset({"ADA_80_PLUS", "HOPPER_141"})
 DEFAULT_STEPS: Final = 100
 DEFAULT_EVERY: Final = 250
-RECLAIMED: Final = {"message": "Job failed: server was reclaimed.", "code": "TRAINING_ERROR"}
+RECLAIMED: Final[Mapping[str, str]] = MappingProxyType(
+    {"message": "Job failed: server was reclaimed.", "code": "TRAINING_ERROR"}
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -117,16 +123,23 @@ class JobStore:
         sample_bytes: size of each sample image blob.
     """
 
-    def __init__(self, state: EmulatorState) -> None:
-        self.clock = state.clock
-        self.storage = state.storage
-        self.datasets = state.datasets
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        storage: ObjectStorage,
+        datasets: DatasetStore,
+        new_id: Callable[[], str],
+    ) -> None:
+        self.clock = clock
+        self.storage = storage
+        self.datasets = datasets
         self.queue_seconds = 10.0
         self.step_seconds = 3.0
         self.checkpoint_bytes = 1_500_000
         self.sample_bytes = 20_000
         self._jobs: dict[str, JobRecord] = {}
-        self._new_id = state.new_id
+        self._new_id = new_id
 
     # -- records ---------------------------------------------------------------------------
 
@@ -408,15 +421,9 @@ def _conflict(record: JobRecord, action: str, why: str) -> ApiError:
     return ApiError(409, 409001, f"Cannot {action} job {record.id} ({status}): {why}.")
 
 
-_STORES: weakref.WeakKeyDictionary[EmulatorState, JobStore] = weakref.WeakKeyDictionary()
-
-
 def jobs_of(state: EmulatorState) -> JobStore:
-    """The job store of one emulator (``jobs_of(emu.state)``), made on first use."""
-    store = _STORES.get(state)
-    if store is None:
-        store = _STORES[state] = JobStore(state)
-    return store
+    """``state.jobs``, the job store of one emulator (kept for callers written before it)."""
+    return state.jobs
 
 
 def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
@@ -446,7 +453,7 @@ def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
 
 def add_routes(app: web.Application, state: EmulatorState) -> None:
     """Register the six training job endpoints."""
-    store = jobs_of(state)
+    store = state.jobs
 
     def lookup(request: web.Request) -> JobRecord:
         """The job named in the path, settled to now, or 404."""

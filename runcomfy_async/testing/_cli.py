@@ -1,0 +1,316 @@
+"""The emulator's command line, defined once for ``python -m runcomfy_async.testing`` and ``runcomfy
+emulator``.
+
+:data:`OPTIONS` is the one table of options: flags, parser, default and help. :func:`argparser`
+builds the standard-library parser from it (``python -m runcomfy_async.testing`` works without
+click, which only the ``[cli]`` extra installs); ``runcomfy_async.cli.emulator`` builds its click
+options from the same table. Both hand the parsed values to :func:`emulator_from_options` and
+serve with :func:`serve_until_stopped`, announcing themselves with :func:`announce`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import attrs
+
+from ._emulator import Emulator
+
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "announce",
+    "argparser",
+    "client_env",
+    "emulator_from_options",
+    "export_lines",
+    "main",
+    "parse_rate_limit",
+    "serve_until_stopped",
+]
+
+
+# -- value parsers: str -> value, ValueError with a message naming what is allowed ---------------
+
+
+def parse_rate_limit(value: str) -> float | None:
+    """``--rate-limit``: requests per second, or ``none``/``off``/``0`` to switch it off.
+
+    Raises:
+        ValueError: neither a positive number nor one of the off words.
+    """
+    if value.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError("must be a number > 0, or 'none' (or 0) to switch the limit off")
+    return rate
+
+
+def _parse_port(value: str) -> int:
+    """``--port``: 0..65535, 0 for any free port."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a whole number from 0 to 65535 (0 picks a free port)")
+    return port
+
+
+def _parse_burst(value: str) -> int:
+    """``--burst``: a whole number of requests >= 1."""
+    try:
+        burst = int(value)
+    except ValueError:
+        burst = 0
+    if burst < 1:
+        raise ValueError("must be a whole number >= 1")
+    return burst
+
+
+def _parse_speed(value: str) -> float:
+    """``--speed``: a finite factor > 0."""
+    try:
+        speed = float(value)
+    except ValueError:
+        speed = math.nan
+    if not math.isfinite(speed) or speed <= 0:
+        raise ValueError("must be a number > 0 (50 runs simulated time 50 times faster)")
+    return speed
+
+
+def _parse_seed(value: str) -> int:
+    """``--seed``: any whole number."""
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _parse_text(value: str) -> str:
+    """A non-empty string."""
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Option:
+    """One command-line option of the emulator.
+
+    Attributes:
+        flag: the long flag, e.g. ``"--rate-limit"``.
+        dest: the :class:`Emulator` keyword it sets.
+        parse: turns the command-line text into the value; ValueError says what is allowed.
+        default: the value when the option is absent (already parsed).
+        help: one line for ``--help``.
+        metavar: the placeholder shown in usage lines.
+    """
+
+    flag: str
+    dest: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str
+
+
+#: The options both entry points take, in ``--help`` order (DESIGN.md, "The emulator").
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option(
+        flag="--host",
+        dest="host",
+        parse=_parse_text,
+        default="127.0.0.1",
+        help="Interface to listen on.",
+        metavar="HOST",
+    ),
+    Option(
+        flag="--port",
+        dest="port",
+        parse=_parse_port,
+        default=0,
+        help="Port to listen on; 0 picks a free one.",
+        metavar="N",
+    ),
+    Option(
+        flag="--token",
+        dest="token",
+        parse=_parse_text,
+        default=None,
+        help="Bearer token to accept (default: a random one).",
+        metavar="T",
+    ),
+    Option(
+        flag="--user-id",
+        dest="user_id",
+        parse=_parse_text,
+        default=None,
+        help="Account user id (default: a random UUID).",
+        metavar="U",
+    ),
+    Option(
+        flag="--rate-limit",
+        dest="rate_limit",
+        parse=parse_rate_limit,
+        default=1.0,
+        help="Requests per second per token, or 'none' (or 0) to switch the limit off.",
+        metavar="R|none",
+    ),
+    Option(
+        flag="--burst",
+        dest="burst",
+        parse=_parse_burst,
+        default=3,
+        help="Rate-limit burst: requests allowed back to back.",
+        metavar="N",
+    ),
+    Option(
+        flag="--speed",
+        dest="speed",
+        parse=_parse_speed,
+        default=50.0,
+        help="How many times faster than real time simulated work runs.",
+        metavar="S",
+    ),
+    Option(
+        flag="--seed",
+        dest="seed",
+        parse=_parse_seed,
+        default=0,
+        help="Fault injection seed, so injected faults replay.",
+        metavar="N",
+    ),
+    Option(
+        flag="--storage-dir",
+        dest="storage_dir",
+        parse=Path,
+        default=None,
+        help="Keep uploaded files here (default: a temporary directory).",
+        metavar="DIR",
+    ),
+)
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    """argparse's view of an option's parser: ValueError becomes a usage error (exit 2)."""
+
+    def convert(value: str) -> Any:
+        try:
+            return option.parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.dest  # argparse names the type in some messages
+    return convert
+
+
+def argparser(prog: str = "python -m runcomfy_async.testing") -> argparse.ArgumentParser:
+    """The standard-library parser of :data:`OPTIONS`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a local RunComfy emulator (Trainer, Model and Server APIs, object "
+        "storage and ComfyUI on one port) and print the lines that point a client at it.",
+    )
+    for option in OPTIONS:
+        shown = "" if option.default is None else f" (default: {option.default})"
+        parser.add_argument(
+            option.flag,
+            dest=option.dest,
+            type=_argparse_type(option),
+            default=option.default,
+            metavar=option.metavar,
+            help=option.help + shown,
+        )
+    return parser
+
+
+def emulator_from_options(values: Mapping[str, Any]) -> Emulator:
+    """An :class:`Emulator` built from parsed option values (keyed by :attr:`Option.dest`)."""
+    return Emulator(**{option.dest: values[option.dest] for option in OPTIONS})
+
+
+# -- announcing and serving ---------------------------------------------------------------------
+
+
+def client_env(emu: Emulator) -> dict[str, str]:
+    """The environment variables that point a client (or the CLI) at ``emu``."""
+    return {
+        "RUNCOMFY_API_TOKEN": emu.token,
+        "RUNCOMFY_USER_ID": emu.user_id,
+        "RUNCOMFY_TRAINER_URL": emu.url,
+        "RUNCOMFY_MODEL_URL": emu.url,
+        "RUNCOMFY_SERVER_URL": emu.url,
+    }
+
+
+def export_lines(emu: Emulator) -> list[str]:
+    """The ``export`` lines that configure a client for ``emu``."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in client_env(emu).items()]
+
+
+def announce(
+    emu: Emulator,
+    *,
+    as_json: bool = False,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> None:
+    """Print how to reach ``emu``: export lines (or one JSON object) on stdout, a note on stderr.
+
+    Args:
+        emu: the running emulator.
+        as_json: print ``{"url": ..., "env": {...}}`` instead of export lines.
+        out: where the lines go (default ``sys.stdout``).
+        err: where the human note goes (default ``sys.stderr``).
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if as_json:
+        print(json.dumps({"url": emu.url, "env": client_env(emu)}), file=out, flush=True)
+        note = ""
+    else:
+        for line in export_lines(emu):
+            print(line, file=out, flush=True)
+        note = " paste the lines above into another shell to point a client at it."
+    print(f"# RunComfy emulator serving on {emu.url};{note} Ctrl-C stops it.", file=err, flush=True)
+
+
+async def serve_until_stopped(emulator: Emulator, announce: Callable[[Emulator], None]) -> None:
+    """Start ``emulator``, call ``announce`` once it listens, serve until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C still interrupts
+            loop.add_signal_handler(sig, stop.set)
+    async with emulator as emu:
+        announce(emu)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m runcomfy_async.testing``; returns the exit status (usage errors exit 2)."""
+    parser = argparser()
+    values = vars(parser.parse_args(argv))
+    emulator = emulator_from_options(values)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_until_stopped(emulator, announce))
+    except OSError as exc:
+        where = f"{values['host']}:{values['port']}"
+        parser.exit(1, f"{parser.prog}: error: cannot listen on {where}: {exc.strerror or exc}\n")
+    return 0
