@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +20,7 @@ from .._converter import structure
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._rules import is_model_id
 from ..types.models import (
     CancelOutcome,
     Lora,
@@ -40,7 +40,6 @@ logger = logging.getLogger("runcomfy_async")
 
 _MODELS: Final = "/v1/models"
 _REQUESTS: Final = "/v1/requests"
-_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]+")
 _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
 #: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
 #: by URL instead.
@@ -63,20 +62,13 @@ def model_path(model_id: str) -> str:
             f"model_id must be a non-empty string such as {_EXAMPLE_ID!r} (copy it from the "
             "model's API page)"
         )
-    segments = model_id.split("/")
-    bad = (
-        model_id.startswith("/")
-        or model_id.endswith("/")
-        or ".." in model_id
-        or any(not _SEGMENT.fullmatch(s) or s == "." for s in segments)
-    )
-    if bad:
+    if not is_model_id(model_id):
         raise errors.ValidationError(
             f"model_id {model_id!r} is malformed: it must be segments of letters, digits, '.', "
             f"'_' and '-' joined by single slashes, without a leading or trailing slash or "
             f"'..', e.g. {_EXAMPLE_ID!r}"
         )
-    return _MODELS + "/" + "/".join(quote(s, safe="") for s in segments)
+    return _MODELS + "/" + "/".join(quote(s, safe="") for s in model_id.split("/"))
 
 
 def _request_path(request_id: str, suffix: str) -> str:
