@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
+import json
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+import pytest
 
 import runcomfy_async
 from runcomfy_async import errors
@@ -50,3 +56,60 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("runcomfy_async").joinpath("py.typed").is_file()
+
+
+def test_names_the_cli_relies_on_are_exported() -> None:
+    """The helpers and constants added for the CLI are public top-level names."""
+    assert {"ARTIFACT_KINDS", "DATASETS_ROOT", "TRAINING_FOLDER", "to_jsonable"} <= set(
+        runcomfy_async.__all__
+    )
+    assert runcomfy_async.ARTIFACT_KINDS == ("checkpoints", "samples", "config")
+    for method in (
+        runcomfy_async.Datasets.find,
+        runcomfy_async.Models.download_outputs,
+        runcomfy_async.TrainingJob.wait,
+        runcomfy_async.to_jsonable,
+    ):
+        assert "Args:" in (method.__doc__ or ""), method
+    assert "on_status" in inspect.signature(runcomfy_async.TrainingJob.wait).parameters
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+def test_to_jsonable_turns_data_into_plain_json() -> None:
+    """Data classes, enums, datetimes, paths and containers become values json.dumps takes."""
+    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    status = runcomfy_async.JobStatus(
+        id="j1",
+        status=runcomfy_async.JobState.RUNNING,
+        progress=runcomfy_async.Progress(current_step=3, total_steps=10),
+        created_at=when,
+    )
+    plain = runcomfy_async.to_jsonable(
+        {"job": status, 1: (_Colour.RED, PurePosixPath("/a/b")), "set": frozenset({None})}
+    )
+    assert plain == {
+        "job": {
+            "id": "j1",
+            "name": None,
+            "status": "RUNNING",
+            "progress": {"percent": None, "current_step": 3, "total_steps": 10},
+            "error": None,
+            "created_at": "2025-01-02T03:04:05+00:00",
+            "started_at": None,
+            "finished_at": None,
+            "result_url": None,
+        },
+        "1": ["red", "/a/b"],
+        "set": [None],
+    }
+    assert json.loads(json.dumps(plain)) == plain
+    assert runcomfy_async.to_jsonable("text") == "text"
+
+
+def test_to_jsonable_refuses_what_has_no_json_form() -> None:
+    """A handle or any other object is a TypeError, not a silently unserialisable value."""
+    with pytest.raises(TypeError, match="no JSON form"):
+        runcomfy_async.to_jsonable({"client": object()})

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from .. import errors
 from .._converter import structure
+from .._downloads import ProgressCallback, download_artifacts
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from .._rules import is_model_id
+from ..types.jobs import Artifact
 from ..types.models import (
     CancelOutcome,
     Lora,
@@ -29,7 +33,7 @@ from ..types.models import (
     RequestStatus,
     ResultStatus,
 )
-from ._common import describe_error
+from ._common import check_concurrency, describe_error
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -159,6 +163,19 @@ def cancel_outcome(payload: Any) -> CancelOutcome:
     raise errors.UnexpectedResponseError(
         "the cancel answer has neither 'outcome' nor 'status'", status=202
     )
+
+
+def output_urls(output: Any) -> Iterator[str]:
+    """Every http(s) URL in a model output, in order (outputs are often ``{"image": url}``)."""
+    if isinstance(output, str):
+        if output.startswith(("http://", "https://")):
+            yield output
+    elif isinstance(output, Mapping):
+        for value in output.values():
+            yield from output_urls(value)
+    elif isinstance(output, list | tuple):
+        for value in output:
+            yield from output_urls(value)
 
 
 def _result_settled(result: RequestResult) -> bool:
@@ -383,6 +400,51 @@ class Models:
         """
         _request_path(request_id, "")
         return ModelRequest(self._client, request_id, include_cost=include_cost)
+
+    async def download_outputs(
+        self,
+        output: Any,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        concurrency: int = 4,
+    ) -> list[Path]:
+        """Download every file a model output points to into ``dest/outputs/<name>``.
+
+        Every http(s) URL found in ``output`` (strings, nested dicts and lists) is fetched the
+        way :meth:`TrainingJob.download` fetches artifacts: streamed to disk, names sanitised
+        and made unique, an interrupted ``.part`` resumed, no API token sent, no rate-limit
+        token taken.
+
+        Args:
+            output: a model's output, e.g. ``await req`` or ``RequestResult.output``.
+            dest: folder to write into (created if missing).
+            progress: called with a :class:`DownloadProgress` as bytes land on disk.
+            concurrency: files downloaded at once.
+
+        Returns:
+            The paths written, in the order the URLs appear in ``output`` (empty if none).
+
+        Raises:
+            ValidationError: a bad ``concurrency``, or a name would leave ``dest``.
+            APIError: storage refused a file.
+            TransportError: a file could not be fetched after retries (its ``.part`` is kept).
+        """
+        check_concurrency(concurrency, "downloads")
+        artifacts = [
+            Artifact(kind="outputs", url=url, name=unquote(PurePosixPath(urlsplit(url).path).name))
+            for url in output_urls(output)
+        ]
+        client = self._client
+        return await download_artifacts(
+            client.session,
+            artifacts,
+            Path(dest),
+            timeout=client.timeouts.for_transfer(),
+            retry=client.retry,
+            concurrency=concurrency,
+            progress=progress,
+        )
 
     async def run(
         self,
