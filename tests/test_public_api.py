@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import enum
 import inspect
 import json
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -72,6 +73,49 @@ def test_names_the_cli_relies_on_are_exported() -> None:
     ):
         assert "Args:" in (method.__doc__ or ""), method
     assert "on_status" in inspect.signature(runcomfy_async.TrainingJob.wait).parameters
+
+
+def _runcomfy_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every import of the package in one CLI file, made absolute."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.startswith("runcomfy_async")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1:
+                module = f"runcomfy_async.cli.{module}".rstrip(".")
+            elif node.level > 1:
+                module = "runcomfy_async." + module if module else "runcomfy_async"
+            if module.startswith("runcomfy_async"):
+                found.append((module, [a.name for a in node.names]))
+    return found
+
+
+def test_cli_uses_only_the_public_library() -> None:
+    """The CLI imports the library's top-level names and the emulator, never private modules."""
+    allowed = {
+        "runcomfy_async": set(runcomfy_async.__all__) | {"errors"},
+        "runcomfy_async.testing": {"Emulator"},
+        # The emulator's command-line helpers, shared by `python -m runcomfy_async.testing`.
+        "runcomfy_async.testing.__main__": None,
+    }
+    cli_dir = Path(runcomfy_async.__file__).parent / "cli"
+    problems = []
+    for path in sorted(cli_dir.glob("*.py")):
+        for module, names in _runcomfy_imports(path):
+            if module.startswith("runcomfy_async.cli"):
+                continue
+            if module not in allowed:
+                problems.append(f"{path.name}: imports {module}")
+                continue
+            public = allowed[module]
+            problems += [
+                f"{path.name}: {module}.{n} is not public"
+                for n in names
+                if public is not None and n not in public
+            ]
+    assert problems == []
 
 
 class _Colour(enum.Enum):
