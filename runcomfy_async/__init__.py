@@ -5,10 +5,12 @@ awaitable handles. ``runcomfy_async.testing.Emulator`` serves the same APIs loca
 """
 
 from ._client import ClientState, RunComfy
+from ._converter import to_jsonable
 from ._limiter import Limiter, Priority, TokenBucket
 from ._polling import PollPolicy
 from ._redis_limiter import RedisTokenBucket
 from ._retry import RetryPolicy
+from ._rules import DATASETS_ROOT, TRAINING_FOLDER
 from ._transport import Timeouts
 from ._version import __version__
 from .errors import (
@@ -51,7 +53,7 @@ from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
-from .types.jobs import Artifact, GPUType, JobResult, JobState, JobStatus, Progress
+from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
     CancelOutcome,
@@ -77,6 +79,9 @@ from .types.uploads import (
 )
 
 __all__ = [
+    "ARTIFACT_KINDS",
+    "DATASETS_ROOT",
+    "TRAINING_FOLDER",
     "APIError",
     "APITimeoutError",
     "Artifact",
@@ -162,4 +167,5 @@ __all__ = [
     "Workflow",
     "WrongEventLoopError",
     "__version__",
+    "to_jsonable",
 ]

@@ -7,16 +7,20 @@ model is noticed). Timestamps become timezone-aware datetimes; naive ones are ta
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.preconf.json import make_converter as _json_converter
 
 from . import errors
 from .types._base import OpenStrEnum
 
-__all__ = ["converter", "make_converter", "structure"]
+__all__ = ["converter", "make_converter", "structure", "to_jsonable"]
 
 T = TypeVar("T")
 
@@ -61,3 +65,37 @@ def structure(data: Any, cls: type[T], *, what: str) -> T:
         raise errors.UnexpectedResponseError(
             f"could not read the {what} the server sent: {detail}", status=200
         ) from exc
+
+
+def to_jsonable(value: object) -> Any:
+    """Any of the library's data objects, or containers of them, as plain JSON-ready data.
+
+    Data classes become dicts of their fields (as the API names them), enums their values,
+    datetimes ISO 8601 strings, paths strings, tuples and sets lists; dict keys become strings.
+    The result goes straight into ``json.dumps``: ``json.dumps(to_jsonable(await job.result()))``.
+
+    Args:
+        value: a data object (``JobStatus``, ``UploadReport``...), or a dict, list, tuple or set
+            holding them, or a plain JSON value (returned as it is).
+
+    Raises:
+        TypeError: something without a JSON form (a handle, a client, an arbitrary object).
+    """
+    if attrs.has(type(value)):
+        return to_jsonable(converter.unstructure(value))
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise TypeError(
+        f"{type(value).__name__} has no JSON form; pass data objects (such as JobStatus), "
+        "not handles or clients"
+    )

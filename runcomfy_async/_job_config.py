@@ -11,12 +11,13 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 import aiofiles
 import yaml
 
 from . import errors
+from ._rules import DATASETS_ROOT, TRAINING_FOLDER
 
 __all__ = [
     "DATASETS_ROOT",
@@ -27,11 +28,6 @@ __all__ = [
     "parse_config",
     "with_fixed_paths",
 ]
-
-#: The fixed ``training_folder`` every process must use (API.md section 2).
-TRAINING_FOLDER: Final = "/app/ai-toolkit/output"
-#: Datasets are mounted at ``DATASETS_ROOT + dataset name`` (API.md section 2).
-DATASETS_ROOT: Final = "/app/ai-toolkit/datasets/"
 
 #: A config: YAML text, a path to a YAML file, or the parsed mapping.
 JobConfig: TypeAlias = "str | os.PathLike[str] | Mapping[str, Any]"

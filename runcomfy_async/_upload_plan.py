@@ -17,7 +17,8 @@ import aiofiles.os
 import attrs
 
 from . import errors
-from ._media import CAPTION_TYPES, CONTENT_TYPES, stem, suffix
+from ._media import CONTENT_TYPES, content_type_for, stem, unpaired_files
+from ._rules import DIRECT_UPLOAD_LIMIT, MAX_UPLOAD_URLS_PER_REQUEST
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -36,17 +37,10 @@ __all__ = [
     "to_sources",
 ]
 
-#: Largest file the direct (multipart) endpoint takes, in bytes (API.md 1.2, decimal 150 MB).
-DIRECT_UPLOAD_LIMIT: Final = 150_000_000
 #: Files per ``get-upload-endpoint`` call by default: 1,000 files cost two API calls.
 DEFAULT_BATCH_SIZE: Final = 500
-#: The most files one ``get-upload-endpoint`` call may name (the emulator's cap, and our bound).
-MAX_BATCH_SIZE: Final = 1000
-
-
-def content_type_for(filename: str) -> str | None:
-    """The Content-Type of a supported dataset file (image, video or ``.txt``), else None."""
-    return CONTENT_TYPES.get(suffix(filename))
+#: The most files one ``get-upload-endpoint`` call may name.
+MAX_BATCH_SIZE: Final = MAX_UPLOAD_URLS_PER_REQUEST
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -196,20 +190,16 @@ def set_problems(files: Sequence[ScannedFile], *, captions: bool) -> list[str]:
 
 
 def _caption_problems(names: Sequence[str]) -> list[str]:
-    """The caption rule both ways (API.md 1.2): media need a ``.txt``, a ``.txt`` needs media."""
-    typed = [n for n in names if content_type_for(n) is not None]
-    captions = {stem(n) for n in typed if suffix(n) in CAPTION_TYPES}
-    media = {stem(n) for n in typed if suffix(n) not in CAPTION_TYPES}
+    """The caption rule both ways (API.md 1.2), one line per file that breaks it."""
+    unpaired = unpaired_files(names)
     problems = [
         f"{n}: no caption {stem(n)}.txt; write one (each image/video needs a .txt caption with "
         "the same base name)"
-        for n in typed
-        if suffix(n) not in CAPTION_TYPES and stem(n) not in captions
+        for n in unpaired.media
     ]
     problems.extend(
         f"{n}: caption without an image or video named {stem(n)}.*; add the media or remove it"
-        for n in typed
-        if suffix(n) in CAPTION_TYPES and stem(n) not in media
+        for n in unpaired.captions
     )
     return problems
 

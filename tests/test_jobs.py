@@ -343,6 +343,36 @@ async def test_failed_job_raises_job_failed(emu: Emulator, rc: RunComfy) -> None
 
 
 @pytest.mark.asyncio
+async def test_wait_reports_every_status_snapshot(emu: Emulator, rc: RunComfy) -> None:
+    """wait(on_status=...) sees each poll's snapshot, steps rising, the final one last."""
+    job = await rc.jobs.submit(CONFIG)
+    seen: list[JobStatus] = []
+
+    async def note(info: JobStatus) -> None:
+        seen.append(info)
+
+    final = await job.wait(on_status=note)
+    assert seen[-1] == final and final.completed
+    assert len(seen) >= 2 and all(s.id == job.id for s in seen)
+    steps = [s.progress.current_step or 0 for s in seen if s.progress is not None]
+    assert steps == sorted(steps)
+
+
+@pytest.mark.asyncio
+async def test_wait_reports_the_failed_snapshot_before_raising(
+    emu: Emulator, rc: RunComfy
+) -> None:
+    """A plain on_status callback receives the FAILED snapshot, then JobFailed is raised."""
+    doc = copy.deepcopy(CONFIG)
+    process(doc)["datasets"][0]["folder_path"] = "/app/ai-toolkit/datasets/drafty"
+    job = await rc.jobs.submit(doc, check_datasets=False)
+    seen: list[JobStatus] = []
+    with pytest.raises(JobFailed):
+        await job.wait(on_status=seen.append)
+    assert seen[-1].status is JobState.FAILED
+
+
+@pytest.mark.asyncio
 async def test_edit_then_resume_fixes_a_failed_job(emu: Emulator, rc: RunComfy) -> None:
     """After FAILED, edit() with a good config and resume() run the same job to completion."""
     doc = copy.deepcopy(CONFIG)

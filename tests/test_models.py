@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from runcomfy_async import (
+    DownloadProgress,
     PollPolicy,
     RequestCancelled,
     RequestFailed,
@@ -500,3 +502,30 @@ async def test_output_urls_download_without_the_token(emu: Emulator, rc: RunComf
     assert len(download) == 1
     assert not download[0].authorized
     assert isinstance(rc.session, aiohttp.ClientSession)
+
+
+@pytest.mark.asyncio
+async def test_download_outputs_fetches_every_url_without_the_token(
+    emu: Emulator, rc: RunComfy, tmp_path: Path
+) -> None:
+    """download_outputs writes each URL of an output to dest/outputs, in order, token-free."""
+    output = await rc.models.run("acme/batch-images", {"num_images": 3}, poll=FAST)
+    seen: list[DownloadProgress] = []
+    paths = await rc.models.download_outputs(
+        {"nested": output, "note": "not a URL"}, tmp_path, progress=seen.append, concurrency=2
+    )
+    assert [p.name for p in paths] == ["output_0.png", "output_1.png", "output_2.png"]
+    assert all(p.parent == (tmp_path / "outputs").resolve() for p in paths)
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    assert seen and {s.path for s in seen} == set(paths)
+    storage = [r for r in emu.log if r.api == "storage"]
+    assert len(storage) == 3
+    assert not any(r.authorized for r in storage)
+    assert await rc.models.download_outputs({"text": "no files"}, tmp_path / "none") == []
+
+
+@pytest.mark.asyncio
+async def test_download_outputs_refuses_a_bad_concurrency(rc: RunComfy, tmp_path: Path) -> None:
+    """A concurrency below 1 is refused before anything is fetched."""
+    with pytest.raises(ValidationError, match="concurrency"):
+        await rc.models.download_outputs({"image": "https://x/a.png"}, tmp_path, concurrency=0)

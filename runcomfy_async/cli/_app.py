@@ -23,7 +23,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from enum import Enum
-from pathlib import PurePath
 from typing import IO, Any, NoReturn, TypeVar
 
 import attrs
@@ -31,9 +30,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import errors
-from .._client import RunComfy
-from .._converter import converter
+from runcomfy_async import RunComfy, errors, to_jsonable
 
 __all__ = [
     "EXIT_API",
@@ -48,7 +45,6 @@ __all__ = [
     "emit",
     "fields_table",
     "interrupted",
-    "jsonable",
     "output_options",
     "run_with_client",
     "settings",
@@ -141,23 +137,6 @@ def stdout_console() -> Console:
     return console
 
 
-def jsonable(value: Any) -> Any:
-    """Data classes, enums, datetimes and paths as plain JSON values."""
-    if attrs.has(type(value)):
-        return jsonable(converter.unstructure(value))
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def _cell(value: Any) -> str:
     """A table cell: empty for None, ISO times, enum values, JSON for nested data."""
     if value is None:
@@ -167,7 +146,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, dict | list | tuple):
-        return json.dumps(jsonable(value), separators=(",", ":"))
+        return json.dumps(to_jsonable(value), separators=(",", ":"))
     return str(value)
 
 
@@ -189,7 +168,7 @@ def emit(
         text: a line printed instead of a table (when no columns are given).
     """
     if settings().json:
-        click.echo(json.dumps(jsonable(data), indent=2, sort_keys=False))
+        click.echo(json.dumps(to_jsonable(data), indent=2, sort_keys=False))
         return
     console = stdout_console()
     if columns is not None:
@@ -205,7 +184,7 @@ def emit(
 
 def fields_table(data: Any, *, title: str | None = None) -> None:
     """Print one data snapshot as a two-column table of its fields (or its JSON with --json)."""
-    plain = jsonable(data)
+    plain = to_jsonable(data)
     rows = plain.items() if isinstance(plain, dict) else [("value", plain)]
     emit(data, columns=("field", "value"), rows=rows, title=title)
 

@@ -6,24 +6,20 @@ from pathlib import Path
 
 import click
 
-from .. import errors
-from .._client import RunComfy
-from ..resources.datasets import Dataset
-from ..types.datasets import DatasetInfo
-from ..types.uploads import UploadReport
+from runcomfy_async import DatasetInfo, RunComfy, UploadReport, errors, to_jsonable
+
 from ._app import (
     EXIT_FAILED,
     CliError,
     emit,
     fields_table,
-    jsonable,
     output_options,
     run_with_client,
     settings,
 )
 from .progress import Reporter
 
-__all__ = ["group", "resolve_dataset"]
+__all__ = ["group"]
 
 _COLUMNS = ("id", "name", "status", "files", "created")
 
@@ -33,21 +29,12 @@ def _row(info: DatasetInfo) -> tuple[object, ...]:
     return (info.id, info.name, info.status, len(info.files), info.created_at)
 
 
-async def resolve_dataset(rc: RunComfy, ref: str) -> Dataset | None:
-    """The dataset whose id or name is ``ref`` (one list call), or None when none matches."""
-    infos = await rc.datasets.list()
-    found = next((i for i in infos if i.id == ref), None) or next(
-        (i for i in infos if i.name == ref), None
-    )
-    return Dataset(rc, found.id, found.name) if found is not None else None
-
-
 async def _status(rc: RunComfy, ref: str) -> DatasetInfo:
     """The status of a dataset given by id, falling back to a name lookup on 404."""
     try:
         return await rc.datasets.get(ref).status()
     except errors.NotFoundError:
-        found = await resolve_dataset(rc, ref)
+        found = await rc.datasets.find(ref)
         if found is None:
             raise
         return await found.status()
@@ -115,7 +102,7 @@ def delete(dataset: str) -> None:
         try:
             await rc.datasets.delete(dataset)
         except errors.NotFoundError:
-            found = await resolve_dataset(rc, dataset)
+            found = await rc.datasets.find(dataset)
             if found is None:
                 raise
             await rc.datasets.delete(found.id)
@@ -180,7 +167,7 @@ def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) 
     )
 
     async def work(rc: RunComfy) -> tuple[list[UploadReport], DatasetInfo | None]:
-        ds = await resolve_dataset(rc, dataset)
+        ds = await rc.datasets.find(dataset)
         if ds is None:
             ds = await rc.datasets.create(dataset)
             reporter.note(f"created dataset {ds.id} ({dataset})")
@@ -203,7 +190,7 @@ def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) 
     reports, info = run_with_client(work)
     merged = _merge(reports)
     if opts.json:
-        emit({"upload": merged, "dataset": jsonable(info) if info else None})
+        emit({"upload": merged, "dataset": to_jsonable(info) if info else None})
     else:
         kinds = ("uploaded", "skipped", "failed")
         counts = [sum(len(getattr(r, kind)) for r in reports) for kind in kinds]

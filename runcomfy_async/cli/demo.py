@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import string
 import struct
 import tempfile
 import time
@@ -24,34 +25,40 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import errors
-from .._client import RunComfy
-from .._polling import PollPolicy
-from ..testing import Emulator
-from ..types.jobs import GPUType
-from ..types.models import Lora
-from ..types.uploads import UploadReport
-from ._app import cli_error, emit, jsonable, output_options, settings, stdout_console
+from runcomfy_async import (
+    DATASETS_ROOT,
+    TRAINING_FOLDER,
+    GPUType,
+    Lora,
+    PollPolicy,
+    RunComfy,
+    UploadReport,
+    errors,
+    to_jsonable,
+)
+from runcomfy_async.testing import Emulator
+
+from ._app import cli_error, emit, output_options, settings, stdout_console
 from .jobs import watch_job
-from .models import download_outputs, status_notes
+from .models import status_notes
 from .progress import Reporter
 
 __all__ = ["DemoSummary", "command", "make_dataset", "run_demo"]
 
 #: The AI Toolkit config the demo trains with; ``config_for`` fills in the fixed paths.
-TEMPLATE: Final = """\
+TEMPLATE: Final = string.Template("""\
 job: extension
 config:
   name: demo_dog_lora
   process:
     - type: sd_trainer
-      training_folder: /app/ai-toolkit/output
+      training_folder: $training_folder
       device: cuda:0
       trigger_word: demo_dog
       network: {type: lora, linear: 16, linear_alpha: 16}
       save: {dtype: float16, save_every: 20, max_step_saves_to_keep: 4}
       datasets:
-        - folder_path: /app/ai-toolkit/datasets/PLACEHOLDER
+        - folder_path: ${datasets_root}PLACEHOLDER
           caption_ext: txt
           resolution: [512, 768, 1024]
       train: {batch_size: 1, steps: 60, lr: 0.0001, optimizer: adamw8bit}
@@ -60,7 +67,7 @@ config:
         sample_every: 20
         prompts: ["a photo of demo_dog on a beach"]
 meta: {name: demo, version: "1.0"}
-"""
+""").substitute(training_folder=TRAINING_FOLDER, datasets_root=DATASETS_ROOT)
 MODEL_ID: Final = "blackforestlabs/flux-1-dev/lora"
 IMAGES: Final = 12
 IMAGE_SIZE: Final = 160
@@ -222,7 +229,9 @@ async def run_demo(
             )
             result = await request.wait(poll=quick, on_status=status_notes(reporter, request.id))
             with reporter.download("model output") as mbars:
-                outputs = await download_outputs(rc, result.output, workdir / "model", mbars)
+                outputs = await rc.models.download_outputs(
+                    result.output, workdir / "model", progress=mbars
+                )
             steps.say(f"request {request.id}: {result.status.value}, {len(outputs)} file(s)")
 
         with steps.step("Launch a machine, render a ComfyUI prompt on it, stop it"):
@@ -381,6 +390,6 @@ def command(speed: float, rate_limit: float, no_rate_limit: bool, keep: Path | N
     except errors.RunComfyError as exc:
         raise cli_error(exc, "demo") from exc
     if opts.json:
-        emit(jsonable(summary))
+        emit(to_jsonable(summary))
     else:
         _print_summary(summary, console, kept=keep is not None)

@@ -8,11 +8,18 @@ from typing import Any
 
 import click
 
-from .._client import RunComfy
-from .._limiter import Priority
-from .._polling import poll_until
-from ..resources.jobs import TrainingJob
-from ..types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus
+from runcomfy_async import (
+    ARTIFACT_KINDS,
+    Artifact,
+    GPUType,
+    JobFailed,
+    JobResult,
+    JobState,
+    JobStatus,
+    RunComfy,
+    TrainingJob,
+)
+
 from ._app import (
     EXIT_FAILED,
     CliError,
@@ -74,19 +81,15 @@ async def watch_job(job: TrainingJob, bar: JobBar) -> tuple[JobStatus, list[Arti
             seen.append(artifact)
             bar.artifact(artifact)
 
+    failed: JobFailed | None = None
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(collect())
-        await poll_until(
-            lambda: job.status(priority=Priority.BACKGROUND),
-            lambda info: info.terminal,
-            policy=job.poll,
-            key=lambda info: info.status,
-            on_snapshot=bar.status,
-            what=f"training job {job.id} to end",
-        )
-    # One more status read through the handle's own wait, so FAILED raises JobFailed as usual.
-    final = await job.wait()
-    bar.status(final)
+        try:
+            final = await job.wait(on_status=bar.status)
+        except JobFailed as exc:
+            failed = exc  # raised once the watcher has noted the final artifacts
+    if failed is not None:
+        raise failed
     return final, seen
 
 

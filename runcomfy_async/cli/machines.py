@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .._client import RunComfy
-from ..types.machines import MachineInfo, ServerType
+from runcomfy_async import MachineInfo, RunComfy, ServerType
+
 from ._app import emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
 

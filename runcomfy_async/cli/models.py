@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import click
 
-from .._client import RunComfy
-from .._downloads import DownloadProgress, download_artifacts
-from ..types.jobs import Artifact
-from ..types.models import RequestResult, RequestStatus
+from runcomfy_async import RequestResult, RequestStatus, RunComfy
+
 from ._app import emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
 
-__all__ = ["download_outputs", "group", "output_urls", "parse_inputs", "status_notes"]
+__all__ = ["group", "parse_inputs", "status_notes"]
 
 
 def _value(text: str) -> Any:
@@ -58,45 +55,6 @@ def parse_inputs(pairs: tuple[str, ...], json_file: Path | None) -> dict[str, An
             "no inputs: pass --input key=value (repeatable) or --json-file FILE"
         )
     return inputs
-
-
-def output_urls(output: Any) -> Iterator[str]:
-    """Every http(s) URL in a model output, in order (outputs are often ``{"image": url}``)."""
-    if isinstance(output, str):
-        if output.startswith(("http://", "https://")):
-            yield output
-    elif isinstance(output, dict):
-        for value in output.values():
-            yield from output_urls(value)
-    elif isinstance(output, list):
-        for value in output:
-            yield from output_urls(value)
-
-
-async def download_outputs(
-    rc: RunComfy,
-    output: Any,
-    dest: Path,
-    progress: Callable[[DownloadProgress], None] | None = None,
-) -> list[Path]:
-    """Download the files a model output points to into ``dest`` (safe names, resumable).
-
-    Raises:
-        APIError: storage refused a file.
-        TransportError: a file could not be fetched after retries.
-    """
-    artifacts = [
-        Artifact(kind="outputs", url=url, name=unquote(PurePosixPath(urlsplit(url).path).name))
-        for url in output_urls(output)
-    ]
-    return await download_artifacts(
-        rc.pipeline,
-        artifacts,
-        dest,
-        timeout=rc.timeouts.for_transfer(),
-        concurrency=4,
-        progress=progress,
-    )
 
 
 def status_notes(reporter: Reporter, request_id: str) -> Callable[[RequestStatus], None]:
@@ -180,7 +138,9 @@ def run(
         if download_dir is None:
             return result, None
         with reporter.download(f"outputs of {request.id}") as bars:
-            return result, await download_outputs(rc, result.output, download_dir, bars)
+            return result, await rc.models.download_outputs(
+                result.output, download_dir, progress=bars
+            )
 
     result, files = run_with_client(work)
     fields_table(_result_view(result, files), title="model request")

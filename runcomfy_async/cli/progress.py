@@ -28,15 +28,16 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .._downloads import DownloadProgress
-from ..types.jobs import Artifact, JobStatus
-from ..types.machines import ComfyEvent
-from ..types.uploads import (
+from runcomfy_async import (
+    Artifact,
     BytesSent,
+    ComfyEvent,
+    DownloadProgress,
     FileDone,
     FileFailed,
     FileRetrying,
     FileStarted,
+    JobStatus,
     UploadEvent,
     UploadPlanned,
 )

@@ -461,6 +461,28 @@ class Datasets:
         _path(dataset_id)
         return Dataset(self._client, dataset_id)
 
+    async def find(self, name_or_id: str) -> Dataset | None:
+        """A handle on the dataset whose id or name is ``name_or_id``, or None (one list call).
+
+        An id match wins over a name match, so a dataset named like another one's id still
+        resolves to the latter. Use it where a user may type either, as the CLI does.
+
+        Args:
+            name_or_id: a dataset id, or a dataset name (names are unique in the account).
+
+        Raises:
+            ValidationError: ``name_or_id`` is empty or not a string (nothing is sent).
+        """
+        if not isinstance(name_or_id, str) or not name_or_id:
+            raise errors.ValidationError(
+                f"name_or_id must be a dataset id or name, got {name_or_id!r}"
+            )
+        infos = await self.list()
+        found = next((i for i in infos if i.id == name_or_id), None) or next(
+            (i for i in infos if i.name == name_or_id), None
+        )
+        return None if found is None else Dataset(self._client, found.id, found.name)
+
     async def list(self) -> list[DatasetInfo]:
         """Every dataset of the account."""
         payload = await self._client.request(RequestSpec(api=API.TRAINER, method="GET", path=_BASE))

@@ -8,7 +8,7 @@ wrong fixed path or a dataset that is not READY and only fails it later, after t
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from urllib.parse import quote
@@ -201,13 +201,21 @@ class TrainingJob:
         return structure(payload, JobStatus, what=what)
 
     async def wait(
-        self, *, timeout: float | None = None, poll: PollPolicy | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+        on_status: Callable[[JobStatus], Awaitable[None] | None] | None = None,
     ) -> JobStatus:
         """Poll until the job ends and return the final status (what ``await job`` does).
+
+        Polls take tokens at ``Priority.BACKGROUND``, so the client's own calls go first.
 
         Args:
             timeout: client-side deadline in seconds; the job keeps running when it passes.
             poll: polling schedule; default ``self.poll``.
+            on_status: called with every status snapshot, the final one included (step
+                progress); a plain or async function.
 
         Returns:
             The final snapshot: STOPPED (``.completed`` or ``.preempted``) or CANCELED.
@@ -222,6 +230,7 @@ class TrainingJob:
             policy=poll or self.poll,
             timeout=timeout,
             key=lambda i: i.status,
+            on_snapshot=on_status,
             what=f"training job {self.id} to end",
         )
         if info.status is JobState.FAILED:

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import os
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from .. import errors
 from .._converter import structure
+from .._downloads import DownloadProgress, download_artifacts
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from .._retry import RetryPolicy
+from .._rules import is_model_id
+from ..types.jobs import Artifact
 from ..types.models import (
     CancelOutcome,
     Lora,
@@ -30,7 +34,8 @@ from ..types.models import (
     RequestStatus,
     ResultStatus,
 )
-from ._common import describe_error
+from ..types.progress import ProgressCallback
+from ._common import check_concurrency, describe_error
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -41,7 +46,6 @@ logger = logging.getLogger("runcomfy_async")
 
 _MODELS: Final = "/v1/models"
 _REQUESTS: Final = "/v1/requests"
-_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]+")
 _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
 #: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
 #: by URL instead.
@@ -64,20 +68,13 @@ def model_path(model_id: str) -> str:
             f"model_id must be a non-empty string such as {_EXAMPLE_ID!r} (copy it from the "
             "model's API page)"
         )
-    segments = model_id.split("/")
-    bad = (
-        model_id.startswith("/")
-        or model_id.endswith("/")
-        or ".." in model_id
-        or any(not _SEGMENT.fullmatch(s) or s == "." for s in segments)
-    )
-    if bad:
+    if not is_model_id(model_id):
         raise errors.ValidationError(
             f"model_id {model_id!r} is malformed: it must be segments of letters, digits, '.', "
             f"'_' and '-' joined by single slashes, without a leading or trailing slash or "
             f"'..', e.g. {_EXAMPLE_ID!r}"
         )
-    return _MODELS + "/" + "/".join(quote(s, safe="") for s in segments)
+    return _MODELS + "/" + "/".join(quote(s, safe="") for s in model_id.split("/"))
 
 
 def _request_path(request_id: str, suffix: str) -> str:
@@ -168,6 +165,19 @@ def cancel_outcome(payload: Any) -> CancelOutcome:
     raise errors.UnexpectedResponseError(
         "the cancel answer has neither 'outcome' nor 'status'", status=202
     )
+
+
+def output_urls(output: Any) -> Iterator[str]:
+    """Every http(s) URL in a model output, in order (outputs are often ``{"image": url}``)."""
+    if isinstance(output, str):
+        if output.startswith(("http://", "https://")):
+            yield output
+    elif isinstance(output, Mapping):
+        for value in output.values():
+            yield from output_urls(value)
+    elif isinstance(output, list | tuple):
+        for value in output:
+            yield from output_urls(value)
 
 
 def _result_settled(result: RequestResult) -> bool:
@@ -410,6 +420,50 @@ class Models:
         """
         _request_path(request_id, "")
         return ModelRequest(self._client, request_id, include_cost=include_cost)
+
+    async def download_outputs(
+        self,
+        output: Any,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback[DownloadProgress] | None = None,
+        concurrency: int = 4,
+    ) -> list[Path]:
+        """Download every file a model output points to into ``dest/outputs/<name>``.
+
+        Every http(s) URL found in ``output`` (strings, nested dicts and lists) is fetched the
+        way :meth:`TrainingJob.download` fetches artifacts: streamed to disk, names sanitised
+        and made unique, an interrupted ``.part`` resumed, no API token sent, no rate-limit
+        token taken.
+
+        Args:
+            output: a model's output, e.g. ``await req`` or ``RequestResult.output``.
+            dest: folder to write into (created if missing).
+            progress: called with a :class:`DownloadProgress` as bytes land on disk.
+            concurrency: files downloaded at once.
+
+        Returns:
+            The paths written, in the order the URLs appear in ``output`` (empty if none).
+
+        Raises:
+            ValidationError: a bad ``concurrency``, or a name would leave ``dest``.
+            APIError: storage refused a file.
+            TransportError: a file could not be fetched after retries (its ``.part`` is kept).
+        """
+        check_concurrency(concurrency, "downloads")
+        artifacts = [
+            Artifact(kind="outputs", url=url, name=unquote(PurePosixPath(urlsplit(url).path).name))
+            for url in output_urls(output)
+        ]
+        client = self._client
+        return await download_artifacts(
+            client.pipeline,
+            artifacts,
+            Path(dest),
+            timeout=client.timeouts.for_transfer(),
+            concurrency=concurrency,
+            progress=progress,
+        )
 
     async def run(
         self,

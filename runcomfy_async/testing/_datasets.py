@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._media import CAPTION_TYPES, CONTENT_TYPES, stem, suffix
+from .._media import CAPTION_TYPES, CONTENT_TYPES, content_type_for, unpaired_files
 from ._storage import StorageError, StoredObject
 
 if TYPE_CHECKING:
@@ -57,11 +57,6 @@ class NameTaken(Exception):
 
 
 
-def content_type_for(filename: str) -> str | None:
-    """The Content-Type a supported file is uploaded with, ``None`` if unsupported."""
-    return CONTENT_TYPES.get(suffix(filename))
-
-
 def filename_problem(filename: str) -> str | None:
     """Why ``filename`` cannot be a dataset file (a plain basename, supported type), or None."""
     if not filename or filename in (".", "..") or "/" in filename or "\\" in filename:
@@ -86,13 +81,9 @@ def name_problem(name: str) -> str | None:
 
 
 def caption_problem(filenames: list[str]) -> str | None:
-    """The caption rule: every image/video has a same-stem ``.txt`` and vice versa."""
-    media = [f for f in filenames if suffix(f) not in CAPTION_TYPES]
-    captions = [f for f in filenames if suffix(f) in CAPTION_TYPES]
-    caption_stems = {stem(f) for f in captions}
-    media_stems = {stem(f) for f in media}
-    missing = sorted(f for f in media if stem(f) not in caption_stems)
-    orphans = sorted(f for f in captions if stem(f) not in media_stems)
+    """The caption rule, worded as the service fails a dataset for it (None: the set is sound)."""
+    unpaired = unpaired_files(filenames)
+    missing, orphans = sorted(unpaired.media), sorted(unpaired.captions)
     if not missing and not orphans:
         return None
     parts = []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
+from .._rules import DIRECT_UPLOAD_LIMIT
 from ._app import build_app
 from ._faults import FaultKind, FaultRule, RetryAfterForm
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
@@ -66,7 +67,7 @@ class Emulator:
         rate_limit: float | None = 1.0,
         burst: int = 3,
         speed: float = 50.0,
-        max_direct_upload: int = 150_000_000,
+        max_direct_upload: int = DIRECT_UPLOAD_LIMIT,
         url_ttl: float = 900.0,
         seed: int = 0,
         storage_dir: Path | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import attrs
 from aiohttp import web
 
+from .._rules import is_model_id
 from ._wire import ApiError, field_error, not_found, read_json, validation_error
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ DEFAULT_WORKERS: Final = 4
 #: What a successful run costs, in the account's currency (reported with ``include_cost``).
 PRICE: Final = 0.04
 DEFAULT_FAILURE: Final = "Upstream provider rejected the input"
-_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_IMAGES: Final = 8
 # A 1x1 transparent PNG and the first box of an MP4: enough for a client to download and sniff.
 _PNG: Final = bytes.fromhex(
@@ -59,15 +58,12 @@ _MP4: Final = bytes.fromhex("0000001866747970") + b"mp42" + bytes(4) + b"mp42iso
 
 def model_id_problem(model_id: str) -> str | None:
     """Why ``model_id`` is not a well-formed model id (``owner/model/variant``), or None."""
-    segments = model_id.split("/")
-    if not model_id or ".." in model_id:
-        return "model id must be non-empty and must not contain '..'"
-    if any(not _SEGMENT.fullmatch(s) or s == "." for s in segments):
-        return (
-            "model id must be segments of letters, digits, '.', '_' and '-' separated by "
-            "single slashes, e.g. blackforestlabs/flux-1-kontext/pro/edit"
-        )
-    return None
+    if is_model_id(model_id):
+        return None
+    return (
+        "model id must be segments of letters, digits, '.', '_' and '-' separated by "
+        "single slashes, without '..', e.g. blackforestlabs/flux-1-kontext/pro/edit"
+    )
 
 
 @attrs.frozen(kw_only=True)

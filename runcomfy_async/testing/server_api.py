@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeGuard
 import attrs
 from aiohttp import web
 
+from ..types.machines import ServerType
 from ._wire import ApiError, field_error, not_found, read_json, validation_error
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ __all__ = [
 
 PREFIX: Final = "/prod/api/users/{user_id}"
 #: The documented machine sizes (API.md 4.2).
-SERVER_TYPES: Final = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
+SERVER_TYPES: Final = tuple(size.value for size in ServerType)
 
 
 @attrs.define(kw_only=True)

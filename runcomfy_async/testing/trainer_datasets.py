@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import BodyPartReader, web
 
+from .._rules import MAX_UPLOAD_URLS_PER_REQUEST
 from ._datasets import BUCKET, DatasetRecord, NameTaken, content_type_for, filename_problem
 from ._datasets import name_problem as _name_problem
 from ._storage import CHUNK, TooLarge
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_FILES_PER_CALL", "PREFIX", "add_routes"]
 
 PREFIX: Final = "/prod/v1/trainers/datasets"
-MAX_FILES_PER_CALL: Final = 1000
+MAX_FILES_PER_CALL: Final = MAX_UPLOAD_URLS_PER_REQUEST
 # Multipart framing around one file is a few hundred bytes; a Content-Length beyond the limit by
 # more than this cannot be a file within it, so it is refused before a byte is read.
 _MULTIPART_SLACK: Final = 1 << 20

@@ -27,6 +27,8 @@ import attrs
 import yaml
 from aiohttp import web
 
+from .._rules import DATASETS_ROOT, TRAINING_FOLDER
+from ..types.jobs import GPUType
 from ._datasets import DatasetStatus
 from ._wire import ApiError, field_error, not_found, read_json, validation_error
 
@@ -49,9 +51,7 @@ __all__ = [
 ]
 
 PREFIX: Final = "/prod/v1/trainers/ai-toolkit/jobs"
-TRAINING_FOLDER: Final = "/app/ai-toolkit/output"
-DATASETS_ROOT: Final = "/app/ai-toolkit/datasets/"
-GPU_TYPES: Final = frozenset({"ADA_80_PLUS", "HOPPER_141"})
+GPU_TYPES: Final = frozenset(gpu.value for gpu in GPUType)
 DEFAULT_STEPS: Final = 100
 DEFAULT_EVERY: Final = 250
 RECLAIMED: Final[Mapping[str, str]] = MappingProxyType(
