@@ -28,6 +28,7 @@ from runcomfy_async._polling import PollPolicy
 from runcomfy_async._retry import RetryPolicy
 from runcomfy_async._transport import Timeouts
 from runcomfy_async.resources.datasets import Dataset
+from runcomfy_async.resources.machines import Machine
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing._faults import FAULT_KINDS, FaultRule, FaultSet, request_key
 from runcomfy_async.testing._storage import StoredObject
@@ -54,17 +55,21 @@ CHAOS_TIMEOUTS = Timeouts(connect=2.0, read=0.3, total=10.0, transfer_read=0.3)
 CHAOS_RETRY = RetryPolicy(max_attempts=10, base_delay=0.01, max_delay=0.1, total_timeout=60.0)
 FAST_POLL = PollPolicy(initial=0.02, factor=1.5, max_interval=0.1, jitter=0.0)
 
-#: The fault mix of issue 9: (kind, options, weight); each rule gets its weight's share of the
-#: total rate. ``after`` rules are processed by the handler and only their answer is lost or
-#: replaced. A 429 pauses the client's whole bucket for a second (Retry-After, or the default
-#: pause without one), so 429s get a smaller share to keep each seed at a few seconds.
+#: The fault mix: (kind, options, weight); each rule gets its weight's share of the total rate.
+#: ``after`` rules are processed by the handler and only their answer is lost or replaced. A 429
+#: pauses the client's whole bucket for a second (Retry-After, or the default pause without one)
+#: and a 503 with Retry-After holds its caller a second (seconds or HTTP-date form, API and
+#: storage alike), so those get a smaller share to keep each seed at a few seconds.
 API_MIX: tuple[tuple[str, dict[str, Any], float], ...] = (
     ("429", {}, 0.25),
     ("429", {"retry_after": 1}, 0.25),
     ("500", {}, 1.0),
     ("502", {}, 1.0),
     ("503", {}, 1.0),
+    ("503", {"retry_after": 1}, 0.25),
+    ("503", {"retry_after": 1, "retry_after_form": "date"}, 0.25),
     ("504", {}, 1.0),
+    ("200_error", {}, 1.0),
     ("reset", {}, 1.0),
     ("reset_mid_body", {}, 1.0),
     ("html", {}, 1.0),
@@ -75,9 +80,11 @@ API_MIX: tuple[tuple[str, dict[str, Any], float], ...] = (
 )
 STORAGE_MIX: tuple[tuple[str, dict[str, Any], float], ...] = (
     ("429", {}, 1.0),
+    ("429", {"retry_after": 1}, 0.25),
     ("500", {}, 1.0),
     ("502", {}, 1.0),
     ("503", {}, 1.0),
+    ("503", {"retry_after": 1}, 0.25),
     ("504", {}, 1.0),
     ("reset", {}, 1.0),
     ("reset_mid_body", {}, 1.0),
@@ -508,7 +515,8 @@ async def test_create_whose_answer_was_lost_is_not_repeated(what: str, kind: str
     """A create POST processed by the server but answered 5xx/reset/garbage/late is sent once.
 
     The caller gets the error -- except for a named dataset, where a 5xx, lost or cut answer is
-    resolved by looking the unique name up: the handle of the one dataset created comes back.
+    resolved by looking the unique name up, and a machine, found in the machine list by its
+    workflow version and launch time: the handle of the one created comes back.
     """
     action, method, path = CREATES[what]
     async with Emulator(rate_limit=None, speed=1000.0) as emu, chaos_client(emu) as rc:
@@ -518,6 +526,10 @@ async def test_create_whose_answer_was_lost_is_not_repeated(what: str, kind: str
             created = await action(rc)
             assert isinstance(created, Dataset)
             assert [d.id for d in emu.state.datasets.all()] == [created.id]
+        elif what == "machine":
+            launched = await action(rc)
+            assert isinstance(launched, Machine)
+            assert [m.server_id for m in await rc.machines.list()] == [launched.id]
         else:
             with pytest.raises((errors.APIError, errors.TransportError)):
                 await action(rc)

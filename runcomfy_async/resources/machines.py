@@ -392,6 +392,12 @@ class Machines:
             async with await rc.machines.launch(version_id) as machine:
                 await machine
 
+        Cancelled before the request left (waiting for a rate-limit token), nothing is sent and
+        the cancellation is immediate; cancelled after, the machine it starts is stopped by a
+        cleanup task that closing the client waits for. An answer lost after sending (or a 5xx)
+        is resolved from the machine list: the one new machine of this workflow version comes
+        back as if the launch had answered.
+
         Args:
             version_id: a workflow's ``version_id`` (see :meth:`workflows`).
             server_type: a :class:`ServerType` or its string (``"large"``, ``"2x-large"``, ...).
@@ -400,6 +406,8 @@ class Machines:
         Raises:
             ConfigurationError: the client has no user id (nothing is sent).
             ValidationError: an unknown server type or a bad duration (nothing is sent).
+            OutcomeUnknownError: the answer was lost and the machine list does not show one
+                machine it started; ``check`` says what to look for.
         """
         version_id = _check_id(version_id, "version_id")
         kind = _server_type(server_type)
@@ -434,15 +442,19 @@ class Machines:
             else:
                 launching.cancel()
             raise
-        except errors.OutcomeUnknownError as exc:
+        except (errors.OutcomeUnknownError, errors.ServerError) as exc:
+            # The launch may have run (a lost answer, or a 5xx after the server acted): the
+            # machine list says whether it started a machine (API.md 4.3).
             found = await self._launched_since(version_id, kind, duration, began)
             if found is None:
-                exc.check = (
+                check = (
                     "rc.machines.list() (or the dashboard) for a machine of workflow version "
                     f"{version_id} launched at {time.strftime('%H:%M:%S', time.gmtime(began))} "
                     "UTC; stop it if you do not want it"
                 )
-                exc.add_note(f"check {exc.check}")
+                if isinstance(exc, errors.OutcomeUnknownError):
+                    exc.check = check
+                exc.add_note(f"check {check}")
                 raise
             logger.info("launch answer lost; found the machine it started: %s", found.id)
             return found
