@@ -16,7 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -47,6 +47,11 @@ _URL_ENV = {
     API.MODEL: "RUNCOMFY_MODEL_URL",
     API.SERVER: "RUNCOMFY_SERVER_URL",
 }
+
+
+#: Seconds closing a client waits for its cleanups (each is bounded by its own deadline).
+CLEANUP_WAIT = 600.0
+T = TypeVar("T")
 
 
 class ClientState(enum.Enum):
@@ -157,7 +162,7 @@ class RunComfy:
         self._owns_session = session is None
         self._pipeline: Pipeline | None = None
         self._calls_at_close = 0
-        self._cleanups: set[asyncio.Future[None]] = set()
+        self._cleanups: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = ClientState.UNOPENED
 
@@ -221,17 +226,33 @@ class RunComfy:
         """Close the owned session and limiter; idempotent. A borrowed session stays open."""
         if self.state is ClientState.CLOSED:
             return
-        if self._cleanups:
-            # A machine whose launch was cancelled is still being stopped: let it finish.
-            await asyncio.wait(set(self._cleanups), timeout=self.retry.cleanup_timeout)
-        self.state = ClientState.CLOSED
-        if self._owns_limiter:
-            await self.limiter.aclose()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        if self._pipeline is not None:
-            self._calls_at_close = self._pipeline.api_calls
-        self._pipeline = None
+        try:
+            await self._finish_cleanups()
+        finally:
+            # Even when the wait is cancelled (a second Ctrl-C), close what we own.
+            self.state = ClientState.CLOSED
+            if self._pipeline is not None:
+                self._calls_at_close = self._pipeline.api_calls
+            self._pipeline = None
+            if self._owns_limiter:
+                await self.limiter.aclose()
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+
+    async def _finish_cleanups(self) -> None:
+        """Wait for the cleanups still running (machines being stopped), bounded."""
+        deadline = asyncio.get_running_loop().time() + CLEANUP_WAIT
+        while self._cleanups:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                logger.warning(
+                    "closing with %d cleanup(s) unfinished after %gs (a machine may still be "
+                    "billing: check `runcomfy machines list`)",
+                    len(self._cleanups),
+                    CLEANUP_WAIT,
+                )
+                return
+            await asyncio.wait(set(self._cleanups), timeout=left)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if (
@@ -345,12 +366,14 @@ class RunComfy:
             policy=policy,
         )
 
-    def spawn_cleanup(self, cleanup: Coroutine[Any, Any, None]) -> None:
-        """Run a cleanup nobody awaits (stopping a machine whose launch was cancelled); closing
-        the client waits for it (bounded by the retry policy's ``cleanup_timeout``)."""
+    def spawn_cleanup(self, cleanup: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Run a cleanup as a task of the client's (a machine's stop, an abandoned request's
+        cancel): a caller's cancellation does not stop it, and closing the client waits for it.
+        """
         task = asyncio.ensure_future(cleanup)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+        return task
 
     # -- collections -----------------------------------------------------------------------
 

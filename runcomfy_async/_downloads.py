@@ -32,7 +32,7 @@ import attrs
 from . import errors
 from ._files import open_file, read_small, write_small
 from ._pipeline import Pipeline, storage_answer
-from ._progress import ProgressRelay, first_error, with_progress
+from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry, redact_url
 from ._transport import Answer, Credentials, Exchange
 from .types.jobs import Artifact
@@ -248,6 +248,13 @@ class _Download:
     async def consume(self, resp: aiohttp.ClientResponse) -> None:
         """Stream a 200/206 into the ``.part``, then rename it into place once complete."""
         attempt, part = self._attempt, self.part
+        if resp.status not in (200, 206):
+            raise errors.UnexpectedResponseError(
+                f"storage answered {resp.status} instead of the file",
+                status=resp.status,
+                method="GET",
+                url=redact_url(self.artifact.url),
+            )
         if resp.status == 206:
             start, total = _content_range(resp.headers.get("Content-Range"))
             if start != attempt.offset or not _same_version(attempt.validator, resp.headers):
@@ -393,7 +400,7 @@ async def download_artifacts(
                 for artifact, path in zip(artifacts, paths, strict=True):
                     group.create_task(one(artifact, path))
         except ExceptionGroup as group_error:
-            raise first_error(group_error) from None
+            reraise_first(group_error)
         if failures:
             first = failures[0][1]
             for failed_path, exc in failures[1:]:

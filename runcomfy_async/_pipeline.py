@@ -29,6 +29,7 @@ from ._protocol import (
     decide,
     decode_response,
     error_from_response,
+    may_have_reached,
     redact_url,
 )
 from ._retry import RetryPolicy
@@ -83,9 +84,14 @@ def counting_calls() -> Iterator[CallCounter]:
 
 @attrs.define
 class CallTrace:
-    """Whether a call may have reached the server yet (a cancelled launch needs to know)."""
+    """Whether a call may have reached the server yet (a cancelled launch needs to know).
 
-    maybe_sent: bool = False
+    True while an attempt is in flight and after any attempt the server may have acted on; an
+    attempt that provably never reached it (the connection never opened, a 429) leaves it as it
+    was.
+    """
+
+    reached: bool = False
 
 
 def json_answer(answer: Answer[Any], *, method: str, url: str) -> Any:
@@ -164,8 +170,9 @@ class Pipeline:
                 an ``UNSENT`` request that may have run.
         """
         policy = policy or self.policy
-        started: float | None = None
         attempt = 0
+        spent = 0.0  # on the wire and in decided waits; queueing for a token does not count
+        reached = False
         while True:
             attempt += 1
             if priority is not None and self.limiter is not None:
@@ -178,16 +185,13 @@ class Pipeline:
                 counter = _OPERATION.get()
                 if counter is not None:
                     counter.calls += 1
-            if started is None:
-                started = time.monotonic()
             if trace is not None:
-                trace.maybe_sent = True
-            failure: errors.RunComfyError | None = None
+                trace.reached = True  # in flight: it may arrive
+            sent_at = time.monotonic()
+            failure: errors.RunComfyError
             try:
                 answer = await self.transport.exchange(exchange, consume)
             except errors.UnsentTransportError as exc:
-                if trace is not None:
-                    trace.maybe_sent = False
                 failure, outcome = exc, Outcome(failure=Failure.UNSENT)
             except errors.TransportError as exc:
                 failure, outcome = exc, Outcome(failure=Failure.SENT)
@@ -208,25 +212,33 @@ class Pipeline:
                     if logger.isEnabledFor(logging.DEBUG):
                         _log(exchange, answer.status, attempt, None, None)
                     return value
+            spent += time.monotonic() - sent_at
             decision = decide(
                 kind,
                 outcome,
                 attempt=attempt,
-                elapsed=time.monotonic() - started,
+                reached=reached,
+                elapsed=spent,
                 now=time.time(),
                 policy=policy,
                 jitter=self._rng.random(),
             )
+            reached = reached or may_have_reached(outcome)
+            if trace is not None:
+                trace.reached = reached
             if logger.isEnabledFor(logging.DEBUG):
                 _log(exchange, outcome.status, attempt, failure, decision.delay)
             if decision.action is Action.DELIVER:
                 return None  # a cleanup's repeat found it done (404): an earlier try did it
             if decision.action is Action.RAISE:
+                if kind is Retry.UNSENT and outcome.failure in (Failure.SENT, Failure.UNREADABLE):
+                    unknown = _outcome_unknown(exchange, failure)
+                    unknown.__cause__ = failure
+                    failure = unknown
                 if attempt > 1:
                     failure.add_note(f"gave up after {attempt} attempts")
-                if kind is Retry.UNSENT and outcome.failure in (Failure.SENT, Failure.UNREADABLE):
-                    raise _outcome_unknown(exchange, failure) from failure
                 raise failure
+            spent += decision.delay
             if on_retry is not None:
                 notified = on_retry(attempt, decision.delay, failure)
                 if notified is not None:

@@ -12,11 +12,11 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from .types.progress import ProgressCallback
 
-__all__ = ["ProgressRelay", "first_error", "with_progress"]
+__all__ = ["ProgressRelay", "reraise_first", "with_progress"]
 
 E = TypeVar("E")
 T = TypeVar("T")
@@ -63,6 +63,10 @@ async def with_progress(
 ) -> T:
     """Run ``operation`` with a relay whose events reach ``callback`` from a task of its own.
 
+    Events queued before the operation returned are still delivered before this returns; a
+    callback raising then (the operation already done) still raises, and the operation's result
+    is lost with it: a callback should not raise for events it does not care about.
+
     Raises:
         Exception: whatever the operation raised, or what the callback raised (the operation is
             then cancelled), each as itself, never wrapped in a group.
@@ -78,10 +82,13 @@ async def with_progress(
             finally:
                 relay.close()
     except BaseExceptionGroup as group_error:
-        raise first_error(group_error) from None
+        reraise_first(group_error)
 
 
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real failure in a (possibly nested) exception group."""
+def reraise_first(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the first real failure of a (possibly nested) task-group error as itself, with
+    its own cause kept and the group left out of its context."""
     first = group.exceptions[0]
-    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    raise first from first.__cause__

@@ -34,7 +34,7 @@ __all__ = [
     "decode_response",
     "error_from_response",
     "is_loopback",
-    "is_retryable_status",
+    "may_have_reached",
     "parse_retry_after",
     "redact_url",
 ]
@@ -94,9 +94,9 @@ class Retry(enum.Enum):
     ``SAFE``: idempotent (a GET, or a POST whose repeat is harmless): repeated after connection
     failures, 429 and 5xx. ``UNSENT``: a POST that could create (and bill) something twice:
     repeated only when it provably never reached the handler (the connection never opened, or a
-    429, which is refused before processing). ``CLEANUP``: a delete or stop: repeated like SAFE
-    without an attempt limit until the policy's ``cleanup_timeout``; a 404 on a repeat means an
-    earlier try already did it; a server-set pause past the cap is waited out up to the cap.
+    429, which is refused before processing). ``CLEANUP``: a delete or stop: repeated like SAFE;
+    a 404 after an earlier try that may have reached the server means that try did it; a
+    server-set pause past the cap is waited out up to the cap rather than given up on.
     """
 
     SAFE = "safe"
@@ -122,6 +122,16 @@ class Outcome:
     status: int = 0
     headers: Mapping[str, str] = attrs.field(factory=dict)
     failure: Failure | None = None
+
+
+def may_have_reached(outcome: Outcome) -> bool:
+    """Whether the server may have acted on the attempt that produced ``outcome``.
+
+    Only a connection that never opened and a 429 (refused before processing) prove it did not.
+    """
+    if outcome.failure is not None:
+        return outcome.failure is not Failure.UNSENT
+    return outcome.status != 429
 
 
 class Action(enum.Enum):
@@ -152,6 +162,7 @@ def decide(
     outcome: Outcome,
     *,
     attempt: int,
+    reached: bool,
     elapsed: float,
     now: float,
     policy: RetryPolicy,
@@ -163,7 +174,10 @@ def decide(
         kind: what kind of request it was.
         outcome: what the attempt produced.
         attempt: which try this was (from 1).
-        elapsed: seconds since the first try was sent (token waits excluded).
+        reached: whether an earlier try may have reached the server (its answer was lost or a
+            5xx), as opposed to provably not (never sent, or refused with 429).
+        elapsed: seconds the call has spent on the wire and in decided waits since its first
+            try (time queued for a rate-limit token does not count).
         now: the wall clock (epoch seconds), for a ``Retry-After`` given as an HTTP date.
         policy: the retry bounds.
         jitter: a uniform sample of [0, 1) for the backoff.
@@ -172,7 +186,7 @@ def decide(
     cleanup = kind is Retry.CLEANUP
     if failure is None and 200 <= status < 400:
         return _DELIVER
-    if failure is None and status == 404 and cleanup and attempt > 1:
+    if failure is None and status == 404 and cleanup and reached:
         return _DELIVER  # an earlier try did it; its answer was lost (docs/reliability.md)
     server_wait: float | None = None
     if failure is not None:
@@ -200,12 +214,9 @@ def decide(
         delay = policy.after_server_wait(server_wait, jitter)
     else:
         delay = policy.backoff(attempt, jitter)
-    if cleanup:
-        budget: float | None = policy.cleanup_timeout
-    elif attempt >= policy.max_attempts:
+    if attempt >= policy.max_attempts:
         return _RAISE
-    else:
-        budget = policy.total_timeout
+    budget = policy.total_timeout
     if budget is not None and elapsed + delay > budget:
         return _RAISE
     action = Action.PAUSE if status == 429 and failure is None else Action.RETRY
@@ -244,11 +255,6 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
-
-
-def is_retryable_status(status: int) -> bool:
-    """True for statuses that mean "the same request may succeed later"."""
-    return status in RETRYABLE_STATUSES
 
 
 def redact_url(url: str) -> str:

@@ -22,10 +22,8 @@ class RetryPolicy:
         max_retry_after: a server-requested wait longer than this is not waited out: the error
             surfaces instead (a caller rarely wants to hang for minutes silently). Cleanup calls
             (a machine's stop, a delete) wait this long and then try again.
-        total_timeout: give up retrying once this many seconds have passed since the first try
-            was sent (time spent waiting for a rate-limit token does not count).
-        cleanup_timeout: the same bound for cleanup calls, which are retried without an attempt
-            limit until it passes: a machine left running bills.
+        total_timeout: give up retrying once a call has spent this many seconds on the wire and
+            in retry waits (time queued for a rate-limit token does not count).
     """
 
     max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
@@ -33,7 +31,6 @@ class RetryPolicy:
     max_delay: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
     max_retry_after: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
     total_timeout: float | None = 300.0
-    cleanup_timeout: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
 
     def backoff(self, attempt: int, jitter: float) -> float:
         """Full-jitter delay after try ``attempt`` (from 1); ``jitter`` is a sample of [0, 1)."""

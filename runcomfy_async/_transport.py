@@ -195,7 +195,12 @@ class Transport:
                     "signed URL is the credential"
                 )
             return extra
-        if not self._auth or not (exchange.url + "/").startswith(self._token_bases):
+        if not self._auth:
+            raise errors.ConfigurationError(
+                f"{exchange.method} {redact_url(exchange.url)} asks for the API token, but this "
+                "transport holds none"
+            )
+        if not (exchange.url + "/").startswith(self._token_bases):
             raise errors.ConfigurationError(
                 f"refusing to send the API token to {redact_url(exchange.url)}: it goes only to "
                 "the API base URLs"
@@ -215,6 +220,9 @@ class Transport:
         """
         method, url = exchange.method, exchange.url
         headers = self._headers(exchange)
+        # Downloads may be redirected (model outputs often point at a CDN): they carry no token.
+        # Anything else is answered where it was sent.
+        follow = method == "GET" and exchange.credentials is Credentials.NONE
         try:
             async with self.session.request(
                 method,
@@ -224,7 +232,7 @@ class Transport:
                 json=exchange.json,
                 data=exchange.data() if exchange.data is not None else None,
                 timeout=exchange.timeout or self._api_timeout,
-                allow_redirects=False,
+                allow_redirects=follow,
             ) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(ERROR_BODY_LIMIT)

@@ -21,7 +21,7 @@ import aiohttp
 
 from . import errors
 from ._pipeline import Pipeline, storage_answer
-from ._progress import ProgressRelay, first_error, with_progress
+from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry
 from ._transport import Credentials, Exchange
 from ._upload_body import FileChanged, FilePayload, FileState, UploadProgress, multipart
@@ -374,7 +374,7 @@ async def run_uploads(
                 for _ in range(workers):
                     group.create_task(engine.work(queue))
         except ExceptionGroup as group_error:
-            raise first_error(group_error) from None
+            reraise_first(group_error)
         return engine.results, reporter.bytes_sent
 
     return await with_progress(progress, run)

@@ -515,8 +515,9 @@ async def test_create_whose_answer_was_lost_is_not_repeated(what: str, kind: str
     """A create POST processed by the server but answered 5xx/reset/garbage/late is sent once.
 
     The caller gets the error -- except for a named dataset, where a 5xx, lost or cut answer is
-    resolved by looking the unique name up, and a machine, found in the machine list by its
-    workflow version and launch time: the handle of the one created comes back.
+    resolved by looking the unique name up, and a machine whose answer was lost or cut, found in
+    the machine list by its workflow version and launch time: the handle of the one created
+    comes back.
     """
     action, method, path = CREATES[what]
     async with Emulator(rate_limit=None, speed=1000.0) as emu, chaos_client(emu) as rc:
@@ -526,7 +527,7 @@ async def test_create_whose_answer_was_lost_is_not_repeated(what: str, kind: str
             created = await action(rc)
             assert isinstance(created, Dataset)
             assert [d.id for d in emu.state.datasets.all()] == [created.id]
-        elif what == "machine":
+        elif what == "machine" and kind not in ("500", "502"):
             launched = await action(rc)
             assert isinstance(launched, Machine)
             assert [m.server_id for m in await rc.machines.list()] == [launched.id]

@@ -11,16 +11,19 @@ from email.utils import format_datetime
 
 import pytest
 
-from runcomfy_async._protocol import Action, Decision, Failure, Outcome, Retry, decide
+from runcomfy_async._protocol import (
+    Action,
+    Decision,
+    Failure,
+    Outcome,
+    Retry,
+    decide,
+    may_have_reached,
+)
 from runcomfy_async._retry import RetryPolicy
 
 POLICY = RetryPolicy(
-    max_attempts=3,
-    base_delay=0.5,
-    max_delay=8.0,
-    max_retry_after=60.0,
-    total_timeout=100.0,
-    cleanup_timeout=200.0,
+    max_attempts=3, base_delay=0.5, max_delay=8.0, max_retry_after=60.0, total_timeout=100.0
 )
 NOW = 1_700_000_000.0
 BACKOFF = 0.25  # 0.5 s ceiling for attempt 1, times the jitter 0.5
@@ -102,32 +105,47 @@ CELLS = [
 @pytest.mark.parametrize(("kind", "outcome", "expected"), CELLS)
 def test_first_attempt(kind: Retry, outcome: Outcome, expected: Decision) -> None:
     """Each (kind, outcome) cell decides as the table says on a first attempt."""
-    got = decide(kind, outcome, attempt=1, elapsed=0.0, now=NOW, policy=POLICY, jitter=0.5)
-    assert got == expected
+    assert call(kind, outcome) == expected
 
 
-@pytest.mark.parametrize(("kind", "expected"), [(SAFE, RAISE), (UNSENT, RAISE), (CLEANUP, DELIVER)])
-def test_404_on_a_repeat(kind: Retry, expected: Decision) -> None:
-    """A 404 on a repeat means a cleanup's earlier try already did it; for others it is an error."""
-    got = decide(kind, status(404), attempt=2, elapsed=1.0, now=NOW, policy=POLICY, jitter=0.5)
-    assert got == expected
+def call(
+    kind: Retry,
+    outcome: Outcome,
+    *,
+    attempt: int = 1,
+    reached: bool = False,
+    elapsed: float = 0.0,
+    policy: RetryPolicy = POLICY,
+    jitter: float = 0.5,
+) -> Decision:
+    """``decide`` with this table's clock and defaults."""
+    return decide(
+        kind,
+        outcome,
+        attempt=attempt,
+        reached=reached,
+        elapsed=elapsed,
+        now=NOW,
+        policy=policy,
+        jitter=jitter,
+    )
 
 
 @pytest.mark.parametrize(
-    ("kind", "expected"), [(SAFE, RAISE), (UNSENT, RAISE), (CLEANUP, retry(1.0))]
+    ("kind", "reached", "expected"),
+    [(SAFE, True, RAISE), (UNSENT, True, RAISE), (CLEANUP, True, DELIVER), (CLEANUP, False, RAISE)],
 )
-def test_attempts_spent(kind: Retry, expected: Decision) -> None:
-    """The last allowed attempt raises, except for cleanup, bounded by time instead."""
-    got = decide(
-        kind,
-        Outcome(failure=Failure.UNSENT),
-        attempt=POLICY.max_attempts,
-        elapsed=1.0,
-        now=NOW,
-        policy=POLICY,
-        jitter=0.5,
-    )
-    assert got == expected
+def test_404_on_a_repeat(kind: Retry, reached: bool, expected: Decision) -> None:
+    """A 404 after a try that may have reached the server means a cleanup's earlier try did it;
+    after tries that provably did not (never sent, 429) it is an error, as for other kinds."""
+    assert call(kind, status(404), attempt=2, reached=reached) == expected
+
+
+@pytest.mark.parametrize("kind", [SAFE, UNSENT, CLEANUP])
+def test_attempts_spent(kind: Retry) -> None:
+    """The last allowed attempt raises, whatever the kind."""
+    outcome = Outcome(failure=Failure.UNSENT)
+    assert call(kind, outcome, attempt=POLICY.max_attempts, elapsed=1.0) == RAISE
 
 
 @pytest.mark.parametrize(
@@ -136,47 +154,53 @@ def test_attempts_spent(kind: Retry, expected: Decision) -> None:
         (SAFE, 99.9, RAISE),
         (SAFE, 99.0, retry(BACKOFF)),
         (UNSENT, 99.9, RAISE),
-        (CLEANUP, 150.0, retry(BACKOFF)),
-        (CLEANUP, 199.9, RAISE),
+        (CLEANUP, 99.0, retry(BACKOFF)),
+        (CLEANUP, 99.9, RAISE),
     ],
 )
 def test_time_budget(kind: Retry, elapsed: float, expected: Decision) -> None:
-    """A wait that would end past the budget raises (cleanup has its own, longer budget)."""
-    got = decide(
-        kind,
-        Outcome(failure=Failure.UNSENT),
-        attempt=1,
-        elapsed=elapsed,
-        now=NOW,
-        policy=POLICY,
-        jitter=0.5,
-    )
-    assert got == expected
+    """A wait that would end past the total budget raises."""
+    assert call(kind, Outcome(failure=Failure.UNSENT), elapsed=elapsed) == expected
 
 
 def test_a_server_pause_counts_against_the_budget() -> None:
     """A Retry-After that would end past the total budget raises instead of waiting."""
-    got = decide(
-        SAFE, status(429, "10"), attempt=1, elapsed=95.0, now=NOW, policy=POLICY, jitter=0.0
-    )
-    assert got == RAISE
+    assert call(SAFE, status(429, "10"), elapsed=95.0, jitter=0.0) == RAISE
 
 
 def test_no_budget_means_attempts_only() -> None:
     """With no total timeout only the attempt count bounds retries."""
     policy = RetryPolicy(max_attempts=3, total_timeout=None)
-    got = decide(SAFE, status(500), attempt=2, elapsed=1e9, now=NOW, policy=policy, jitter=0.0)
+    got = call(SAFE, status(500), attempt=2, reached=True, elapsed=1e9, policy=policy, jitter=0.0)
     assert got == retry(0.0)
 
 
 def test_the_decision_takes_no_clock_default() -> None:
     """``now`` is required: a date-form Retry-After is never measured from the epoch."""
     with pytest.raises(TypeError):
-        decide(
+        decide(  # type: ignore[call-arg]
             SAFE,
             status(429, DATE_IN_30S),
             attempt=1,
+            reached=False,
             elapsed=0.0,
-            policy=POLICY,  # type: ignore[call-arg]
+            policy=POLICY,
             jitter=0.5,
         )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reached"),
+    [
+        (status(200), True),
+        (status(500), True),
+        (status(404), True),
+        (status(429), False),
+        (Outcome(failure=Failure.UNSENT), False),
+        (Outcome(failure=Failure.SENT), True),
+        (Outcome(status=200, failure=Failure.UNREADABLE), True),
+    ],
+)
+def test_which_outcomes_may_have_reached_the_server(outcome: Outcome, reached: bool) -> None:
+    """Only a connection that never opened and a 429 prove the server did not act."""
+    assert may_have_reached(outcome) is reached

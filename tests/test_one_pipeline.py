@@ -27,6 +27,7 @@ from runcomfy_async import (
     RetryPolicy,
     RunComfy,
     UnsentTransportError,
+    ValidationError,
 )
 from runcomfy_async._pipeline import storage_answer
 from runcomfy_async._protocol import Retry
@@ -328,3 +329,116 @@ async def test_upload_reports_count_only_their_own_calls(tmp_path: Path) -> None
     # Each: one status (resume) and one signed-URL batch.
     assert (one.api_calls, two.api_calls) == (2, 2)
     assert total == one.api_calls + two.api_calls + 10
+
+
+@pytest.mark.asyncio
+async def test_a_launch_cancelled_during_a_429_pause_sends_no_second_post() -> None:
+    """A launch refused with 429 and cancelled while it waits out the pause is never sent
+    again: nothing was started, so nothing is sent or stopped."""
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0) as rc:
+        version = (await rc.machines.workflows())[0].version_id
+        assert version is not None
+        emu.inject("429", api="server", method="POST", path=r"/servers$", count=1, retry_after=1)
+        task = asyncio.create_task(rc.machines.launch(version))
+        await _until(lambda: any(r.status == 429 for r in emu.log))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.5)  # past the pause
+        await rc.aclose()
+    posts = [r.status for r in emu.log if r.method == "POST" and r.path.endswith("/servers")]
+    assert posts == [429]
+    assert not [r for r in emu.log if r.method == "DELETE"]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_launch_whose_answer_was_lost_still_stops_its_machine() -> None:
+    """Cancelled while its lost answer is being resolved, a launch's machine is found in the
+    list and stopped by the cleanup the client waits for on close."""
+    async with Emulator(rate_limit=None) as emu:
+        async with emu.client(rate=100.0, retry=FAST) as rc:
+            version = (await rc.machines.workflows())[0].version_id
+            assert version is not None
+            emu.inject(
+                "reset",
+                api="server",
+                method="POST",
+                path=r"/servers$",
+                count=1,
+                after=True,
+                delay=0.5,
+            )
+            task = asyncio.create_task(rc.machines.launch(version))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        async with emu.client() as fresh:
+            running = [m for m in await fresh.machines.list() if not m.current_status.ended]
+    assert all(m.current_status.value == "Stopping" for m in running), running
+    assert len([r for r in emu.log if r.method == "DELETE" and r.status == 200]) == 1
+
+
+@pytest.mark.asyncio
+async def test_two_lost_launches_never_adopt_the_same_machine() -> None:
+    """Two launches of one version whose answers are both lost never hand out one machine
+    twice: beside another launch in flight a lost answer is ambiguous."""
+    async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0, retry=FAST) as rc:
+        version = (await rc.machines.workflows())[0].version_id
+        assert version is not None
+        emu.inject(
+            "reset",
+            api="server",
+            method="POST",
+            path=r"/servers$",
+            count=2,
+            after=True,
+            delay=0.3,
+        )
+        results = await asyncio.gather(
+            rc.machines.launch(version), rc.machines.launch(version), return_exceptions=True
+        )
+        machines = [r for r in results if not isinstance(r, BaseException)]
+        assert len({m.id for m in machines}) == len(machines)
+        assert all(isinstance(r, OutcomeUnknownError) for r in results if r not in machines)
+        assert len(await rc.machines.list()) == 2
+
+
+@pytest.mark.asyncio
+async def test_downloads_follow_redirects(tmp_path: Path) -> None:
+    """A model output URL that redirects (a CDN) downloads the file it points to, not the
+    redirect page."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert "Authorization" not in request.headers
+        if request.path == "/out.png":
+            raise web.HTTPFound("/real/out.png")
+        return web.Response(body=b"PNGDATA" * 1000)
+
+    runner, base = await _serve(handler)
+    try:
+        async with RunComfy(token="tok") as rc:
+            (path,) = await rc.models.download_outputs({"image": f"{base}/out.png"}, tmp_path)
+    finally:
+        await runner.cleanup()
+    assert path.read_bytes() == b"PNGDATA" * 1000
+
+
+@pytest.mark.asyncio
+async def test_an_error_through_a_progress_callback_keeps_its_cause(tmp_path: Path) -> None:
+    """With a progress callback, a failed download's error still carries its cause."""
+    dead = f"http://127.0.0.1:{_free_port()}/out.png"
+    async with RunComfy(token="tok", retry=RetryPolicy(max_attempts=1)) as rc:
+        with pytest.raises(UnsentTransportError) as caught:
+            await rc.models.download_outputs({"image": dead}, tmp_path, progress=lambda _: None)
+    assert caught.value.__cause__ is not None
+
+
+def test_a_stop_timeout_must_be_a_positive_number() -> None:
+    """A bad stop_timeout is refused when set, not when the stop must go out."""
+    rc = RunComfy(token="tok", user_id="u")
+    machine = rc.machines.get("m1")
+    with pytest.raises(ValidationError, match="stop_timeout"):
+        machine.stop_timeout = None  # type: ignore[assignment]
+    machine.stop_timeout = 12
+    assert machine.stop_timeout == 12.0

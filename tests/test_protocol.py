@@ -8,7 +8,6 @@ from multidict import CIMultiDict
 from runcomfy_async import errors
 from runcomfy_async._protocol import (
     decode_response,
-    is_retryable_status,
     parse_retry_after,
     redact_url,
 )
@@ -127,12 +126,6 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after("soon", now=0) is None
     assert parse_retry_after(None, now=0) is None
     assert parse_retry_after("-4", now=0) == 0.0
-
-
-def test_retryable_statuses() -> None:
-    """429 and 500/502/503/504 are retryable; 400/401/404 are not."""
-    assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504))
-    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 409, 422))
 
 
 def test_redact_url_masks_signatures() -> None:

@@ -97,8 +97,8 @@ def test_cli_uses_only_the_public_library() -> None:
     allowed = {
         "runcomfy_async": set(runcomfy_async.__all__) | {"errors"},
         "runcomfy_async.testing": {"Emulator"},
-        # The emulator's command-line helpers, shared by `python -m runcomfy_async.testing`.
-        "runcomfy_async.testing.__main__": None,
+        # The emulator's one command line, shared with `python -m runcomfy_async.testing`.
+        "runcomfy_async.testing._cli": None,
     }
     cli_dir = Path(runcomfy_async.__file__).parent / "cli"
     problems = []

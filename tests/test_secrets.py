@@ -273,7 +273,8 @@ async def test_token_never_leaks_anywhere(
 
 def test_client_repr_and_headers_repr_mask_the_token() -> None:
     """repr(client) and the pipeline's header mapping never show the token."""
-    from runcomfy_async._client import RunComfy, _AuthHeaders
+    from runcomfy_async._client import RunComfy
+    from runcomfy_async._transport import _AuthHeaders
 
     token = "rc_repr_" + "7" * 24
     client = RunComfy(token=token)

@@ -33,7 +33,7 @@ from .._transport import Answer, Credentials, Exchange, Timeouts, Transport
 from ..types.machines import ComfyEvent, ComfyFile
 from ..types.progress import ProgressCallback
 
-__all__ = ["ComfyUI"]
+__all__ = ["ComfyUI", "ProgressCallback"]
 
 logger = logging.getLogger("runcomfy_async")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -43,6 +44,8 @@ NOT_FOUND_GRACE = 60.0
 STOP_TIMEOUT = 300.0
 #: Clock difference tolerated between this machine and the server when matching a launch.
 _CLOCK_SKEW = 120.0
+#: A cleanup is bounded by time, not by a count of tries.
+_UNLIMITED_ATTEMPTS = 1_000_000
 
 
 def _users_path(user_id: str, suffix: str) -> str:
@@ -100,19 +103,33 @@ class Machine:
     Attributes:
         id: the ``server_id``.
         main_service_url: the ComfyUI URL, set once a wait or status call saw the machine Ready.
-        stop_timeout: seconds the stop on leaving ``async with`` may take.
+        stop_timeout: seconds the stop on leaving ``async with`` keeps trying, counted on the
+            wire and in retry waits (not while it is queued for a rate-limit token).
     """
 
     def __init__(self, client: RunComfy, server_id: str) -> None:
         self._client = client
         self.id = server_id
         self.main_service_url: str | None = None
-        self.stop_timeout = STOP_TIMEOUT
+        self._stop_timeout = STOP_TIMEOUT
         # A 404 is "not registered yet" only until the machine was seen once (API.md 4.4).
         self._seen = False
 
     def __repr__(self) -> str:
         return f"Machine(id={self.id!r}, main_service_url={self.main_service_url!r})"
+
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds the stop on leaving ``async with`` keeps trying (300 by default)."""
+        return self._stop_timeout
+
+    @stop_timeout.setter
+    def stop_timeout(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise errors.ValidationError(
+                f"stop_timeout must be a positive number of seconds, got {value!r}"
+            )
+        self._stop_timeout = float(value)
 
     async def status(self, *, priority: Priority = Priority.USER) -> MachineInfo:
         """Ask the server for the machine's current state (never a cached one).
@@ -276,8 +293,9 @@ class Machine:
         ``stop_timeout`` seconds from when it is first sent, and returns only once the server
         confirmed it (or said the machine is gone).
         """
-        policy = attrs.evolve(self._client.retry, cleanup_timeout=self.stop_timeout)
-        stopping = asyncio.ensure_future(self._stop(priority=Priority.CLEANUP, policy=policy))
+        stopping = self._client.spawn_cleanup(
+            self._stop(priority=Priority.CLEANUP, policy=_cleanup_policy(self._client, self))
+        )
         cancelled = False
         failure: Exception | None = None
         while True:
@@ -342,6 +360,10 @@ class Machines:
 
     def __init__(self, client: RunComfy) -> None:
         self._client = client
+        #: Launches of each workflow version in flight: a lost answer is ambiguous beside another.
+        self._in_flight: Counter[str] = Counter()
+        #: Machines this client's launches returned: never taken for another lost answer.
+        self._claimed: set[str] = set()
 
     async def workflows(self) -> list[Workflow]:
         """The account's workflows; launch a machine with a workflow's ``version_id``.
@@ -396,7 +418,10 @@ class Machines:
         the cancellation is immediate; cancelled after, the machine it starts is stopped by a
         cleanup task that closing the client waits for. An answer lost after sending (or a 5xx)
         is resolved from the machine list: the one new machine of this workflow version comes
-        back as if the launch had answered.
+        back as if the launch had answered. (The API gives no launch time before a machine is
+        Ready: a machine of the same version, type and duration that another program launched
+        moments earlier and that is still booting cannot be told apart from it; with two such
+        machines nothing is adopted and the error says what to check.)
 
         Args:
             version_id: a workflow's ``version_id`` (see :meth:`workflows`).
@@ -428,57 +453,74 @@ class Machines:
             retry=Retry.UNSENT,
         )
         # The POST runs as its own task, shielded: if the caller is cancelled after it may have
-        # left, the machine may exist and bill, and no handle would reach anyone to stop it, so
-        # a cleanup task stops it once the answer comes. Cancelled before it left (still
-        # waiting for a token, or its connection refused), it is dropped: nothing was started.
+        # reached the server, the machine may exist and bill, and no handle would reach anyone
+        # to stop it, so a cleanup task stops it once the answer (or the look-up) comes.
+        # Cancelled before that (queued for a token, refused with 429, its connection never
+        # opened), the task is dropped: nothing was started.
         trace = CallTrace()
-        began = time.time()
-        launching = asyncio.ensure_future(self._client.request(spec, trace=trace))
+        launching = asyncio.ensure_future(self._launch(spec, trace, version_id, kind, duration))
         try:
-            payload = await asyncio.shield(launching)
+            server_id = await asyncio.shield(launching)
         except asyncio.CancelledError:
-            if launching.done() or trace.maybe_sent:
+            if launching.done() or trace.reached:
                 self._client.spawn_cleanup(_stop_launched(self._client, launching))
             else:
                 launching.cancel()
             raise
-        except (errors.OutcomeUnknownError, errors.ServerError) as exc:
-            # The launch may have run (a lost answer, or a 5xx after the server acted): the
-            # machine list says whether it started a machine (API.md 4.3).
+        return Machine(self._client, server_id)
+
+    async def _launch(
+        self, spec: RequestSpec, trace: CallTrace, version_id: str, kind: ServerType, duration: int
+    ) -> str:
+        """The launch POST, and the machine list look-up when its answer was lost."""
+        began = time.time()
+        self._in_flight[version_id] += 1
+        try:
+            payload = await self._client.request(spec, trace=trace)
+        except errors.OutcomeUnknownError as exc:
+            # The answer was lost after the POST left: the machine list says whether it started
+            # a machine (API.md 4.3).
             found = await self._launched_since(version_id, kind, duration, began)
             if found is None:
-                check = (
+                exc.check = (
                     "rc.machines.list() (or the dashboard) for a machine of workflow version "
                     f"{version_id} launched at {time.strftime('%H:%M:%S', time.gmtime(began))} "
                     "UTC; stop it if you do not want it"
                 )
-                if isinstance(exc, errors.OutcomeUnknownError):
-                    exc.check = check
-                exc.add_note(f"check {check}")
+                exc.add_note(f"check {exc.check}")
                 raise
-            logger.info("launch answer lost; found the machine it started: %s", found.id)
-            return found
-        server_id = payload.get("server_id") if isinstance(payload, dict) else None
+            logger.info("launch answer lost; found the machine it started: %s", found)
+            server_id: object = found
+        else:
+            server_id = payload.get("server_id") if isinstance(payload, dict) else None
+        finally:
+            self._in_flight[version_id] -= 1
         if not isinstance(server_id, str) or not server_id:
             raise errors.UnexpectedResponseError(
                 "the launch answer has no server_id; check rc.machines.list() for the machine",
                 status=200,
             )
-        return Machine(self._client, server_id)
+        self._claimed.add(server_id)
+        return server_id
 
     async def _launched_since(
         self, version_id: str, kind: ServerType, duration: int, began: float
-    ) -> Machine | None:
-        """The one machine a launch with a lost answer started, if it can be told apart.
+    ) -> str | None:
+        """The id of the one machine a launch with a lost answer started, if it can be told
+        apart.
 
         Matched by workflow version, server type and duration, and by launch time: a machine
         started by this launch is not Ready yet, or became Ready after the launch began (within
-        a clock skew). Two candidates are ambiguous: None.
+        a clock skew). Machines this client already handed out are not candidates; another
+        launch of the same version in flight here, or two candidates, make it ambiguous: None.
         """
+        if self._in_flight[version_id] > 1:
+            return None
         candidates = [
-            info
+            info.server_id
             for info in await self.list()
             if info.workflow_version_id == version_id
+            and info.server_id not in self._claimed
             and info.server_type in (None, kind.value)
             and info.estimated_duration in (None, duration)
             and not info.current_status.ended
@@ -487,9 +529,15 @@ class Machines:
                 or info.service_ready_at.timestamp() >= began - _CLOCK_SKEW
             )
         ]
-        if len(candidates) != 1:
-            return None
-        return Machine(self._client, candidates[0].server_id)
+        return candidates[0] if len(candidates) == 1 else None
+
+
+def _cleanup_policy(client: RunComfy, machine: Machine) -> RetryPolicy:
+    """Bounds for a stop that must get through: tried until ``stop_timeout``, not an attempt
+    count."""
+    return attrs.evolve(
+        client.retry, max_attempts=_UNLIMITED_ATTEMPTS, total_timeout=machine.stop_timeout
+    )
 
 
 def _stop_by_hand(server_id: str, what: str) -> str:
@@ -500,23 +548,26 @@ def _stop_by_hand(server_id: str, what: str) -> str:
     )
 
 
-async def _stop_launched(client: RunComfy, launching: asyncio.Future[Any]) -> None:
+async def _stop_launched(client: RunComfy, launching: asyncio.Future[str]) -> None:
     """Stop the machine a launch started after its caller was cancelled (a cleanup task).
 
     The launch is never cut off (a POST already sent may still start a machine): this waits for
-    its answer, then stops the machine ahead of every queued call.
+    its answer, or its look-up of a lost answer, then stops the machine ahead of every queued
+    call.
     """
     try:
-        payload = await launching
+        server_id = await launching
+    except errors.OutcomeUnknownError as exc:
+        logger.warning("%s", _stop_by_hand("?", f"a cancelled launch may have started a machine "
+                                           f"that could not be identified ({exc})"))
+        return
     except Exception as exc:  # noqa: BLE001 - the launch failed: no machine to stop
         logger.info("a cancelled launch failed (%r); no machine was started", exc)
         return
-    server_id = payload.get("server_id") if isinstance(payload, dict) else None
-    if not isinstance(server_id, str) or not server_id:
-        return
     logger.warning("launch of machine %s was cancelled; stopping it so it does not bill", server_id)
+    machine = Machine(client, server_id)
     try:
-        await Machine(client, server_id).stop(priority=Priority.CLEANUP)
+        await machine._stop(priority=Priority.CLEANUP, policy=_cleanup_policy(client, machine))
     except Exception as exc:  # noqa: BLE001 - logged: nobody awaits this task
         logger.warning("%s", _stop_by_hand(server_id, f"could not stop machine {server_id} "
                                            f"after its launch was cancelled ({exc!r})"))

@@ -17,6 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
+import aiohttp
+
 from .. import errors
 from .._converter import structure
 from .._downloads import DownloadProgress, download_artifacts
@@ -51,8 +53,11 @@ _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
 #: Bounds of cancelling a request nobody can await any more (its deadline passed or its caller
-#: was cancelled): retried for this long from when it is first sent, not while it waits.
-_ABANDON_POLICY: Final = RetryPolicy(total_timeout=30.0)
+#: was cancelled): this many seconds on the wire and in retry waits (not queued for a token),
+#: each attempt cut off at the same bound.
+_ABANDON_SECONDS: Final = 10.0
+_ABANDON_POLICY: Final = RetryPolicy(total_timeout=_ABANDON_SECONDS)
+_ABANDON_TIMEOUT: Final = aiohttp.ClientTimeout(total=_ABANDON_SECONDS)
 
 DEFAULT_POLL: Final = PollPolicy(initial=1.0, factor=1.5, max_interval=10.0)
 
@@ -278,6 +283,7 @@ class ModelRequest:
             ),
             priority=priority,
             policy=_ABANDON_POLICY if priority is Priority.CLEANUP else None,
+            timeout=_ABANDON_TIMEOUT if priority is Priority.CLEANUP else None,
         )
         return cancel_outcome(payload)
 
@@ -499,6 +505,7 @@ class Models:
         except BaseException:
             # Cleanup that re-raises (a passed deadline, a cancelled caller, a lost connection):
             # the caller never gets the handle, so stop the request from running and billing.
-            await asyncio.shield(_cancel_abandoned(request))
+            # A task of the client's: cancelled again, the cancel still goes out.
+            await asyncio.shield(self._client.spawn_cleanup(_cancel_abandoned(request)))
             raise
         return result.output

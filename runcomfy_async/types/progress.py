@@ -17,7 +17,8 @@ E = TypeVar("E")
 #: A plain or async function called with each progress event of an operation:
 #: ``ProgressCallback[UploadEvent]``, ``ProgressCallback[DownloadProgress]``,
 #: ``ProgressCallback[ComfyEvent]``. It runs outside the request, in a task of its own; if it
-#: raises, the operation stops and its caller gets that exception as it is.
+#: raises, the operation stops and its caller gets that exception as it is (also when it raises
+#: for the last events of an operation that had already finished: its result is then lost).
 ProgressCallback: TypeAlias = Callable[[E], Awaitable[None] | None]
 
 

@@ -10,6 +10,7 @@ from typing import TypeAlias
 import attrs
 
 from .._protocol import redact_url
+from .progress import ProgressCallback
 
 __all__ = [
     "BytesSent",
@@ -19,6 +20,7 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
+    "ProgressCallback",
     "UploadEndpoints",
     "UploadEvent",
     "UploadMethod",
