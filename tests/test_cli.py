@@ -99,7 +99,9 @@ def invoke(server: ThreadedEmulator) -> Callable[..., Result]:
     runner = CliRunner()
 
     def run(*args: str, code: int = 0, env: Mapping[str, str] | None = None) -> Result:
-        result = runner.invoke(cli, list(args), env={**server.env(), **(env or {})})
+        # A wide, fixed terminal: tables and summaries never wrap, whoever runs the suite.
+        wide = {"COLUMNS": "200"}
+        result = runner.invoke(cli, list(args), env={**wide, **server.env(), **(env or {})})
         assert result.exit_code == code, (result.exit_code, result.output, result.exception)
         return result
 
