@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+#: The CPU-heavy files run one after another on one xdist worker (curl, measured children).
+pytestmark = pytest.mark.xdist_group("heavy")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

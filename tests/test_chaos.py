@@ -37,6 +37,9 @@ from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.jobs import JobState
 from runcomfy_async.types.uploads import FileDone, UploadEvent
 
+#: The CPU-heavy files run one after another on one xdist worker (0.3 s read timeouts here).
+pytestmark = pytest.mark.xdist_group("heavy")
+
 
 def _seeds() -> list[int]:
     """The seeds to run: ``RUNCOMFY_CHAOS_SEEDS`` as ``A-B`` or ``A,B,C``; default 0..19."""

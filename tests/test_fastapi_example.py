@@ -29,6 +29,9 @@ import yaml
 from runcomfy_async.testing import Emulator
 from tests._services import free_port, redis_url_fixture, wait_for_port  # noqa: F401
 
+#: The CPU-heavy files run one after another on one xdist worker (uvicorn, four workers).
+pytestmark = pytest.mark.xdist_group("heavy")
+
 ROOT = Path(__file__).resolve().parent.parent
 JOB_CONFIG: dict[str, Any] = {
     "job": "extension",
