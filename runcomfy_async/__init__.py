@@ -8,7 +8,7 @@ from ._client import ClientState, RunComfy
 from ._converter import to_jsonable
 from ._limiter import Limiter, Priority, TokenBucket
 from ._polling import PollPolicy
-from ._redis_limiter import RedisTokenBucket
+from ._redis_limiter import LimiterHealth, RedisTokenBucket, SharedLimitState
 from ._retry import RetryPolicy
 from ._rules import DATASETS_ROOT, TRAINING_FOLDER
 from ._transport import Timeouts
@@ -120,6 +120,7 @@ __all__ = [
     "JobStatus",
     "Jobs",
     "Limiter",
+    "LimiterHealth",
     "Lora",
     "Machine",
     "MachineFailed",
@@ -150,6 +151,7 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "SharedLimitState",
     "Timeouts",
     "TokenBucket",
     "TrainingJob",

@@ -4,6 +4,9 @@ Import the fixture into a test module to use it::
 
     from tests._services import redis_url_fixture  # noqa: F401 (registers ``redis_url``)
 
+``redis_server`` (from ``redis_server_fixture``) is a server of the test's own that it may stop
+and start again on the same port, to play a restart or an outage.
+
 Without a ``redis-server`` binary the tests that need it skip, except under CI (``CI=true``),
 where a missing service is a failure: ``.ci/run`` installs it.
 """
@@ -19,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-__all__ = ["free_port", "redis_url_fixture", "wait_for_port"]
+__all__ = ["RedisServer", "free_port", "redis_server_fixture", "redis_url_fixture", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -83,3 +86,62 @@ def redis_url_fixture() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` (no persistence) on one port, which a test can stop and restart.
+
+    Args:
+        binary: the ``redis-server`` executable.
+        password: when given, the server requires it (``requirepass``) and :attr:`url` carries it.
+    """
+
+    def __init__(self, binary: str, *, password: str | None = None) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.password = password
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL, with the password when there is one."""
+        auth = f"default:{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server (empty: nothing survives a restart) and wait until it listens."""
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, timeout=10.0, process=self._process)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); clients see their connections drop."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(name="redis_server")
+def redis_server_fixture() -> Iterator[RedisServer]:
+    """A started ``RedisServer`` of this test's own, stopped after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing("redis-server")
+        raise AssertionError("unreachable: _missing() skips or fails")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

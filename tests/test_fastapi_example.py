@@ -23,11 +23,18 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis.asyncio as redis_asyncio
 import uvicorn
 import yaml
 
 from runcomfy_async.testing import Emulator
-from tests._services import free_port, redis_url_fixture, wait_for_port  # noqa: F401
+from tests._services import (  # noqa: F401 (registers the redis_url and redis_server fixtures)
+    RedisServer,
+    free_port,
+    redis_server_fixture,
+    redis_url_fixture,
+    wait_for_port,
+)
 
 #: The CPU-heavy files run one after another on one xdist worker (uvicorn, four workers).
 pytestmark = pytest.mark.xdist_group("heavy")
@@ -176,6 +183,24 @@ def app_url(
     emulator_env: dict[str, str], redis_url: str, tmp_path: Path
 ) -> Iterator[tuple[str, int]]:
     """``uvicorn examples.fastapi_app.main:app --workers 4`` on a free port: (URL, master pid)."""
+    with _serve_app(emulator_env, redis_url, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def app_on_own_redis(
+    emulator_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> Iterator[tuple[str, int]]:
+    """The same four workers on a Redis of the test's own, which it may restart or stop."""
+    with _serve_app(emulator_env, redis_server.url, tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serve_app(
+    emulator_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> Iterator[tuple[str, int]]:
+    """Run the app under uvicorn with four workers; (URL, master pid)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOMFY_")}
     env |= emulator_env | {"RUNCOMFY_REDIS_URL": redis_url}
@@ -318,3 +343,63 @@ async def test_killed_worker_leaves_the_limit_intact(
     assert killed[0] not in _workers(master)
     assert statuses.count(200) >= 10
     _check_shared_limit(records, until=until)
+
+
+@pytest.mark.asyncio
+async def test_redis_restart_mid_run_is_invisible(
+    app_on_own_redis: tuple[str, int], emulator_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Redis restarted (down 1 s) under 40 callers on 4 workers: every call 200, no 429."""
+    url, master = app_on_own_redis
+
+    async def restart() -> None:
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(redis_server.start)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await _wait_for_workers(session, url, master)
+        statuses = await _drive(session, url, seconds=10.0, at=(3.0, restart))
+        records = await _api_log(session, emulator_env["RUNCOMFY_TRAINER_URL"])
+    assert statuses
+    assert set(statuses) == {200}
+    assert [r for r in records if r["status"] == 429] == []
+
+
+@pytest.mark.asyncio
+async def test_redis_outage_degrades_to_the_fallback_shares_and_recovers(
+    app_on_own_redis: tuple[str, int], emulator_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Redis down 20 s under 4 workers: all 200, within 4 fallback shares, shared again in 1 s."""
+    url, master = app_on_own_redis
+    retry_for, share = 5.0, RATE / 4  # the example's defaults: RUNCOMFY_WORKERS=4
+    marks: dict[str, float] = {}
+
+    async def outage() -> None:
+        await asyncio.to_thread(redis_server.stop)
+        marks["down"] = time.monotonic()
+        await asyncio.sleep(20.0)
+        await asyncio.to_thread(redis_server.start)
+        marks["up"] = time.monotonic()
+        client = redis_asyncio.Redis.from_url(redis_server.url)
+        while not await client.exists("runcomfy:ratelimit:default"):  # noqa: ASYNC110 (polls Redis)
+            await asyncio.sleep(0.02)
+        marks["shared"] = time.monotonic()
+        await client.aclose()
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await _wait_for_workers(session, url, master)
+        statuses = await _drive(session, url, seconds=6.0, at=(2.0, outage))
+        records = await _api_log(session, emulator_env["RUNCOMFY_TRAINER_URL"])
+    assert statuses
+    assert set(statuses) == {200}
+    assert [r for r in records if r["status"] == 429] == []
+    assert marks["shared"] - marks["up"] < 1.0
+    # While falling back, each worker sends at most its share (plus one request each at the edge).
+    fallback = sorted(
+        r["at"] for r in records if marks["down"] + retry_for < r["at"] < marks["up"]
+    )
+    assert fallback, "no worker served a call during the outage"
+    for i, start in enumerate(fallback):
+        inside = sum(1 for t in fallback[i:] if t - start <= WINDOW)
+        assert inside <= 4 * share * WINDOW + 4, f"{inside} requests in {WINDOW} s"

@@ -261,13 +261,23 @@ async def test_borrowed_client_stays_open_owned_one_closes(
 
 @pytest.mark.asyncio
 async def test_unreachable_redis_is_a_transport_error(key: str) -> None:
-    """With no server at the URL, acquire() raises TransportError naming where, not hanging."""
-    bucket = RedisTokenBucket(f"redis://:secret@127.0.0.1:{free_port()}/0", key=key)
+    """Failing closed, with no server at the URL acquire() raises TransportError after retry_for."""
+    bucket = RedisTokenBucket(
+        f"redis://admin:secret@127.0.0.1:{free_port()}/0",
+        key=key,
+        on_unavailable="raise",
+        retry_for=0.3,
+    )
+    start = time.monotonic()
     with pytest.raises(
-        TransportError, match=r"could not reach Redis at redis://127\.0\.0\.1"
+        TransportError, match=r"could not reach Redis at redis://\*\*\*@127\.0\.0\.1"
     ) as info:
         await asyncio.wait_for(bucket.acquire(), 10)
+    assert 0.3 <= time.monotonic() - start < 2.0
     assert "secret" not in str(info.value)
+    assert "admin" not in str(info.value)
+    assert "secret" not in repr(bucket)
+    assert "admin" not in repr(bucket)
     await bucket.aclose()
 
 

@@ -13,6 +13,11 @@ Environment:
     RUNCOMFY_REDIS_URL: e.g. ``redis://localhost:6379/0``; switches on the shared bucket.
     RUNCOMFY_REDIS_KEY: the bucket's key, one per account (default ``runcomfy:ratelimit:default``).
     RUNCOMFY_RATE, RUNCOMFY_BURST: the account's requests/s and the bucket's burst (1 and 2).
+    RUNCOMFY_REDIS_ON_UNAVAILABLE: ``fallback`` (default: fail open, each worker keeps going at
+        its share of the rate while Redis is away) or ``raise`` (fail closed: 502 until it is back).
+    RUNCOMFY_WORKERS: how many workers share the account (default 4); a worker's share is
+        RUNCOMFY_RATE / RUNCOMFY_WORKERS while Redis is away.
+    RUNCOMFY_REDIS_RETRY_FOR: seconds to hold callers while Redis is retried (default 5).
     RUNCOMFY_UPLOAD_ROOT: the only server-side directory ``POST /datasets`` may upload folders
         from (default: the working directory).
 
@@ -74,7 +79,18 @@ def _limiter_from_env() -> Limiter:
     if not url:
         return TokenBucket(rate, burst)
     key = os.environ.get("RUNCOMFY_REDIS_KEY", "runcomfy:ratelimit:default")
-    return RedisTokenBucket(url, key=key, rate=rate, burst=burst)
+    on_unavailable = os.environ.get("RUNCOMFY_REDIS_ON_UNAVAILABLE", "fallback")
+    if on_unavailable not in ("fallback", "raise"):
+        raise RuntimeError("RUNCOMFY_REDIS_ON_UNAVAILABLE must be 'fallback' or 'raise'")
+    return RedisTokenBucket(
+        url,
+        key=key,
+        rate=rate,
+        burst=burst,
+        on_unavailable="raise" if on_unavailable == "raise" else "fallback",
+        workers=int(os.environ.get("RUNCOMFY_WORKERS", "4")),
+        retry_for=float(os.environ.get("RUNCOMFY_REDIS_RETRY_FOR", "5")),
+    )
 
 
 @asynccontextmanager
@@ -141,6 +157,21 @@ async def runcomfy_error(request: Request, exc: RunComfyError) -> JSONResponse:
 
 
 # -- endpoints ------------------------------------------------------------------------------
+
+
+@app.get("/healthz", response_model=None)
+async def healthz(rc: Client) -> dict[str, Any] | JSONResponse:
+    """Readiness probe: 503 only while the shared limit fails closed; makes no API call."""
+    if not isinstance(rc.limiter, RedisTokenBucket):
+        return {"ready": True, "limiter": "local"}
+    health = await rc.limiter.health()
+    body = {
+        "ready": health.ready,
+        "limiter": health.state.value,
+        "redis_reachable": health.redis_reachable,
+        "down_for": health.down_for,
+    }
+    return body if health.ready else JSONResponse(body, status_code=503)
 
 
 @app.get("/ping-api")
