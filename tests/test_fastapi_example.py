@@ -36,9 +36,6 @@ from tests._services import (  # noqa: F401 (registers the redis_url and redis_s
     wait_for_port,
 )
 
-#: The CPU-heavy files run one after another on one xdist worker (uvicorn, four workers).
-pytestmark = pytest.mark.xdist_group("heavy")
-
 ROOT = Path(__file__).resolve().parent.parent
 JOB_CONFIG: dict[str, Any] = {
     "job": "extension",
