@@ -17,7 +17,7 @@ pytestmark = pytest.mark.xdist_group("heavy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """``python -m benchmarks --smoke`` once, results sent to a temporary folder."""
     results = tmp_path_factory.mktemp("bench-results")
