@@ -547,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     limit = "none" if args.smoke else "1"
     with (
         tempfile.TemporaryDirectory(prefix="bench-uploads-") as tmp,
+        # Signed URLs live url_ttl / speed real seconds: long enough for the naive 2 GiB read-all
+        # PUT on a slow machine (a real URL lives 15 minutes).
         emulator_process(
-            "--rate-limit", limit, "--speed", "50", "--storage-dir", str(Path(tmp) / "storage")
+            "--rate-limit", limit, "--speed", "50", "--url-ttl", "45000",
+            "--storage-dir", str(Path(tmp) / "storage"),
         ) as env,
     ):
         work = Path(tmp) / "work"

@@ -93,6 +93,17 @@ def _parse_speed(value: str) -> float:
     return speed
 
 
+def _parse_positive(value: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a number of seconds > 0")
+    return seconds
+
+
 def _parse_seed(value: str) -> int:
     """``--seed``: any whole number."""
     try:
@@ -185,6 +196,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
         parse=_parse_speed,
         default=50.0,
         help="How many times faster than real time simulated work runs.",
+        metavar="S",
+    ),
+    Option(
+        flag="--url-ttl",
+        dest="url_ttl",
+        parse=_parse_positive,
+        default=900.0,
+        help="Simulated seconds a signed URL stays valid (real seconds: this / speed).",
         metavar="S",
     ),
     Option(
