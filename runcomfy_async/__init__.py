@@ -25,6 +25,7 @@ from .errors import (
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DownloadError,
     InsufficientBalanceError,
     JobFailed,
     MachineFailed,
@@ -53,6 +54,7 @@ from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
@@ -105,7 +107,10 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "DownloadError",
     "DownloadProgress",
+    "DownloadReport",
+    "FailedDownload",
     "FailureReason",
     "FileDone",
     "FileFailed",

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Final
 
 import aiofiles
@@ -35,6 +35,7 @@ from ._pipeline import Pipeline, storage_answer
 from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry, redact_url
 from ._transport import Answer, Credentials, Exchange
+from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import Artifact
 from .types.progress import DownloadProgress, ProgressCallback
 
@@ -363,28 +364,33 @@ async def download_artifacts(
     concurrency: int,
     progress: ProgressCallback[DownloadProgress] | None = None,
     refresh: RefreshArtifact | None = None,
-) -> list[Path]:
-    """Download ``artifacts`` into ``dest`` (``concurrency`` at a time); return their paths.
+    check: bool = True,
+) -> DownloadReport:
+    """Download ``artifacts`` into ``dest`` (``concurrency`` at a time); report what was written.
 
     Every file is attempted even if another fails; partial files stay as ``.part`` for the next
     run to resume. Downloads take no rate-limit token and carry no token, but run through the
     client's one retry loop (Retry-After on 429/503 honoured, 5xx and broken connections
     retried with backoff).
 
+    Args:
+        check: raise :class:`~runcomfy_async.errors.DownloadError` when any file failed;
+            False returns the report with the failures in ``failed``.
+
     Raises:
         ValidationError: a planned path would leave ``dest``.
-        APIError: storage refused a file (the first failure; others are added as notes).
-        TransportError: a file could not be fetched after retries.
+        DownloadError: ``check`` and a file could not be downloaded (storage refused it or it
+            could not be fetched after retries); the first file's error is the ``__cause__``.
         Exception: what the progress callback raised (the downloads stop).
     """
     paths = plan_paths(dest, artifacts)
     for folder in sorted({p.parent for p in paths}):
         await aiofiles.os.makedirs(folder, exist_ok=True)
 
-    async def run(relay: ProgressRelay[DownloadProgress]) -> list[Path]:
-        """Every download, their events going to ``relay``."""
+    async def run(relay: ProgressRelay[DownloadProgress]) -> dict[Path, Exception]:
+        """Every download, their events going to ``relay``; the failures by path."""
         semaphore = asyncio.Semaphore(concurrency)
-        failures: list[tuple[PurePath, Exception]] = []
+        failures: dict[Path, Exception] = {}
 
         async def one(artifact: Artifact, path: Path) -> None:
             """Download one file under the semaphore, recording (not raising) its failure."""
@@ -393,7 +399,7 @@ async def download_artifacts(
                 try:
                     await _download(pipeline, download, refresh=refresh)
                 except (errors.RunComfyError, OSError) as exc:
-                    failures.append((path, exc))
+                    failures[path] = exc
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -401,11 +407,23 @@ async def download_artifacts(
                     group.create_task(one(artifact, path))
         except ExceptionGroup as group_error:
             reraise_first(group_error)
-        if failures:
-            first = failures[0][1]
-            for failed_path, exc in failures[1:]:
-                first.add_note(f"also failed: {failed_path.name}: {exc}")
-            raise first
-        return paths
+        return failures
 
-    return await with_progress(progress, run)
+    failures = await with_progress(progress, run)
+    report = DownloadReport(
+        paths=tuple(p for p in paths if p not in failures),
+        failed=tuple(
+            FailedDownload(path=p, message=str(failures[p])) for p in paths if p in failures
+        ),
+    )
+    if check and failures:
+        lines = [f"{f.path.name}: {f.message}" for f in report.failed]
+        shown = "\n  - ".join(lines[:20])
+        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+        raise errors.DownloadError(
+            f"{len(lines)} of {len(paths)} file(s) could not be downloaded into {dest}:"
+            f"\n  - {shown}{more}\n"
+            "their .part files are kept: downloading again resumes them",
+            report=report,
+        ) from next(failures[p] for p in paths if p in failures)
+    return report

@@ -26,6 +26,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- ServerError               5xx after retries ran out
     |   +-- UnexpectedResponseError   a body that is not the JSON the API documents
     +-- UploadError                   one or more files could not be uploaded
+    +-- DownloadError                 one or more files could not be downloaded
     +-- OperationFailed               a remote operation ended badly
     |   +-- DatasetFailed             a dataset went FAILED
     |   +-- JobFailed                 a training job went FAILED
@@ -56,6 +57,7 @@ __all__ = [
     "ConflictError",
     "DatasetFailed",
     "DatasetValidationError",
+    "DownloadError",
     "InsufficientBalanceError",
     "JobFailed",
     "MachineFailed",
@@ -233,6 +235,19 @@ class UnexpectedResponseError(APIError):
 
 class UploadError(RunComfyError):
     """One or more files could not be uploaded; see ``report`` for each file's reason."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class DownloadError(RunComfyError):
+    """One or more files could not be downloaded; ``report`` says which were written and which
+    failed (a :class:`~runcomfy_async.types.downloads.DownloadReport`).
+
+    The first file's own error is the ``__cause__``. Each failed file's ``.part`` is kept, so
+    downloading again resumes it.
+    """
 
     def __init__(self, message: str, *, report: Any = None) -> None:
         self.report = report

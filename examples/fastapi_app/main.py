@@ -213,7 +213,11 @@ def _save_uploads(files: list[UploadFile], directory: Path) -> list[Path]:
 async def _new_dataset(
     rc: RunComfy, name: str, upload: Callable[[Dataset], Awaitable[UploadReport]]
 ) -> dict[str, Any]:
-    """Create a dataset and upload into it; one refused by validation is deleted again."""
+    """Create a dataset and upload into it; one refused by validation is deleted again.
+
+    ``upload`` passes ``check=False``: files that could not be stored are answered in
+    ``failed`` (the client may send them again) instead of failing the whole request.
+    """
     dataset = await rc.datasets.create(name)
     try:
         report = await upload(dataset)
@@ -244,13 +248,15 @@ async def create_dataset(request: Request, rc: Client) -> dict[str, Any]:
                 raise HTTPException(422, "send a 'name' field and at least one 'files' part")
             with tempfile.TemporaryDirectory(prefix="runcomfy-upload-") as tmp:
                 paths = await asyncio.to_thread(_save_uploads, files, Path(tmp))
-                return await _new_dataset(rc, name, lambda ds: ds.upload(*paths))
+                return await _new_dataset(rc, name, lambda ds: ds.upload(*paths, check=False))
     try:
         body = FolderUpload.model_validate_json(await request.body())
     except PydanticValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
     folder = _inside_upload_root(body.folder)
-    return await _new_dataset(rc, body.name, lambda ds: ds.upload_folder(folder, verify=False))
+    return await _new_dataset(
+        rc, body.name, lambda ds: ds.upload_folder(folder, verify=False, check=False)
+    )
 
 
 @app.get("/datasets/{dataset_id}")

@@ -229,6 +229,10 @@ def _one_line(exc: BaseException) -> str:
 
 def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
     """The :class:`CliError` for a library error raised while doing ``what`` (a command path)."""
+    message = f"{what} failed: {_one_line(exc)}"
+    cause = exc.__cause__
+    if isinstance(exc, errors.DownloadError) and isinstance(cause, errors.RunComfyError):
+        exc = cause  # the exit code and hint of the first file's own failure
     if isinstance(exc, errors.APIError):
         code = EXIT_API
     elif isinstance(exc, errors.TransportError):
@@ -239,8 +243,7 @@ def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
         code = EXIT_FAILED
     group = what.split()[0] if " " in what else ""
     hint = _hint(exc, group if group in ("datasets", "jobs", "models", "machines") else "")
-    message = f"{what} failed: {_one_line(exc)}" + (f"; {hint}" if hint else "")
-    return CliError(message, exit_code=code)
+    return CliError(message + (f"; {hint}" if hint else ""), exit_code=code)
 
 
 def _what() -> str:

@@ -172,15 +172,18 @@ def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) 
             ds = await rc.datasets.create(dataset)
             reporter.note(f"created dataset {ds.id} ({dataset})")
         reports: list[UploadReport] = []
+        # check=False: every file's outcome is printed, then the command exits non-zero below.
         with reporter.upload(f"{ds.name or ds.id}") as bars:
             for folder in folders:
                 reports.append(
                     await ds.upload_folder(
-                        folder, concurrency=concurrency, progress=bars, verify=False
+                        folder, concurrency=concurrency, progress=bars, verify=False, check=False
                     )
                 )
             if files:
-                reports.append(await ds.upload(*files, concurrency=concurrency, progress=bars))
+                reports.append(
+                    await ds.upload(*files, concurrency=concurrency, progress=bars, check=False)
+                )
         for report in reports:
             reporter.note(report.summary())
         failed = any(r.failed for r in reports)

@@ -142,6 +142,7 @@ class Dataset:
         direct_limit: int = _plan.DIRECT_UPLOAD_LIMIT,
         batch_size: int = _plan.DEFAULT_BATCH_SIZE,
         verify: bool = False,
+        check: bool = True,
         timeout: float | None = None,
     ) -> UploadReport:
         """Upload individual files, each by the route its size calls for.
@@ -159,17 +160,25 @@ class Dataset:
             direct_limit: the largest file sent direct, in bytes (the service's limit is
                 150,000,000).
             batch_size: files per signed-URL request (1..1000).
-            verify: wait for READY and check every file is listed with its size.
+            verify: afterwards wait for READY and check every file that was not reported
+                failed is listed with its size.
+            check: raise :class:`~runcomfy_async.errors.UploadError` when any file could not be
+                uploaded (like ``subprocess.run(check=True)``); False returns the report with
+                those files in ``failed`` instead. Governs per-file failures only: what
+                ``verify`` finds wrong raises either way.
             timeout: seconds to wait for READY when verifying (None: no limit).
 
         Returns:
-            An :class:`UploadReport`; failed files are in ``failed`` with their reasons.
+            An :class:`UploadReport` (with ``check=False`` failed files are in ``failed`` with
+            their reasons).
 
         Raises:
             DatasetValidationError: a file is missing, empty, unreadable, of an unsupported type,
                 or two names collide (every problem is listed; nothing was sent).
-            UploadError: ``verify`` and a file failed or is not listed (``.report`` has details).
+            UploadError: ``check`` and a file could not be uploaded, or ``verify`` and a file
+                is not listed with its size (``.report`` has details).
             DatasetFailed: ``verify`` and the dataset went FAILED.
+            WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
         """
         if not paths:
             raise errors.ValidationError("pass at least one file to upload: ds.upload('a.jpg')")
@@ -190,6 +199,7 @@ class Dataset:
             progress=progress,
             batch_size=batch_size,
             verify=verify,
+            check=check,
             timeout=timeout,
         )
 
@@ -201,6 +211,7 @@ class Dataset:
         progress: ProgressCallback[UploadEvent] | None = None,
         resume: bool = True,
         verify: bool = True,
+        check: bool = True,
         batch_size: int = _plan.DEFAULT_BATCH_SIZE,
         timeout: float | None = None,
     ) -> UploadReport:
@@ -220,17 +231,24 @@ class Dataset:
                 (plain or async function).
             resume: first ask the dataset which files it holds (one API call) and skip those
                 with the same name and size. Files are compared by size, not content.
-            verify: wait for READY and check every local file is listed with its size.
+            verify: afterwards wait for READY and check every local file that was not reported
+                failed is listed with its size.
+            check: raise :class:`~runcomfy_async.errors.UploadError` when any file could not be
+                uploaded (like ``subprocess.run(check=True)``), also with ``verify=False``;
+                False returns the report with those files in ``failed`` instead. Governs
+                per-file failures only: what ``verify`` finds wrong raises either way.
             batch_size: files per signed-URL request (1..1000).
             timeout: seconds to wait for READY when verifying (None: no limit).
 
         Returns:
-            An :class:`UploadReport` (with ``verify=False`` it may list failed files).
+            An :class:`UploadReport` (with ``check=False`` failed files are in ``failed`` with
+            their reasons).
 
         Raises:
             DatasetValidationError: the folder breaks the dataset rules (every problem is
                 listed; nothing was sent).
-            UploadError: ``verify`` and a file failed or is not listed (``.report`` has details).
+            UploadError: ``check`` and a file could not be uploaded, or ``verify`` and a file
+                is not listed with its size (``.report`` has details).
             DatasetFailed: ``verify`` and the dataset went FAILED.
             WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
         """
@@ -247,6 +265,7 @@ class Dataset:
             progress=progress,
             batch_size=batch_size,
             verify=verify,
+            check=check,
             timeout=timeout,
         )
 
@@ -262,9 +281,11 @@ class Dataset:
         progress: ProgressCallback[UploadEvent] | None,
         batch_size: int,
         verify: bool,
+        check: bool,
         timeout: float | None,
     ) -> UploadReport:
-        """Validate, plan, send and (optionally) verify: the shared body of both uploads."""
+        """Validate, plan, send, raise for failed files (``check``) and (optionally) verify:
+        the shared body of both uploads."""
         problems = problems + _plan.set_problems(scanned, captions=captions)
         if problems:
             raise errors.DatasetValidationError(problems)
@@ -308,8 +329,22 @@ class Dataset:
                     elapsed=time.monotonic() - started,
                 )
 
+            failed = report().failed
+            if check and failed:
+                lines = [f"{r.filename} ({r.reason}): {r.message}" for r in failed]
+                raise errors.UploadError(
+                    f"{len(failed)} file(s) could not be uploaded to dataset {self.id}:\n  - "
+                    + _bullets(lines)
+                    + "\nrun the upload again to retry only these (resume skips the others); "
+                    "pass check=False to get the report instead",
+                    report=report(),
+                )
             if verify:
-                await self._verify(sources, report, timeout=timeout)
+                # Files already reported failed (check=False) are not expected in the listing.
+                lost = {r.filename for r in failed}
+                kept = [s for s in sources if s.filename not in lost]
+                if kept:
+                    await self._verify(kept, report, timeout=timeout)
             return report()
 
     async def _verify(
@@ -319,16 +354,7 @@ class Dataset:
         *,
         timeout: float | None,
     ) -> None:
-        """Raise unless every file made it: none failed, READY, each listed with its size."""
-        failed = report().failed
-        if failed:
-            lines = [f"{r.filename} ({r.reason}): {r.message}" for r in failed]
-            raise errors.UploadError(
-                f"{len(failed)} file(s) could not be uploaded to dataset {self.id}:\n  - "
-                + _bullets(lines)
-                + "\nrun the upload again to retry only these (resume skips the others)",
-                report=report(),
-            )
+        """Raise unless the dataset is READY with each of ``sources`` listed with its size."""
         info = await self.wait_ready(timeout=timeout)
         listed = info.sizes
         missing = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, overload
 from urllib.parse import quote
 
 import attrs
@@ -31,6 +31,7 @@ from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from ..types.datasets import DatasetInfo, DatasetStatus
+from ..types.downloads import DownloadReport
 from ..types.jobs import (
     ARTIFACT_KINDS,
     Artifact,
@@ -284,6 +285,39 @@ class TrainingJob:
             if snapshot.status is not None and snapshot.status.terminal:
                 return
 
+    @overload
+    async def download(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        kinds: Iterable[str] = ...,
+        concurrency: int = ...,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        check: Literal[True] = ...,
+    ) -> list[Path]: ...
+
+    @overload
+    async def download(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        kinds: Iterable[str] = ...,
+        concurrency: int = ...,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        check: Literal[False],
+    ) -> DownloadReport: ...
+
+    @overload
+    async def download(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        kinds: Iterable[str] = ...,
+        concurrency: int = ...,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        check: bool = ...,
+    ) -> list[Path] | DownloadReport: ...
+
     async def download(
         self,
         dest: str | os.PathLike[str],
@@ -291,7 +325,8 @@ class TrainingJob:
         kinds: Iterable[str] = ARTIFACT_KINDS,
         concurrency: int = 4,
         progress: ProgressCallback[DownloadProgress] | None = None,
-    ) -> list[Path]:
+        check: bool = True,
+    ) -> list[Path] | DownloadReport:
         """Download the job's artifacts into ``dest`` as ``dest/<kind>/<name>``.
 
         Streams each file to ``<name>.part`` and renames it when complete; a ``.part`` left by
@@ -304,14 +339,21 @@ class TrainingJob:
             kinds: artifact groups to fetch (``"checkpoints"``, ``"samples"``, ``"config"``).
             concurrency: files downloaded at once.
             progress: called with a :class:`DownloadProgress` as bytes land on disk.
+            check: raise :class:`~runcomfy_async.errors.DownloadError` when any file could not
+                be downloaded (like ``subprocess.run(check=True)``); False returns a
+                :class:`~runcomfy_async.types.downloads.DownloadReport` instead, its failures
+                in ``failed``.
 
         Returns:
-            The paths written, in the server's artifact order.
+            The paths written, in the server's artifact order (a ``DownloadReport`` with
+            ``check=False``).
 
         Raises:
             ValidationError: bad ``kinds`` or ``concurrency``, or a name would leave ``dest``.
-            APIError: storage refused a file (also after one fresh URL on 403).
-            TransportError: a file could not be fetched after retries (its ``.part`` is kept).
+            DownloadError: ``check`` and a file could not be downloaded: storage refused it
+                (also after one fresh URL on 403) or it could not be fetched after retries.
+                Every file is attempted; ``.report`` lists each outcome, the first file's
+                error is the ``__cause__``, and each failed file's ``.part`` is kept.
         """
         if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
             raise errors.ValidationError(
@@ -327,7 +369,7 @@ class TrainingJob:
             fresh = await self.result()
             return next((a for a in fresh.artifacts if a.key == artifact.key), artifact)
 
-        return await download_artifacts(
+        report = await download_artifacts(
             client.pipeline,
             result.of_kind(*wanted),
             Path(dest),
@@ -335,7 +377,9 @@ class TrainingJob:
             concurrency=concurrency,
             progress=progress,
             refresh=refresh,
+            check=check,
         )
+        return list(report.paths) if check else report
 
 
 @attrs.frozen(kw_only=True)

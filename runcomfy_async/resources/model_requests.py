@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -27,6 +27,7 @@ from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from .._retry import RetryPolicy
 from .._rules import is_model_id
+from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
 from ..types.models import (
     CancelOutcome,
@@ -427,6 +428,39 @@ class Models:
         _request_path(request_id, "")
         return ModelRequest(self._client, request_id, include_cost=include_cost)
 
+    @overload
+    async def download_outputs(
+        self,
+        output: Any,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        concurrency: int = ...,
+        check: Literal[True] = ...,
+    ) -> list[Path]: ...
+
+    @overload
+    async def download_outputs(
+        self,
+        output: Any,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        concurrency: int = ...,
+        check: Literal[False],
+    ) -> DownloadReport: ...
+
+    @overload
+    async def download_outputs(
+        self,
+        output: Any,
+        dest: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback[DownloadProgress] | None = ...,
+        concurrency: int = ...,
+        check: bool = ...,
+    ) -> list[Path] | DownloadReport: ...
+
     async def download_outputs(
         self,
         output: Any,
@@ -434,7 +468,8 @@ class Models:
         *,
         progress: ProgressCallback[DownloadProgress] | None = None,
         concurrency: int = 4,
-    ) -> list[Path]:
+        check: bool = True,
+    ) -> list[Path] | DownloadReport:
         """Download every file a model output points to into ``dest/outputs/<name>``.
 
         Every http(s) URL found in ``output`` (strings, nested dicts and lists) is fetched the
@@ -447,14 +482,21 @@ class Models:
             dest: folder to write into (created if missing).
             progress: called with a :class:`DownloadProgress` as bytes land on disk.
             concurrency: files downloaded at once.
+            check: raise :class:`~runcomfy_async.errors.DownloadError` when any file could not
+                be downloaded (like ``subprocess.run(check=True)``); False returns a
+                :class:`~runcomfy_async.types.downloads.DownloadReport` instead, its failures
+                in ``failed``.
 
         Returns:
-            The paths written, in the order the URLs appear in ``output`` (empty if none).
+            The paths written, in the order the URLs appear in ``output`` (empty if none); a
+            ``DownloadReport`` with ``check=False``.
 
         Raises:
             ValidationError: a bad ``concurrency``, or a name would leave ``dest``.
-            APIError: storage refused a file.
-            TransportError: a file could not be fetched after retries (its ``.part`` is kept).
+            DownloadError: ``check`` and a file could not be downloaded (storage refused it,
+                or it could not be fetched after retries). Every file is attempted;
+                ``.report`` lists each outcome, the first file's error is the ``__cause__``,
+                and each failed file's ``.part`` is kept.
         """
         check_concurrency(concurrency, "downloads")
         artifacts = [
@@ -462,14 +504,16 @@ class Models:
             for url in output_urls(output)
         ]
         client = self._client
-        return await download_artifacts(
+        report = await download_artifacts(
             client.pipeline,
             artifacts,
             Path(dest),
             timeout=client.timeouts.for_transfer(),
             concurrency=concurrency,
             progress=progress,
+            check=check,
         )
+        return list(report.paths) if check else report
 
     async def run(
         self,
