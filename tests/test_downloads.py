@@ -12,7 +12,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import NotFoundError, RetryPolicy, RunComfy, TransportError, ValidationError
+from runcomfy_async import (
+    DownloadError,
+    NotFoundError,
+    RetryPolicy,
+    RunComfy,
+    TransportError,
+    ValidationError,
+)
 from runcomfy_async._downloads import CHUNK, DownloadProgress, plan_paths, safe_name
 from runcomfy_async.testing import Emulator, RequestRecord
 from runcomfy_async.testing.trainer_jobs import JobStore, jobs_of
@@ -304,15 +311,16 @@ async def test_expired_url_is_signed_again(emu: Emulator, rc: RunComfy, tmp_path
 async def test_missing_artifact_fails_with_the_storage_error(
     emu: Emulator, rc: RunComfy, tmp_path: Path
 ) -> None:
-    """A file storage no longer has raises NotFoundError; the other files are still fetched."""
+    """A file storage no longer has raises DownloadError from NotFoundError; the others land."""
     store, job_id = new_job(emu)
     store.add_artifact(job_id, "samples", "gone.jpg", b"1")
     store.add_artifact(job_id, "samples", "kept.jpg", b"2")
     blob = emu.state.storage.blob_path(store.artifacts(job_id)[0].key)
     assert blob is not None
     blob.unlink()
-    with pytest.raises(NotFoundError, match="No object") as caught:
+    with pytest.raises(DownloadError, match="No object") as caught:
         await rc.jobs.get(job_id).download(tmp_path, concurrency=1)
+    assert isinstance(caught.value.__cause__, NotFoundError)
     assert (tmp_path / "samples" / "kept.jpg").read_bytes() == b"2"
     signature = storage_requests(emu)[0].query.split("sig=")[1]
     assert signature not in str(caught.value)
@@ -335,7 +343,7 @@ async def test_no_token_goes_to_storage(emu: Emulator, rc: RunComfy, tmp_path: P
 async def test_storage_5xx_is_retried_then_gives_up_keeping_part(
     emu: Emulator, tmp_path: Path
 ) -> None:
-    """A 503 is retried; a storage that keeps failing ends in TransportError naming the resume."""
+    """A 503 is retried; storage that keeps failing ends in DownloadError naming the resume."""
     store, job_id = new_job(emu)
     store.add_artifact(job_id, "samples", "a.jpg", b"abc")
     retry = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02)
@@ -345,7 +353,9 @@ async def test_storage_5xx_is_retried_then_gives_up_keeping_part(
         assert path.read_bytes() == b"abc"
         emu.clear_faults()
         emu.inject("reset", api="storage")
-        with pytest.raises(TransportError) as caught:
+        with pytest.raises(DownloadError, match="resumes") as caught:
             await client.jobs.get(job_id).download(tmp_path / "two")
-    assert "gave up after 3 attempts" in "\n".join(caught.value.__notes__)
+    cause = caught.value.__cause__
+    assert isinstance(cause, TransportError)
+    assert "gave up after 3 attempts" in "\n".join(cause.__notes__)
     assert not (tmp_path / "two" / "samples" / "a.jpg").exists()

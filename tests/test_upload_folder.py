@@ -200,14 +200,14 @@ async def test_verify_raises_naming_the_files_that_failed(
 
 
 @pytest.mark.asyncio
-async def test_verify_false_returns_failures_in_the_report(
+async def test_check_false_returns_failures_in_the_report(
     rc: RunComfy, emu: Emulator, tmp_path: Path
 ) -> None:
-    """Without verify the failed file is reported, not raised; the others are stored."""
+    """With check=False and no verify the failed file is reported, not raised; the rest stored."""
     folder = captioned_folder(tmp_path / "set", 3)
     ds = await rc.datasets.create("noverify")
     emu.inject("500", api="storage", path="img_0001.txt")
-    report = await ds.upload_folder(folder, verify=False)
+    report = await ds.upload_folder(folder, verify=False, check=False)
     assert not report.ok
     assert [r.filename for r in report.failed] == ["img_0001.txt"]
     assert len(emu.stored_files(ds.id)) == 5

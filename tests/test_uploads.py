@@ -181,7 +181,7 @@ async def test_direct_over_the_servers_limit_is_reported_as_rejected(
 ) -> None:
     """A direct upload the server refuses with 413 fails that file, naming the limit."""
     over = make(tmp_path / "over.jpg", 1001)
-    report = await ds.upload(over, direct_limit=5000)
+    report = await ds.upload(over, direct_limit=5000, check=False)
     (failed,) = report.failed
     assert failed.reason is FailureReason.REJECTED
     assert "413" in (failed.message or "")
@@ -295,7 +295,7 @@ async def test_a_file_that_keeps_failing_does_not_stop_the_others(
     emu.inject("500", api="storage", path="doomed")
     good = [make(tmp_path / f"ok{i}.jpg", 1100) for i in range(3)]
     doomed = make(tmp_path / "doomed.jpg", 1100)
-    report = await ds.upload(*good, doomed, direct_limit=1000)
+    report = await ds.upload(*good, doomed, direct_limit=1000, check=False)
     (failed,) = report.failed
     assert failed.filename == "doomed.jpg"
     assert failed.reason is FailureReason.SERVER_ERROR
@@ -325,7 +325,7 @@ async def test_a_url_refused_every_time_fails_as_expired(
     """Storage refusing every fresh URL ends in URL_EXPIRED, not an endless loop."""
     emu.inject("expire_url", api="storage")
     pic = make(tmp_path / "pic.jpg", 1400)
-    report = await ds.upload(pic, direct_limit=1000)
+    report = await ds.upload(pic, direct_limit=1000, check=False)
     (failed,) = report.failed
     assert failed.reason is FailureReason.URL_EXPIRED
     assert len([r for r in emu.log if r.method == "PUT"]) == 4
@@ -344,7 +344,9 @@ async def test_a_file_changed_after_planning_fails_clearly(
             with moving.open("ab") as fh:
                 fh.write(b"more")
 
-    report = await ds.upload(steady, moving, direct_limit=1000, progress=grow)
+    report = await ds.upload(
+        steady, moving, direct_limit=1000, progress=grow, check=False
+    )
     (failed,) = report.failed
     assert failed.reason is FailureReason.FILE_CHANGED
     assert "planned 1500 bytes, now 1504" in (failed.message or "")
@@ -365,7 +367,9 @@ async def test_a_file_changing_mid_send_is_never_stored_cut(
             with pic.open("ab") as fh:
                 fh.write(b"late bytes")
 
-    report = await ds.upload(pic, direct_limit=direct_limit, progress=grow)
+    report = await ds.upload(
+        pic, direct_limit=direct_limit, progress=grow, check=False
+    )
     (failed,) = report.failed
     assert failed.reason is FailureReason.FILE_CHANGED
     assert "pic.jpg" not in emu.stored_files(ds.id)
