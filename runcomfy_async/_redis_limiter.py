@@ -601,6 +601,11 @@ class RedisTokenBucket:
                 down_for,
             )
         left = self._paused_until - time.monotonic()
+        if was is SharedLimitState.FALLBACK:
+            # Every process spent the account's rate on its own until now: a Redis that
+            # restarted would hand out a full burst on top of that, so the shared bucket starts
+            # empty (one token a 1/rate from now), or paused longer if a 429 said so.
+            left = max(left, 1.0 / self.rate)
         if left > 0:
             # A Redis that restarted without persistence forgot the pause after a 429.
             with contextlib.suppress(*self._unavailable_errors):

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from runcomfy_async import (
     ComfyUI,
+    DownloadError,
     DownloadProgress,
     NotFoundError,
     OutcomeUnknownError,
@@ -426,12 +427,14 @@ async def test_downloads_follow_redirects(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_an_error_through_a_progress_callback_keeps_its_cause(tmp_path: Path) -> None:
-    """With a progress callback, a failed download's error still carries its cause."""
+    """With a progress callback, a failed download's error still carries its whole chain."""
     dead = f"http://127.0.0.1:{_free_port()}/out.png"
     async with RunComfy(token="tok", retry=RetryPolicy(max_attempts=1)) as rc:
-        with pytest.raises(UnsentTransportError) as caught:
+        with pytest.raises(DownloadError) as caught:
             await rc.models.download_outputs({"image": dead}, tmp_path, progress=lambda _: None)
-    assert caught.value.__cause__ is not None
+    unsent = caught.value.__cause__
+    assert isinstance(unsent, UnsentTransportError)
+    assert unsent.__cause__ is not None  # the aiohttp error behind it
 
 
 def test_a_stop_timeout_must_be_a_positive_number() -> None:
