@@ -244,7 +244,8 @@ async def test_machine_stopped_while_starting_fails(emu: Emulator, rc: RunComfy)
     machine = await rc.machines.launch(await _version(rc))
     assert (await machine.status()).current_status is MachineStatus.INITIALIZING
     await rc.machines.get(machine.id).stop()
-    with pytest.raises(MachineFailed, match="Stopping"):
+    # Seen while Stopping, or already gone (404) when the stop took less than a poll's interval.
+    with pytest.raises(MachineFailed, match="Stopping|it was stopped"):
         await machine.wait_ready(poll=FAST, timeout=5)
 
 
