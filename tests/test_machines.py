@@ -245,7 +245,7 @@ async def test_machine_stopped_while_starting_fails(emu: Emulator, rc: RunComfy)
     assert (await machine.status()).current_status is MachineStatus.INITIALIZING
     await rc.machines.get(machine.id).stop()
     # Seen while Stopping, or already gone (404) when the stop took less than a poll's interval.
-    with pytest.raises(MachineFailed, match="Stopping|it was stopped"):
+    with pytest.raises(MachineFailed, match=r"Stopping|it was stopped"):
         await machine.wait_ready(poll=FAST, timeout=5)
 
 
