@@ -469,6 +469,11 @@ def test_emulator_command_json_and_usage_errors(invoke: Callable[..., Result]) -
     assert emulator.returncode == 0
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_upload_exits_130_and_resumes(
     server: ThreadedEmulator, tmp_path: Path
 ) -> None:
@@ -480,9 +485,11 @@ def test_ctrl_c_during_upload_exits_130_and_resumes(
     )
     env = {**os.environ, **server.env()}
     args = ["datasets", "upload", "cli-slow", str(folder), "--concurrency", "2"]
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: give the
+    # CLI the default disposition, as a terminal's Ctrl-C would find it, whoever runs the suite.
     upload = subprocess.Popen(
         [*_cli_command(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 30
