@@ -37,16 +37,8 @@ from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.comfyui import example_workflow
 from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.uploads import BytesSent, UploadEvent
+from tests.test_downloads import CONFIG_TEXT
 
-CONFIG_TEXT = """\
-job: extension
-config:
-  name: my_lora
-  process:
-  - type: sd_trainer
-    training_folder: /app/ai-toolkit/output
-    datasets: []
-"""
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
 
 

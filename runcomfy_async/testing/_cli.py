@@ -20,11 +20,13 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypeVar
 
 import attrs
 
 from ._emulator import Emulator
+
+N = TypeVar("N", int, float)
 
 __all__ = [
     "OPTIONS",
@@ -43,6 +45,21 @@ __all__ = [
 # -- value parsers: str -> value, ValueError with a message naming what is allowed ---------------
 
 
+def _number(value: str, cast: Callable[[str], N], ok: Callable[[N], bool], allowed: str) -> N:
+    """``value`` as a number that passes ``ok``; otherwise ValueError saying what is allowed."""
+    try:
+        number = cast(value)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not ok(number):
+        raise ValueError(allowed)
+    return number
+
+
+def _positive(number: float) -> bool:
+    return math.isfinite(number) and number > 0
+
+
 def parse_rate_limit(value: str) -> float | None:
     """``--rate-limit``: requests per second, or ``none``/``off``/``0`` to switch it off.
 
@@ -51,65 +68,41 @@ def parse_rate_limit(value: str) -> float | None:
     """
     if value.strip().lower() in ("none", "off", "0"):
         return None
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = math.nan
-    if not math.isfinite(rate) or rate <= 0:
-        raise ValueError("must be a number > 0, or 'none' (or 0) to switch the limit off")
-    return rate
+    return _number(
+        value, float, _positive, "must be a number > 0, or 'none' (or 0) to switch the limit off"
+    )
 
 
 def _parse_port(value: str) -> int:
     """``--port``: 0..65535, 0 for any free port."""
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError("must be a whole number from 0 to 65535 (0 picks a free port)")
-    return port
+    return _number(
+        value,
+        int,
+        lambda port: 0 <= port <= 65535,
+        "must be a whole number from 0 to 65535 (0 picks a free port)",
+    )
 
 
 def _parse_burst(value: str) -> int:
     """``--burst``: a whole number of requests >= 1."""
-    try:
-        burst = int(value)
-    except ValueError:
-        burst = 0
-    if burst < 1:
-        raise ValueError("must be a whole number >= 1")
-    return burst
+    return _number(value, int, lambda burst: burst >= 1, "must be a whole number >= 1")
 
 
 def _parse_speed(value: str) -> float:
     """``--speed``: a finite factor > 0."""
-    try:
-        speed = float(value)
-    except ValueError:
-        speed = math.nan
-    if not math.isfinite(speed) or speed <= 0:
-        raise ValueError("must be a number > 0 (50 runs simulated time 50 times faster)")
-    return speed
+    return _number(
+        value, float, _positive, "must be a number > 0 (50 runs simulated time 50 times faster)"
+    )
 
 
 def _parse_positive(value: str) -> float:
     """A finite number of seconds > 0."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("must be a number of seconds > 0")
-    return seconds
+    return _number(value, float, _positive, "must be a number of seconds > 0")
 
 
 def _parse_seed(value: str) -> int:
     """``--seed``: any whole number."""
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+    return _number(value, int, lambda _: True, "must be a whole number")
 
 
 def _parse_text(value: str) -> str:
