@@ -186,16 +186,8 @@ class _Engine:
     # -- one file --------------------------------------------------------------------------
 
     def _done(self, state: FileState) -> None:
+        self._record(state, None, None)
         source = state.source
-        self.results.append(
-            FileResult(
-                filename=source.filename,
-                path=source.path,
-                size=source.size,
-                method=state.method,
-                attempts=state.attempts,
-            )
-        )
         self._emit(
             FileDone(
                 filename=source.filename,
@@ -206,6 +198,16 @@ class _Engine:
         )
 
     def _fail(self, state: FileState, reason: FailureReason, message: str) -> None:
+        self._record(state, reason, message)
+        source = state.source
+        self._emit(
+            FileFailed(filename=source.filename, size=source.size, reason=reason, message=message)
+        )
+
+    def _record(
+        self, state: FileState, reason: FailureReason | None, message: str | None
+    ) -> None:
+        """Add the file's result to the run's results."""
         source = state.source
         self.results.append(
             FileResult(
@@ -217,9 +219,6 @@ class _Engine:
                 reason=reason,
                 message=message,
             )
-        )
-        self._emit(
-            FileFailed(filename=source.filename, size=source.size, reason=reason, message=message)
         )
 
     async def _upload_direct(self, state: FileState) -> None:
