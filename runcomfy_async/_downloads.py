@@ -286,6 +286,8 @@ class _Download:
                 await asyncio.to_thread(fh.write, bytes(buffer))
                 done += len(buffer)
         finally:
+            # Blocks until a write still running in its thread is done: a cancelled download
+            # leaves its .part exactly as long as what reached the disk.
             fh.close()
         emit(DownloadProgress(artifact=self.artifact, path=self.path, done=done, total=total))
         if total is not None and done != total:
