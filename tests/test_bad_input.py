@@ -373,15 +373,22 @@ async def test_mistake_is_refused_before_sending(ctx: Ctx, mistake: Case) -> Non
 async def _upload_with_hook(
     ctx: Ctx, hook: Callable[[Path], None], victim: str
 ) -> errors.UploadError:
-    """Upload 20 pairs, calling ``hook(path)`` when ``victim`` starts; return the UploadError."""
+    """Upload 20 pairs, calling ``hook(path)`` on ``victim`` once the upload is under way (at
+    the first file's start, well before ``victim``'s turn); return the UploadError.
+
+    Progress callbacks run beside the transfer, not inside it, so the hook cannot wait for the
+    victim's own start: a 100-byte file may be sent whole before its callback runs.
+    """
     folder = ctx.tmp / "live"
     folder.mkdir()
     for i in range(20):
         (folder / f"f{i:02}.jpg").write_bytes(b"x" * (100 + i))
         (folder / f"f{i:02}.txt").write_text(f"caption {i}")
+    hooked: list[str] = []
 
     def on_event(event: UploadEvent) -> None:
-        if isinstance(event, FileStarted) and event.filename == victim and event.attempt == 1:
+        if isinstance(event, FileStarted) and not hooked:
+            hooked.append(event.filename)
             hook(folder / victim)
 
     ds = await ctx.rc.datasets.create("live")
