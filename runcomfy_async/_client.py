@@ -16,7 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -88,8 +88,9 @@ def _resolve_token(token: str | None) -> str:
         token = os.environ.get("RUNCOMFY_API_TOKEN")
     if not token:
         raise errors.ConfigurationError(
-            "no API token: pass RunComfy(token=...) or set RUNCOMFY_API_TOKEN "
-            "(find the token on your runcomfy.com Profile page)"
+            "no API token",
+            fix="pass RunComfy(token=...) or set RUNCOMFY_API_TOKEN (find the token on your "
+            "runcomfy.com Profile page)",
         )
     if token != token.strip() or any(c.isspace() for c in token):
         raise errors.ConfigurationError(
@@ -174,6 +175,16 @@ class RunComfy:
         )
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> NoReturn:
+        raise errors.AsyncUsageError(
+            "RunComfy is an async client: use `async with RunComfy() as rc:` inside an "
+            "`async def` run by asyncio.run(...) (in Jupyter, top-level `async with` works), "
+            "not `with RunComfy()`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` refuses; present so ``with`` reaches that message."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -301,9 +312,9 @@ class RunComfy:
         """The account user id, or a clear error saying where to find it."""
         if not self.user_id:
             raise errors.ConfigurationError(
-                "the machine (Server) API needs your user id: pass RunComfy(user_id=...) or set "
-                "RUNCOMFY_USER_ID; it is the UUID in your dashboard URL "
-                "(https://www.runcomfy.com/comfyui/<user_id>/servers/...)"
+                "the machine (Server) API needs your user id; it is the UUID in your dashboard "
+                "URL (https://www.runcomfy.com/comfyui/<user_id>/servers/...)",
+                fix="pass RunComfy(user_id=...) or set RUNCOMFY_USER_ID",
             )
         return self.user_id
 
@@ -357,13 +368,26 @@ class RunComfy:
             method=spec.method, url=url, params=spec.params, json=spec.json, data=data,
             timeout=timeout,
         )
-        return await pipeline.call(
-            exchange,
-            functools.partial(json_answer, method=spec.method, url=url),
-            kind=spec.retry,
-            priority=priority,
-            trace=trace,
-            policy=policy,
+        try:
+            return await pipeline.call(
+                exchange,
+                functools.partial(json_answer, method=spec.method, url=url),
+                kind=spec.retry,
+                priority=priority,
+                trace=trace,
+                policy=policy,
+            )
+        except errors.UnsentTransportError as exc:
+            if not isinstance(exc, errors.APITimeoutError):
+                exc.fix = self._url_fix(spec.api)
+            raise
+
+    def _url_fix(self, api: API) -> str:
+        """Where the base URL of ``api`` that could not be reached comes from."""
+        return (
+            f"check the network, and the {api.value} base URL {self._urls[api]!r}: it comes "
+            f"from RunComfy({api.value}_url=...) or the {_URL_ENV[api]} environment variable "
+            f"(default {DEFAULT_URLS[api]!r})"
         )
 
     def spawn_cleanup(self, cleanup: Coroutine[Any, Any, T]) -> asyncio.Future[T]:

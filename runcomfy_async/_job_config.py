@@ -116,15 +116,14 @@ def check_config(doc: Mapping[str, Any]) -> list[str]:
                 or "/" in name.rstrip("/")
                 or name.strip() != name
             ):
-                problems.append(
-                    f"{at} is {path!r}; set it to '{DATASETS_ROOT}<dataset name>' "
-                    "(rc.jobs.config_for(dataset, template) fills it in)"
-                )
+                problems.append(f"{at} is {path!r}; set it to '{DATASETS_ROOT}<dataset name>'")
                 continue
             names.append(name.rstrip("/"))
     if problems:
         raise errors.ConfigError(
-            "the training config would be rejected by the service:\n  - " + "\n  - ".join(problems)
+            "the training config would be rejected by the service:\n  - "
+            + "\n  - ".join(problems),
+            fix="rc.jobs.config_for(dataset, template) fills in the fixed paths for a dataset",
         )
     return names
 

@@ -5,6 +5,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     RunComfyError
     +-- ConfigurationError            bad client setup: missing token or user id, bad URL
     +-- ClientClosedError             the client was closed, or never entered
+    +-- AsyncUsageError               `with` instead of `async with`, or a forgotten `await`
     +-- WrongEventLoopError           the client is used from another event loop than its own
     +-- ValidationError               input refused before any byte was sent
     |   +-- DatasetValidationError    a dataset folder breaks the upload rules (lists every problem)
@@ -36,7 +37,10 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
 
-Messages name the problem and the fix. None of them ever contains the API token.
+Messages name the problem and the fix. Where the fix is advice for Python code (an argument,
+an environment variable, another call), it is kept apart in ``fix`` and ``problem`` holds the
+rest: ``str(error)`` joins both, and the ``runcomfy`` command words its own advice for the shell.
+None of them ever contains the API token.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 __all__ = [
     "APIError",
     "APITimeoutError",
+    "AsyncUsageError",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -83,7 +88,30 @@ __all__ = [
 
 
 class RunComfyError(Exception):
-    """Root of every error raised by runcomfy-async."""
+    """Root of every error raised by runcomfy-async.
+
+    Attributes:
+        fix: what to do about it, worded for Python code ("pass ``exist_ok=True``..."); empty
+            when the message already says it. ``str(error)`` ends with it.
+    """
+
+    fix: str = ""
+
+    def __init__(self, *args: Any, fix: str | None = None) -> None:
+        super().__init__(*args)
+        if fix is not None:
+            self.fix = fix
+
+    @property
+    def problem(self) -> str:
+        """The message without :attr:`fix`: what went wrong (a CLI adds its own advice)."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        problem = self.problem
+        if not self.fix:
+            return problem
+        return f"{problem}\n{self.fix}" if "\n" in problem else f"{problem}; {self.fix}"
 
 
 class ConfigurationError(RunComfyError):
@@ -92,6 +120,12 @@ class ConfigurationError(RunComfyError):
 
 class ClientClosedError(RunComfyError):
     """The client is closed (or was never opened) and cannot send requests."""
+
+
+class AsyncUsageError(RunComfyError, TypeError):
+    """An async API was used like a sync one: ``with RunComfy()`` instead of ``async with``, or
+    the result of a call used without ``await`` (iterated, entered, or asked for an attribute).
+    """
 
 
 class WrongEventLoopError(RunComfyError):
@@ -122,6 +156,8 @@ class ConfigError(ValidationError):
 class TransportError(RunComfyError):
     """No HTTP answer: the connection failed, was reset, or timed out."""
 
+    fix = "check the network and try again"
+
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         self.method = method
         self.url = url
@@ -130,6 +166,8 @@ class TransportError(RunComfyError):
 
 class APITimeoutError(TransportError, builtins.TimeoutError):
     """A connect, read or total timeout expired."""
+
+    fix = "if the network is slow, give the client more time: RunComfy(timeout=...)"
 
 
 class UnsentTransportError(TransportError):
@@ -192,33 +230,60 @@ class APIError(RunComfyError):
 class BadRequestError(APIError):
     """400 or 422: the server found the request invalid."""
 
+    fix = "fix the request as the message says"
+
 
 class AuthenticationError(APIError):
     """401: the token is missing, wrong or expired; check RUNCOMFY_API_TOKEN."""
+
+    fix = (
+        "the token comes from RunComfy(token=...) or the RUNCOMFY_API_TOKEN environment "
+        "variable; copy it from your runcomfy.com Profile page"
+    )
 
 
 class PermissionDeniedError(APIError):
     """403: the token may not access this resource."""
 
+    fix = (
+        "the token may not access this resource: use the token of the account that owns it"
+    )
+
 
 class InsufficientBalanceError(APIError):
     """402: the account balance is too low; top it up on runcomfy.com."""
+
+    fix = "top up the account balance on runcomfy.com, then try again"
 
 
 class NotFoundError(APIError):
     """404: the resource does not exist (or expired)."""
 
+    fix = (
+        "check the id (rc.datasets.list() and rc.machines.list() show what exists; ids of "
+        "finished work may have expired)"
+    )
+
 
 class ConflictError(APIError):
     """409: the request conflicts with existing state (e.g. a dataset name in use)."""
+
+    fix = "check the resource's current status; it does not allow this now"
 
 
 class PayloadTooLargeError(APIError):
     """413: the body is larger than the endpoint accepts."""
 
+    fix = "send less in one request (Dataset.upload sends large files by signed URL)"
+
 
 class RateLimitError(APIError):
     """429 after every retry: the account's request rate limit was exceeded."""
+
+    fix = (
+        "lower RunComfy(rate=...), or share one limiter between the processes using this "
+        "account (RedisTokenBucket)"
+    )
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         self.retry_after = retry_after
@@ -228,9 +293,17 @@ class RateLimitError(APIError):
 class ServerError(APIError):
     """5xx after every retry: the service failed."""
 
+    fix = "the service failed; try again later (RunComfy(max_retries=...) retries longer)"
+
 
 class UnexpectedResponseError(APIError):
     """The body is not the JSON the API documents (an HTML proxy page, a cut body)."""
+
+    fix = (
+        "check that the base URL points at the RunComfy API (a proxy or another host answers "
+        "HTML): RunComfy(trainer_url=..., model_url=..., server_url=...) or "
+        "RUNCOMFY_TRAINER_URL / RUNCOMFY_MODEL_URL / RUNCOMFY_SERVER_URL"
+    )
 
 
 class UploadError(RunComfyError):
@@ -257,10 +330,12 @@ class DownloadError(RunComfyError):
 class OperationFailed(RunComfyError):
     """A remote operation reached a failed terminal state."""
 
-    def __init__(self, message: str, *, error: Any = None, snapshot: Any = None) -> None:
+    def __init__(
+        self, message: str, *, error: Any = None, snapshot: Any = None, fix: str | None = None
+    ) -> None:
         self.error = error
         self.snapshot = snapshot
-        super().__init__(message)
+        super().__init__(message, fix=fix)
 
 
 class DatasetFailed(OperationFailed):

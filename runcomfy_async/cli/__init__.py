@@ -22,6 +22,7 @@ __all__ = ["cli", "main"]
 cli.add_command(datasets.group)
 cli.add_command(jobs.group)
 cli.add_command(models.group)
+cli.add_command(models.requests_group)
 cli.add_command(machines.group)
 cli.add_command(emulator.command)
 cli.add_command(demo.command)

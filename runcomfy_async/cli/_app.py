@@ -11,7 +11,9 @@ Exit codes (also in ``runcomfy --help``):
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
 
-Every failure prints one line on stderr: what failed, why, and what to do.
+Every failure prints one line on stderr: what failed, why, and what to do (worded for the
+shell: flags, commands and environment variables). With ``--json`` it prints instead, on stdout,
+``{"error": {"type", "message", "hint", "status", "code", "exit_code"}}``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "cli",
     "cli_error",
     "emit",
+    "error_json",
     "fields_table",
     "interrupted",
     "output_options",
@@ -87,16 +90,47 @@ class Settings:
 
 
 class CliError(click.ClickException):
-    """A failure shown as one line on stderr with a chosen exit code."""
+    """A failure shown as one line on stderr with a chosen exit code.
 
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
+    Args:
+        message: the line (what failed, why, what to do).
+        exit_code: the process exit code.
+        error: the library error behind it (its type, status and code go into ``--json``).
+        hint: the shell advice in ``message``, kept apart for ``--json``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int = EXIT_FAILED,
+        error: errors.RunComfyError | None = None,
+        hint: str = "",
+    ) -> None:
         super().__init__(message)
         # click declares exit_code a ClassVar, yet reads it per instance; one class serves all.
         self.exit_code = exit_code  # type: ignore[misc]
+        self.error = error
+        self.hint = hint
 
     def show(self, file: IO[Any] | None = None) -> None:
         """Print ``runcomfy: error: <message>`` on stderr."""
         click.echo(f"runcomfy: error: {self.format_message()}", file=file or sys.stderr)
+
+
+def error_json(exc: click.ClickException) -> dict[str, Any]:
+    """A failure as the ``{"error": {...}}`` object ``--json`` prints on stdout."""
+    cause = exc.error if isinstance(exc, CliError) else None
+    return {
+        "error": {
+            "type": type(cause).__name__ if cause is not None else type(exc).__name__,
+            "message": exc.format_message(),
+            "hint": exc.hint if isinstance(exc, CliError) else "",
+            "status": getattr(cause, "status", None),
+            "code": getattr(cause, "code", None),
+            "exit_code": exc.exit_code,
+        }
+    }
 
 
 def settings() -> Settings:
@@ -193,15 +227,45 @@ def fields_table(data: Any, *, title: str | None = None) -> None:
 
 
 def _hint(exc: errors.RunComfyError, group: str) -> str:
-    """What the user can do about an error, for the one-line message."""
+    """What the user can do about an error, worded for the shell (the library's ``fix`` is
+    worded for Python code)."""
     if isinstance(exc, errors.AuthenticationError):
         return "check RUNCOMFY_API_TOKEN or --token; the token is on your runcomfy.com Profile page"
+    if isinstance(exc, errors.ConfigurationError):
+        if exc.problem.startswith("no API token"):
+            return (
+                "set RUNCOMFY_API_TOKEN (or pass --token); it is on your runcomfy.com Profile page"
+            )
+        if "user id" in exc.problem:
+            return "set RUNCOMFY_USER_ID (or pass --user-id)"
+        return "fix the setting named above (see the environment variables in `runcomfy --help`)"
     if isinstance(exc, errors.NotFoundError):
         if group in ("datasets", "machines"):
             return f"check the id; `runcomfy {group} list` shows what exists"
         return "check the id (ids of finished work may have expired)"
     if isinstance(exc, errors.ConflictError):
-        return "pick another name, or use the existing resource"
+        if group == "datasets":
+            return (
+                "pick another name, or use the existing dataset: `runcomfy datasets upload NAME "
+                "FOLDER` adds to it, `runcomfy datasets status NAME` shows it"
+            )
+        return "check its state with the matching `status` command"
+    if isinstance(exc, errors.ConfigError):
+        if "folder_path" in exc.problem or "training_folder" in exc.problem:
+            return "`runcomfy jobs submit CONFIG --dataset NAME` fills in the fixed paths"
+        if "not READY" in exc.problem or "no dataset named" in exc.problem:
+            return (
+                "`runcomfy datasets upload NAME FOLDER --wait` uploads and waits for READY; "
+                "`runcomfy datasets list` shows the datasets"
+            )
+        return "fix the config file as the message says"
+    if isinstance(exc, errors.JobFailed):
+        return (
+            "fix the cause, then `runcomfy jobs resume ID`, or submit the config again "
+            "(`runcomfy jobs result ID` lists what it made)"
+        )
+    if isinstance(exc, errors.APITimeoutError):
+        return "check the network and try again"
     if isinstance(exc, errors.InsufficientBalanceError):
         return "top up the account balance on runcomfy.com"
     if isinstance(exc, errors.RateLimitError):
@@ -215,11 +279,11 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
     return ""
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's message folded onto one line (multi-line messages list details)."""
-    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
+def _one_line(text: str) -> str:
+    """A message folded onto one line (multi-line messages list details)."""
+    lines = [line.strip(" -") for line in text.splitlines() if line.strip()]
     if not lines:
-        return type(exc).__name__
+        return "no details given"
     if len(lines) == 1:
         return lines[0]
     shown = "; ".join(lines[1:4])
@@ -228,8 +292,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
-    """The :class:`CliError` for a library error raised while doing ``what`` (a command path)."""
-    message = f"{what} failed: {_one_line(exc)}"
+    """The :class:`CliError` for a library error raised while doing ``what`` (a command path):
+    the error's problem, and advice for the shell instead of its Python ``fix``."""
+    error = exc
+    message = f"{what} failed: {_one_line(exc.problem)}"
     cause = exc.__cause__
     if isinstance(exc, errors.DownloadError) and isinstance(cause, errors.RunComfyError):
         exc = cause  # the exit code and hint of the first file's own failure
@@ -243,7 +309,7 @@ def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
         code = EXIT_FAILED
     group = what.split()[0] if " " in what else ""
     hint = _hint(exc, group if group in ("datasets", "jobs", "models", "machines") else "")
-    return CliError(message + (f"; {hint}" if hint else ""), exit_code=code)
+    return CliError(message + (f"; {hint}" if hint else ""), exit_code=code, error=error, hint=hint)
 
 
 def _what() -> str:
@@ -281,11 +347,19 @@ class _Group(click.Group):
     """The root group: turns Ctrl-C into exit code 130 with the command's resume hint."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; Ctrl-C (KeyboardInterrupt) becomes a clean exit 130."""
+        """Run the command; Ctrl-C (KeyboardInterrupt) becomes a clean exit 130; with ``--json``
+        a failure is printed as JSON on stdout (see :func:`error_json`)."""
+        opts = ctx.ensure_object(Settings)
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            interrupted(ctx.ensure_object(Settings).interrupt_hint)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                interrupted(opts.interrupt_hint)
+        except click.ClickException as exc:
+            if not opts.json:
+                raise
+            click.echo(json.dumps(error_json(exc), indent=2))
+            raise click.exceptions.Exit(exc.exit_code) from exc
 
 
 @click.group(cls=_Group, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from runcomfy_async import RequestResult, RequestStatus, RunComfy
+from runcomfy_async import RequestResult, RequestStatus, RunComfy, to_jsonable
 
 from ._app import emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
 
-__all__ = ["group", "parse_inputs", "status_notes"]
+__all__ = ["group", "parse_inputs", "requests_group", "status_notes"]
 
 
 def _value(text: str) -> Any:
@@ -91,6 +91,17 @@ def _result_view(result: RequestResult, files: list[Path] | None = None) -> dict
     return view
 
 
+def _show(result: RequestResult, files: list[Path] | None = None) -> None:
+    """Print a result: a table, or with ``--json`` the result as the Python type has it (plus
+    ``files`` when outputs were downloaded)."""
+    if not settings().json:
+        fields_table(_result_view(result, files), title="model request")
+    elif files is None:
+        emit(result)
+    else:
+        emit({**to_jsonable(result), "files": [str(p) for p in files]})
+
+
 @click.group("models")
 def group() -> None:
     """Model API requests: run, status, result, cancel."""
@@ -143,7 +154,7 @@ def run(
             )
 
     result, files = run_with_client(work)
-    fields_table(_result_view(result, files), title="model request")
+    _show(result, files)
 
 
 @group.command("status")
@@ -160,8 +171,7 @@ def status(request_id: str) -> None:
 @output_options
 def result(request_id: str) -> None:
     """Show a request's result (its output, or its current status while it runs)."""
-    res = run_with_client(lambda rc: rc.models.get(request_id).result())
-    fields_table(_result_view(res), title="model request")
+    _show(run_with_client(lambda rc: rc.models.get(request_id).result()))
 
 
 @group.command("cancel")
@@ -174,3 +184,32 @@ def cancel(request_id: str) -> None:
         {"request_id": request_id, "outcome": outcome},
         text=f"{request_id}: {outcome.value}",
     )
+
+
+@group.command("watch")
+@click.argument("request_id")
+@output_options
+def watch(request_id: str) -> None:
+    """Follow a submitted request (queue position, status) until it finishes; print its result.
+
+    Exits 1 when it failed or was cancelled.
+    """
+    reporter = Reporter()
+    settings().interrupt_hint = (
+        f"request {request_id} keeps running on the server: "
+        f"`runcomfy requests watch {request_id}` follows it again"
+    )
+
+    async def work(rc: RunComfy) -> RequestResult:
+        return await rc.models.get(request_id).wait(on_status=status_notes(reporter, request_id))
+
+    _show(run_with_client(work))
+
+
+@click.group("requests")
+def requests_group() -> None:
+    """Model API requests by id: watch, status, result, cancel (the same as under `models`)."""
+
+
+for _command in (watch, status, result, cancel):
+    requests_group.add_command(_command)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import attrs
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._downloads import DownloadProgress, download_artifacts
 from .._job_config import (
@@ -109,6 +110,7 @@ class TrainingJob:
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id!r}, name={self.name!r})"
 
+    @awaitable("job.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> JobStatus:
         """Ask the server for the job's current status and progress (never a cached one)."""
         payload = await self._client.request(
@@ -120,6 +122,7 @@ class TrainingJob:
             self.name = info.name
         return info
 
+    @awaitable("job.result()")
     async def result(self, *, priority: Priority = Priority.USER) -> JobResult:
         """The artifacts produced so far (checkpoints, samples, config) as hosted URLs.
 
@@ -138,6 +141,7 @@ class TrainingJob:
             error=wire.error,
         )
 
+    @awaitable("job.cancel()")
     async def cancel(self) -> JobStatus:
         """Cancel a queued or running job; its artifacts so far stay available via ``result()``.
 
@@ -152,6 +156,7 @@ class TrainingJob:
         )
         return self._info(payload, "cancel answer")
 
+    @awaitable("job.resume()")
     async def resume(self) -> JobStatus:
         """Queue a stopped job again; it continues from its highest checkpoint, same job id.
 
@@ -201,6 +206,7 @@ class TrainingJob:
             payload = {**payload, "id": self.id}
         return structure(payload, JobStatus, what=what)
 
+    @awaitable("job.wait()")
     async def wait(
         self,
         *,
@@ -236,8 +242,8 @@ class TrainingJob:
         )
         if info.status is JobState.FAILED:
             raise errors.JobFailed(
-                f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}; "
-                "fix the cause, then job.edit(config) and job.resume(), or submit again",
+                f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}",
+                fix="fix the cause, then job.edit(config) and job.resume(), or submit again",
                 error=info.error,
                 snapshot=info,
             )
@@ -439,14 +445,16 @@ class Jobs:
                 problems.append(
                     f"dataset {name!r} is {info.status.value}, not READY"
                     + (f" ({info.error})" if info.error else "")
-                    + "; wait for it (await rc.datasets.get(id).wait_ready()) or fix its files"
+                    + "; wait for it or fix its files"
                 )
         if problems:
             raise errors.ConfigError(
                 "the training config mounts datasets the job could not use:\n  - "
-                + "\n  - ".join(problems)
+                + "\n  - ".join(problems),
+                fix="await rc.datasets.get(id) waits until a dataset is READY",
             )
 
+    @awaitable("rc.jobs.submit(...)")
     async def submit(
         self,
         config: JobConfig,
@@ -506,6 +514,7 @@ class Jobs:
         _path(job_id)
         return TrainingJob(self._client, job_id, poll=self.poll)
 
+    @awaitable("rc.jobs.config_for(...)")
     async def config_for(self, dataset: DatasetRef, template: JobConfig) -> dict[str, Any]:
         """A copy of ``template`` with the fixed paths filled in for ``dataset``.
 

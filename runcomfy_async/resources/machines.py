@@ -19,6 +19,7 @@ from urllib.parse import quote
 import attrs
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._limiter import Priority
 from .._pipeline import CallTrace
@@ -131,6 +132,7 @@ class Machine:
             )
         self._stop_timeout = float(value)
 
+    @awaitable("machine.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> MachineInfo:
         """Ask the server for the machine's current state (never a cached one).
 
@@ -151,6 +153,7 @@ class Machine:
             self.main_service_url = None
         return info
 
+    @awaitable("machine.wait_ready()")
     async def wait_ready(
         self,
         *,
@@ -212,6 +215,7 @@ class Machine:
     def __await__(self) -> Generator[Any, None, MachineInfo]:
         return self.wait_ready().__await__()
 
+    @awaitable("machine.extend(...)")
     async def extend(self, seconds: int) -> MachineInfo:
         """Set the machine's estimated running duration to ``seconds`` (API.md 4.5).
 
@@ -235,6 +239,7 @@ class Machine:
         )
         return structure(payload, MachineInfo, what="machine after the duration change")
 
+    @awaitable("machine.stop()")
     async def stop(self, *, priority: Priority = Priority.USER) -> MachineInfo | None:
         """Stop the machine (billing stops when this returns, API.md 4.6).
 
@@ -365,6 +370,7 @@ class Machines:
         #: Machines this client's launches returned: never taken for another lost answer.
         self._claimed: set[str] = set()
 
+    @awaitable("rc.machines.workflows()")
     async def workflows(self) -> list[Workflow]:
         """The account's workflows; launch a machine with a workflow's ``version_id``.
 
@@ -377,6 +383,7 @@ class Machines:
         )
         return [_workflow(item) for item in unwrap_list(payload, "workflows")]
 
+    @awaitable("rc.machines.list()")
     async def list(self) -> list[MachineInfo]:
         """The account's running machines.
 
@@ -400,6 +407,7 @@ class Machines:
         """
         return Machine(self._client, _check_id(server_id, "server_id"))
 
+    @awaitable("rc.machines.launch(...)")
     async def launch(
         self,
         version_id: str,

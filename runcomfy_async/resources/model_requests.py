@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 import aiohttp
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._downloads import DownloadProgress, download_artifacts
 from .._limiter import Priority
@@ -218,6 +219,7 @@ class ModelRequest:
     def __repr__(self) -> str:
         return f"ModelRequest(id={self.id!r}, model_id={self.model_id!r})"
 
+    @awaitable("request.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> RequestStatus:
         """Ask the server where the request is (never a cached answer).
 
@@ -234,6 +236,7 @@ class ModelRequest:
         )
         return structure(_with_id(payload, self.id), RequestStatus, what="request status")
 
+    @awaitable("request.result()")
     async def result(self, *, priority: Priority = Priority.USER) -> RequestResult:
         """Fetch the request's result; while it runs, the result carries the current status.
 
@@ -259,6 +262,7 @@ class ModelRequest:
             self.model_id = result.model_id
         return result
 
+    @awaitable("request.cancel()")
     async def cancel(self, *, priority: Priority = Priority.USER) -> CancelOutcome:
         """Ask the server to cancel the request; only a queued request can be cancelled.
 
@@ -288,6 +292,7 @@ class ModelRequest:
         )
         return cancel_outcome(payload)
 
+    @awaitable("request.wait()")
     async def wait(
         self,
         *,
@@ -376,6 +381,7 @@ class Models:
     def __init__(self, client: RunComfy) -> None:
         self._client = client
 
+    @awaitable("rc.models.submit(...)")
     async def submit(
         self, model_id: str, inputs: Mapping[str, Any], *, include_cost: bool = False
     ) -> ModelRequest:
@@ -515,6 +521,7 @@ class Models:
         )
         return list(report.paths) if check else report
 
+    @awaitable("rc.models.run(...)")
     async def run(
         self,
         model_id: str,

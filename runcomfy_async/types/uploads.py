@@ -20,6 +20,7 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
+    "FolderCheck",
     "ProgressCallback",
     "UploadEndpoints",
     "UploadEvent",
@@ -134,6 +135,21 @@ class UploadReport:
             f"{len(self.failed)} failed; {self.bytes_sent} bytes in {self.elapsed:.1f}s "
             f"using {self.api_calls} API call(s)"
         )
+
+
+@attrs.frozen(kw_only=True)
+class FolderCheck:
+    """A dataset folder that passed every upload rule (``rc.datasets.check_folder``).
+
+    Attributes:
+        path: the folder checked.
+        files: the names the upload would send (media and captions), sorted.
+        total_bytes: their sizes added up.
+    """
+
+    path: Path
+    files: tuple[str, ...]
+    total_bytes: int
 
 
 # -- progress events ---------------------------------------------------------------------------
