@@ -16,6 +16,7 @@ from ._version import __version__
 from .errors import (
     APIError,
     APITimeoutError,
+    AsyncUsageError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -48,6 +49,7 @@ from .errors import (
     WaitTimeoutError,
     WrongEventLoopError,
 )
+from .progress import AnyProgressEvent, ProgressLog, progress_bars
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
 from .resources.jobs import Jobs, TrainingJob
@@ -74,6 +76,7 @@ from .types.uploads import (
     FileResult,
     FileRetrying,
     FileStarted,
+    FolderCheck,
     UploadEvent,
     UploadMethod,
     UploadPlanned,
@@ -86,7 +89,9 @@ __all__ = [
     "TRAINING_FOLDER",
     "APIError",
     "APITimeoutError",
+    "AnyProgressEvent",
     "Artifact",
+    "AsyncUsageError",
     "AuthenticationError",
     "BadRequestError",
     "BytesSent",
@@ -117,6 +122,7 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
+    "FolderCheck",
     "GPUType",
     "InsufficientBalanceError",
     "JobFailed",
@@ -143,6 +149,7 @@ __all__ = [
     "Priority",
     "Progress",
     "ProgressCallback",
+    "ProgressLog",
     "RateLimitError",
     "RedisTokenBucket",
     "RequestCancelled",
@@ -174,5 +181,6 @@ __all__ = [
     "Workflow",
     "WrongEventLoopError",
     "__version__",
+    "progress_bars",
     "to_jsonable",
 ]

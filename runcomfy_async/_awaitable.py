@@ -10,6 +10,7 @@ raises :class:`~runcomfy_async.errors.AsyncUsageError` naming the ``await`` to a
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -50,46 +51,50 @@ class Pending(Coroutine[Any, Any, T]):
         return self._coro.__await__()
 
     def __repr__(self) -> str:
-        return f"<un-awaited {self._call}: write `await {self._call}`>"
+        return f"<awaitable {self._call}: write `await {self._call}`>"
 
-    def _refuse(
+    def _refusal(
         self, used: str, error: type[errors.AsyncUsageError] = errors.AsyncUsageError
-    ) -> NoReturn:
-        """Close the coroutine (no "never awaited" warning on top) and say what to write."""
-        self._coro.close()
-        raise error(
+    ) -> errors.AsyncUsageError:
+        """Close the coroutine if it never ran (no "never awaited" warning on top; one a task
+        already drives is left alone) and return the error saying what to write."""
+        if inspect.getcoroutinestate(self._coro) == inspect.CORO_CREATED:
+            self._coro.close()
+        return error(
             f"{self._call} was {used} without `await`; it returns an awaitable, not its "
             f"result: write `await {self._call}` inside an `async def`"
         )
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        self._refuse(f"asked for .{name}", _NotAwaitedAttribute)
+        # What the wrapped coroutine has (cr_running, cr_frame...) reads through: asyncio's
+        # task reprs and debuggers ask for it.
+        if hasattr(self._coro, name) or name.startswith("_"):
+            return getattr(self._coro, name)
+        raise self._refusal(f"asked for .{name}", _NotAwaitedAttribute)
 
     def __bool__(self) -> bool:
-        self._refuse("tested for truth")
+        raise self._refusal("tested for truth")
 
     def __iter__(self) -> NoReturn:
-        self._refuse("iterated")
+        raise self._refusal("iterated")
 
     def __aiter__(self) -> NoReturn:
-        self._refuse("iterated with `async for`")
+        raise self._refusal("iterated with `async for`")
 
     def __len__(self) -> int:
-        self._refuse("asked for its length")
+        raise self._refusal("asked for its length")
 
     def __getitem__(self, key: object) -> NoReturn:
-        self._refuse("indexed")
+        raise self._refusal("indexed")
 
     def __enter__(self) -> NoReturn:
-        self._refuse("entered with `with`")
+        raise self._refusal("entered with `with`")
 
     def __exit__(self, *exc_info: object) -> None:
         """Never reached: entering refuses."""
 
     def __aenter__(self) -> NoReturn:
-        self._refuse("entered with `async with`")
+        raise self._refusal("entered with `async with`")
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Never reached: entering refuses."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,61 @@ async def _unopened(ctx: Ctx) -> None:
     await ctx.emu.client().datasets.list()
 
 
+@case("wrong token", "RunComfy(token='rc_wrong')", errors.AuthenticationError,
+      "HTTP 401", "RunComfy(token=...)", "RUNCOMFY_API_TOKEN",
+      allowed=("GET /prod/v1/trainers/datasets",))
+async def _wrong_token(ctx: Ctx) -> None:
+    async with ctx.emu.client(token="rc_wrong") as rc:
+        await rc.datasets.list()
+
+
+@case("unreachable host", "RUNCOMFY_TRAINER_URL pointing where nothing listens",
+      errors.UnsentTransportError, "could not connect", "trainer_url=", "RUNCOMFY_TRAINER_URL")
+async def _unreachable(ctx: Ctx) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    ctx.monkeypatch.setenv("RUNCOMFY_TRAINER_URL", closed)
+    async with ctx.emu.client(trainer_url=None, max_retries=0) as rc:
+        await rc.datasets.list()
+
+
+@case("sync with", "with RunComfy() as rc:", errors.AsyncUsageError,
+      "use `async with RunComfy() as rc:`", "asyncio.run")
+async def _sync_with(ctx: Ctx) -> None:
+    with ctx.emu.client():
+        pass
+
+
+@case("forgotten await", "ds = rc.datasets.create('dogs'); ds.upload_folder(...)",
+      errors.AsyncUsageError, "asked for .upload_folder without `await`",
+      "write `await rc.datasets.create(...)`")
+async def _forgotten_await(ctx: Ctx) -> None:
+    ds = ctx.rc.datasets.create("dogs")
+    await ds.upload_folder(ctx.tmp)
+
+
+@case("iterating an un-awaited list", "for info in rc.datasets.list():", errors.AsyncUsageError,
+      "iterated without `await`", "`await rc.datasets.list()`")
+async def _iterate_unawaited(ctx: Ctx) -> None:
+    for _ in ctx.rc.datasets.list():
+        pass
+
+
+@case("async with an un-awaited launch", "async with rc.machines.launch(v) as machine:",
+      errors.AsyncUsageError, "entered with `async with` without `await`",
+      "`await rc.machines.launch(...)`")
+async def _enter_unawaited(ctx: Ctx) -> None:
+    async with ctx.rc.machines.launch("v-1"):
+        pass
+
+
+@case("an un-awaited result tested for truth", "if rc.datasets.find('dogs'):",
+      errors.AsyncUsageError, "tested for truth", "`await rc.datasets.find(...)`")
+async def _truth_unawaited(ctx: Ctx) -> None:
+    assert not ctx.rc.datasets.find("dogs")
+
+
 # -- dataset files -----------------------------------------------------------------------------
 
 
@@ -234,6 +290,13 @@ async def _subfolder(ctx: Ctx) -> None:
       "concurrency must be an int >= 1", "files in flight")
 async def _zero_concurrency(ctx: Ctx) -> None:
     await ctx.kept.upload_folder(files(ctx.tmp / "d", a__jpg=b"1", a__txt="a"), concurrency=0)
+
+
+@case("dataset name already taken", "rc.datasets.create('kept') a second time",
+      errors.ConflictError, "already exists", "exist_ok=True", "rc.datasets.find('kept')",
+      allowed=("POST /prod/v1/trainers/datasets",))
+async def _name_taken(ctx: Ctx) -> None:
+    await ctx.rc.datasets.create("kept")
 
 
 @case("dataset name with surrounding whitespace", "rc.datasets.create(' dogs ')",
