@@ -104,7 +104,7 @@ def _show(result: RequestResult, files: list[Path] | None = None) -> None:
 
 @click.group("models")
 def group() -> None:
-    """Model API requests: run, status, result, cancel."""
+    """Model API requests: run, watch, status, result, cancel."""
 
 
 @group.command("run")
