@@ -26,6 +26,9 @@ from .errors import (
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DeploymentDeletedError,
+    DeploymentDisabledError,
+    DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
     JobFailed,
@@ -52,10 +55,21 @@ from .errors import (
 from .progress import AnyProgressEvent, ProgressLog, progress_bars
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
+from .resources.deployments import Deployment, Deployments
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .resources.serverless_requests import ServerlessRequest
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.deployments import (
+    DeploymentInfo,
+    DeploymentPayload,
+    Hardware,
+    OutputFile,
+    ServerlessCancelOutcome,
+    ServerlessResult,
+    ServerlessStatus,
+)
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
@@ -112,6 +126,13 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "Deployment",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentInfo",
+    "DeploymentPayload",
+    "DeploymentUnavailableError",
+    "Deployments",
     "DownloadError",
     "DownloadProgress",
     "DownloadReport",
@@ -124,6 +145,7 @@ __all__ = [
     "FileStarted",
     "FolderCheck",
     "GPUType",
+    "Hardware",
     "InsufficientBalanceError",
     "JobFailed",
     "JobResult",
@@ -143,6 +165,7 @@ __all__ = [
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
+    "OutputFile",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -163,6 +186,10 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "ServerlessCancelOutcome",
+    "ServerlessRequest",
+    "ServerlessResult",
+    "ServerlessStatus",
     "SharedLimitState",
     "Timeouts",
     "TokenBucket",
