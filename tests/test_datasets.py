@@ -104,6 +104,7 @@ async def test_check_folder_validates_without_sending(
     with pytest.raises(DatasetValidationError) as uploaded:
         await ds.upload_folder(folder)
     assert checked.value.problems == uploaded.value.problems
+    assert "exist_ok=True" in uploaded.value.fix and "check_folder" in str(uploaded.value)
     assert "b.jpg: no caption b.txt" in checked.value.problems[0]
     assert len(emu.log) == mark
     assert [r.method for r in emu.log[before:]] == ["POST"]

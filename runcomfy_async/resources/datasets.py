@@ -261,7 +261,15 @@ class Dataset:
         """
         check_concurrency(concurrency, "files")
         _plan.check_batch_size(batch_size)
-        scanned, _ = await asyncio.to_thread(_checked_folder, Path(path))
+        try:
+            scanned, _ = await asyncio.to_thread(_checked_folder, Path(path))
+        except errors.DatasetValidationError as exc:
+            exc.fix = (
+                "fix the folder and run again: rc.datasets.create(name, exist_ok=True) reuses "
+                "this dataset, and rc.datasets.check_folder(path) checks a folder before any "
+                "dataset is created"
+            )
+            raise
         return await self._upload(
             scanned,
             [],
