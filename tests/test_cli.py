@@ -588,6 +588,9 @@ def test_errors_are_worded_for_the_shell(invoke: Callable[..., Result], tmp_path
     invoke("datasets", "create", "cli-taken")
     taken = one_error_line(invoke("datasets", "create", "cli-taken", code=3))
     assert "runcomfy datasets upload NAME FOLDER" in taken
+    assert "--exist-ok" in taken
+    first = json.loads(invoke("--json", "datasets", "create", "cli-taken", "--exist-ok").stdout)
+    assert first["name"] == "cli-taken"
     wrong = one_error_line(
         invoke("datasets", "list", code=3, env={"RUNCOMFY_API_TOKEN": "rc_wrong_token"})
     )

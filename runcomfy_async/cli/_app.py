@@ -247,7 +247,7 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
         if group == "datasets":
             return (
                 "pick another name, or use the existing dataset: `runcomfy datasets upload NAME "
-                "FOLDER` adds to it, `runcomfy datasets status NAME` shows it"
+                "FOLDER` adds to it, `runcomfy datasets create NAME --exist-ok` shows it"
             )
         return "check its state with the matching `status` command"
     if isinstance(exc, errors.ConfigError):

@@ -51,12 +51,15 @@ def group() -> None:
 
 @group.command("create")
 @click.argument("name")
+@click.option(
+    "--exist-ok", is_flag=True, help="Show the dataset already called NAME instead of failing."
+)
 @output_options
-def create(name: str) -> None:
+def create(name: str, exist_ok: bool) -> None:
     """Create an empty dataset called NAME (unique in the account)."""
 
     async def work(rc: RunComfy) -> DatasetInfo:
-        return await (await rc.datasets.create(name)).status()
+        return await (await rc.datasets.create(name, exist_ok=exist_ok)).status()
 
     fields_table(run_with_client(work), title="dataset created")
 

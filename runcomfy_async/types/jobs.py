@@ -66,7 +66,13 @@ class GPUType(OpenStrEnum):
 
 @attrs.frozen(kw_only=True)
 class Progress:
-    """How far a run got: ``current_step`` of ``total_steps`` (``percent`` as the server says)."""
+    """How far a run got.
+
+    Attributes:
+        percent: the share done, 0 to 100, as the server says.
+        current_step: the last training step finished.
+        total_steps: the steps the config asks for.
+    """
 
     percent: float | None = None
     current_step: int | None = None
@@ -75,7 +81,18 @@ class Progress:
 
 @attrs.frozen(kw_only=True)
 class JobStatus:
-    """A snapshot of a training job's status (API.md section 2.2)."""
+    """A snapshot of a training job's status; ``TrainingJob.wait`` hands
+    each one to its ``on_status`` callback.
+
+    Attributes:
+        id: the job's id.
+        name: the job's name (from its config), when sent.
+        status: IN_QUEUE, RUNNING, STOPPED, FAILED or CANCELED (unknown values are kept).
+        progress: the step counts, once the run reports them.
+        error: the server's reason when the job failed or was stopped by the platform.
+        created_at, started_at, finished_at: when it was submitted, began and ended.
+        result_url: the server's own URL for the job's result, when sent.
+    """
 
     id: str
     name: str | None = None
