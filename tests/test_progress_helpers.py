@@ -13,11 +13,14 @@ import pytest_asyncio
 from rich.console import Console
 
 from runcomfy_async import (
+    DATASETS_ROOT,
+    TRAINING_FOLDER,
     Artifact,
     ComfyEvent,
     DownloadProgress,
     JobState,
     JobStatus,
+    PollPolicy,
     Progress,
     ProgressLog,
     RequestState,
@@ -26,6 +29,7 @@ from runcomfy_async import (
     progress_bars,
 )
 from runcomfy_async.testing import Emulator
+from runcomfy_async.testing.comfyui import example_workflow
 
 
 @pytest_asyncio.fixture
@@ -155,3 +159,46 @@ def test_missing_rich_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'runcomfy-async[progress]'" in out.stdout
+
+
+@pytest.mark.asyncio
+async def test_one_log_serves_a_job_its_download_and_a_prompt(
+    rc: RunComfy, tmp_path: Path
+) -> None:
+    """The same ProgressLog takes a job's status snapshots, its artifact downloads and a
+    ComfyUI prompt's events, each as a few lines."""
+    ds = await rc.datasets.create("logged-job")
+    await ds.upload_folder(captioned(tmp_path / "set", 2))
+    config = {
+        "job": "extension",
+        "config": {
+            "name": "logged",
+            "process": [{
+                "type": "sd_trainer",
+                "training_folder": TRAINING_FOLDER,
+                "datasets": [{"folder_path": DATASETS_ROOT + "logged-job"}],
+                "train": {"steps": 20},
+            }],
+        },
+    }
+    out = io.StringIO()
+    fast = PollPolicy(initial=0.02, max_interval=0.05)
+    with ProgressLog(every=3600, file=out) as progress:
+        job = await rc.jobs.submit(config)
+        await job.wait(on_status=progress, poll=fast)
+        paths = await job.download(tmp_path / "out", progress=progress)
+        version = (await rc.machines.workflows())[0].version_id or ""
+        async with await rc.machines.launch(version) as machine:
+            await machine.wait_ready(poll=fast)
+            comfy = machine.comfyui()
+            prompt_id = await comfy.queue_prompt(example_workflow(steps=5))
+            await comfy.wait(prompt_id, timeout=30, progress=progress, poll=fast)
+    lines = out.getvalue().splitlines()
+    job_lines = [line for line in lines if line.startswith(f"job {job.id}: ")]
+    assert job_lines[-1] == f"job {job.id}: STOPPED step 20/20"
+    assert len(job_lines) <= 4  # one per status (IN_QUEUE, RUNNING, STOPPED), steps held back
+    downloads = [line for line in lines if line.startswith("download: ")]
+    assert len(downloads) <= 2  # the first event, then the last one (held, printed on exit)
+    assert downloads[-1].startswith(f"download: {len(paths)}/{len(paths)} file(s) complete")
+    assert "comfyui: success" in lines
+    assert len(lines) <= 12, lines
