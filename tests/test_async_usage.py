@@ -79,3 +79,13 @@ def test_sync_with_says_async_with() -> None:
         pass
     assert isinstance(caught.value, AsyncUsageError)
     assert "async with RunComfy() as rc:" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_sync_with_on_a_machine_says_async_with(rc: RunComfy) -> None:
+    """`with machine:` names `async with await rc.machines.launch(...)`; nothing is sent."""
+    with (
+        pytest.raises(AsyncUsageError, match=r"async with await rc\.machines\.launch"),
+        rc.machines.get("m-1"),
+    ):
+        pass

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 from urllib.parse import quote
 
 import attrs
@@ -281,6 +281,15 @@ class Machine:
         if isinstance(payload, dict) and "server_id" in payload:
             return structure(payload, MachineInfo, what="stopped machine")
         return None
+
+    def __enter__(self) -> NoReturn:
+        raise errors.AsyncUsageError(
+            "a Machine is entered with `async with` (leaving it stops the machine): write "
+            "`async with await rc.machines.launch(...) as machine:`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` refuses; present so ``with`` reaches that message."""
 
     async def __aenter__(self) -> Self:
         """The machine itself; leaving the block stops it (it does not wait for Ready)."""
