@@ -378,6 +378,9 @@ class RunComfy:
                 trace=trace,
                 policy=policy,
             )
+        except errors.APIError as exc:
+            exc.fix = exc.fix or exc.api_fix
+            raise
         except errors.UnsentTransportError as exc:
             if not isinstance(exc, errors.APITimeoutError):
                 exc.fix = self._url_fix(spec.api)

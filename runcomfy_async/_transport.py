@@ -140,8 +140,7 @@ def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportE
         )
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return errors.APITimeoutError(
-            f"timed out talking to {safe} ({method}); raise the client's timeout if the "
-            "network is slow",
+            f"timed out talking to {safe} ({method})",
             method=method,
             url=safe,
         )

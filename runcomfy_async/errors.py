@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "APIError",
@@ -191,6 +191,8 @@ class OutcomeUnknownError(TransportError):
     ``check`` says where to look for what it made.
     """
 
+    fix = ""  # "try again" would be wrong: the message says what to check first
+
     def __init__(self, message: str, *, method: str = "", url: str = "", check: str = "") -> None:
         self.check = check
         super().__init__(message, method=method, url=url)
@@ -207,7 +209,12 @@ class APIError(RunComfyError):
         method: the HTTP method of the failed request.
         url: the request URL with any query secrets masked.
         request_id: the server's request id header when given.
+        api_fix: the advice for this kind of answer from the API itself, worded for Python
+            (a class attribute); the client makes it the ``fix`` of an API call's error. The
+            same status from object storage or ComfyUI means something else and gets none.
     """
+
+    api_fix: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -236,13 +243,13 @@ class APIError(RunComfyError):
 class BadRequestError(APIError):
     """400 or 422: the server found the request invalid."""
 
-    fix = "fix the request as the message says"
+    api_fix = "fix the request as the message says"
 
 
 class AuthenticationError(APIError):
     """401: the token is missing, wrong or expired; check RUNCOMFY_API_TOKEN."""
 
-    fix = (
+    api_fix = (
         "the token comes from RunComfy(token=...) or the RUNCOMFY_API_TOKEN environment "
         "variable; copy it from your runcomfy.com Profile page"
     )
@@ -251,7 +258,7 @@ class AuthenticationError(APIError):
 class PermissionDeniedError(APIError):
     """403: the token may not access this resource."""
 
-    fix = (
+    api_fix = (
         "the token may not access this resource: use the token of the account that owns it"
     )
 
@@ -259,13 +266,13 @@ class PermissionDeniedError(APIError):
 class InsufficientBalanceError(APIError):
     """402: the account balance is too low; top it up on runcomfy.com."""
 
-    fix = "top up the account balance on runcomfy.com, then try again"
+    api_fix = "top up the account balance on runcomfy.com, then try again"
 
 
 class NotFoundError(APIError):
     """404: the resource does not exist (or expired)."""
 
-    fix = (
+    api_fix = (
         "check the id (rc.datasets.list() and rc.machines.list() show what exists; ids of "
         "finished work may have expired)"
     )
@@ -274,19 +281,19 @@ class NotFoundError(APIError):
 class ConflictError(APIError):
     """409: the request conflicts with existing state (e.g. a dataset name in use)."""
 
-    fix = "check the resource's current status; it does not allow this now"
+    api_fix = "check the resource's current status; it does not allow this now"
 
 
 class PayloadTooLargeError(APIError):
     """413: the body is larger than the endpoint accepts."""
 
-    fix = "send less in one request (Dataset.upload sends large files by signed URL)"
+    api_fix = "send less in one request (Dataset.upload sends large files by signed URL)"
 
 
 class RateLimitError(APIError):
     """429 after every retry: the account's request rate limit was exceeded."""
 
-    fix = (
+    api_fix = (
         "lower RunComfy(rate=...), or share one limiter between the processes using this "
         "account (RedisTokenBucket)"
     )
@@ -299,13 +306,13 @@ class RateLimitError(APIError):
 class ServerError(APIError):
     """5xx after every retry: the service failed."""
 
-    fix = "the service failed; try again later (RunComfy(max_retries=...) retries longer)"
+    api_fix = "the service failed; try again later (RunComfy(max_retries=...) retries longer)"
 
 
 class UnexpectedResponseError(APIError):
     """The body is not the JSON the API documents (an HTML proxy page, a cut body)."""
 
-    fix = (
+    api_fix = (
         "check that the base URL points at the RunComfy API (a proxy or another host answers "
         "HTML): RunComfy(trainer_url=..., model_url=..., server_url=...) or "
         "RUNCOMFY_TRAINER_URL / RUNCOMFY_MODEL_URL / RUNCOMFY_SERVER_URL"
