@@ -122,7 +122,7 @@ async def test_looser_bounds_pass_and_the_service_decides(rc: RunComfy, emu: Emu
 @pytest.mark.asyncio
 async def test_submit_await_status_result_and_texts(rc: RunComfy, emu: Emulator) -> None:
     """get(id) sends nothing; submit returns a handle; await gives outputs keyed by node id."""
-    emu.state.deployments.cold_start_seconds = 300.0  # 0.3 s: the first request waits
+    emu.state.deployments.cold_start_seconds = 100_000.0  # 100 s, skipped with advance()
     dep = await deploy(rc, emu, queue_size=10)
     emu.clear_log()
     handle = rc.deployments.get(dep.id)
@@ -132,6 +132,7 @@ async def test_submit_await_status_result_and_texts(rc: RunComfy, emu: Emulator)
     assert isinstance(first, ServerlessRequest)
     queued = await second.status()
     assert queued.status.value == "in_queue" and queued.queue_position == 2
+    emu.advance(100.0)  # the instance is up
     result = await second.wait(poll=FAST)
     assert result.texts() == {"12": ["a blue fox"]}
     assert [f.node_id for f in result.files()] == ["9"]
