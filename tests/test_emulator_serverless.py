@@ -264,7 +264,6 @@ async def test_webhooks_deliver_every_status_in_order_by_default(
         api, dep["id"], query=f"?webhook={receiver.url}&webhook_intermediate_status=true"
     )
     result = await finished(api, sub)
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert [e["status"] for e in receiver.events] == ["in_queue", "in_progress", "succeeded"]
     final = receiver.events[-1]
@@ -283,7 +282,6 @@ async def test_webhook_body_fields_final_only_and_retries(
     body = {"overrides": {"6": {"inputs": {"text": "EMULATOR_FAIL"}}}, "webhook": receiver.url}
     sub = await infer(api, dep["id"], body)
     assert (await finished(api, sub))["status"] == "failed"
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert [e["status"] for e in receiver.events] == ["failed"]
     assert receiver.events[0]["error"]["message"]
@@ -302,7 +300,6 @@ async def test_webhook_policy_duplicates_reorders_and_drops_per_deployment(
     )
     query = f"?webhook={receiver.url}&webhook_intermediate_status=true"
     await finished(api, await infer(api, noisy["id"], query=query))
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     statuses = [e["status"] for e in receiver.events]
     assert sorted(statuses) == sorted(["in_queue", "in_progress", "succeeded"] * 2)
@@ -311,7 +308,6 @@ async def test_webhook_policy_duplicates_reorders_and_drops_per_deployment(
     emu.set_webhook_policy(WebhookPolicy(drop_rate=1.0), deployment_id=noisy["id"])
     await finished(api, await infer(api, noisy["id"], query=query))
     await finished(api, await infer(api, quiet["id"], query=query))
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert {e["deployment_id"] for e in receiver.events} == {quiet["id"]}
     assert [e["status"] for e in receiver.events] == ["in_queue", "in_progress", "succeeded"]

@@ -290,7 +290,8 @@ class Emulator:
         return list(self.state.webhooks.deliveries)
 
     async def webhooks_idle(self) -> None:
-        """Wait until every webhook delivery started so far has ended (retries included)."""
+        """Wait until the webhook events of every finished serverless request are delivered
+        (or given up after their retries); requests still running are not waited for."""
         await self.state.webhooks.idle()
 
     def serverless_files(self, request_id: str) -> dict[str, bytes]:

@@ -216,7 +216,6 @@ def _webhook_url(value: Any) -> str | None:
 def add_routes(app: web.Application, state: EmulatorState) -> None:
     """Register the deployment endpoints and the queue endpoints under both prefixes."""
     store = state.deployments
-    watchers: set[asyncio.Task[None]] = set()
 
     def deployment_json(record: DeploymentRecord, includes: set[str]) -> dict[str, Any]:
         """A deployment as the API shows it, with the parts ``includes`` asks for."""
@@ -367,9 +366,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
             intermediate=intermediate,
         )
         if webhook is not None:
-            task = asyncio.create_task(watch(record))
-            watchers.add(task)
-            task.add_done_callback(watchers.discard)
+            state.webhooks.watch(watch(record), lambda: store.final_status(record) is not None)
         return web.json_response(
             {"request_id": record.id, **urls(request, deployment.id, record.id)}
         )
@@ -488,9 +485,6 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         )
 
     async def on_shutdown(_: web.Application) -> None:
-        for task in set(watchers):
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
         await state.webhooks.aclose()
 
     app.on_shutdown.append(on_shutdown)
