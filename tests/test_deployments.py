@@ -22,9 +22,12 @@ from runcomfy_async import (
     RunComfy,
     ServerlessCancelOutcome,
     ServerlessRequest,
+    ServerlessResult,
+    ServerlessStatus,
     ValidationError,
     WaitTimeoutError,
 )
+from runcomfy_async._converter import make_converter
 from runcomfy_async._polling import PollPolicy
 from runcomfy_async.testing import Emulator
 
@@ -316,3 +319,45 @@ async def test_acceptance_fifty_concurrent_runs(tmp_path: Path) -> None:
             await dep.run({"6": {"inputs": {"text": "refused"}}})
         await rc.deployments.delete(dep.id)
         assert await rc.deployments.list() == []
+
+
+def test_documented_shapes_structure_strictly() -> None:
+    """The service's documented status, result and deployment bodies map onto the data classes
+    with no key left over; outputs keep every kind."""
+    strict = make_converter(strict=True)
+    status = strict.structure(
+        {"request_id": "r", "status": "in_progress", "queue_position": 0,
+         "instance_id": "1697cb1a", "status_url": "https://x/s", "result_url": "https://x/r"},
+        ServerlessStatus,
+    )
+    assert status.instance_id == "1697cb1a"
+    result = strict.structure(
+        {"request_id": "r", "status": "succeeded",
+         "created_at": "2025-07-01T12:00:00.123456+00:00",
+         "finished_at": "2025-07-01T12:00:21.654321+00:00",
+         "outputs": {"58": {"images": [{"filename": "ComfyUI_00010_.png", "subfolder": "",
+                                        "type": "output", "url": "https://s/o.png"}]},
+                     "38:42": {"text": [["Transform to an elephant"]]}},
+         "error": None},
+        ServerlessResult,
+    )
+    assert [f.url for f in result.files()] == ["https://s/o.png"]
+    assert result.texts() == {"38:42": ["Transform to an elephant"]}
+    failed = strict.structure(
+        {"request_id": "r", "status": "failed", "created_at": None, "finished_at": None,
+         "outputs": None, "error": [{"errorCode": 1, "error": "OOM", "debugInfo": "node 3"}]},
+        ServerlessResult,
+    )
+    assert failed.failed
+    info = strict.structure(
+        {"id": "d", "name": "n", "workflow_id": "w", "workflow_version": "v1",
+         "hardware": ["AMPERE_48", "NEW_GPU_99"], "min_instances": 0, "max_instances": 1,
+         "queue_size": 1, "keep_warm_duration_in_seconds": 60, "status": "standby",
+         "is_enabled": True, "created_at": "2025-07-01T12:00:00+00:00",
+         "updated_at": "2025-07-01T12:00:00+00:00",
+         "payload": {"workflow_api_json": {"6": {"class_type": "CLIPTextEncode", "inputs": {}}},
+                     "overrides": {}, "object_info_url": "https://x/oi.json"},
+         "readme": "# n"},
+        DeploymentInfo,
+    )
+    assert info.hardware[0] is Hardware.AMPERE_48 and not info.hardware[1].known
