@@ -361,3 +361,19 @@ def test_documented_shapes_structure_strictly() -> None:
         DeploymentInfo,
     )
     assert info.hardware[0] is Hardware.AMPERE_48 and not info.hardware[1].known
+
+
+@pytest.mark.asyncio
+async def test_webhook_secret_stays_out_of_logs_and_errors(
+    rc: RunComfy, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shared secret in the webhook URL is masked in logs and in error messages."""
+    dep = await deploy(rc, emu)
+    hook = "http://127.0.0.1:9/hook?key=s3cr3t-value"
+    caplog.set_level("DEBUG", logger="runcomfy_async")
+    await dep.submit(webhook=hook)
+    await rc.deployments.update(dep.id, is_enabled=False)
+    with pytest.raises(DeploymentDisabledError) as caught:
+        await dep.submit(webhook=hook)
+    assert "s3cr3t" not in caplog.text
+    assert "s3cr3t" not in str(caught.value) and "s3cr3t" not in repr(caught.value)
