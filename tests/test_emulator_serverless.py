@@ -343,10 +343,13 @@ async def test_queue_size_scales_out_up_to_max_instances(
     api: aiohttp.ClientSession, emu: Emulator, max_instances: int, distinct: int
 ) -> None:
     """With queue_size 1, requests waiting for a cold instance start more, up to the ceiling."""
-    emu.state.deployments.cold_start_seconds = 100_000.0  # all three arrive while cold
+    # All three arrive while the first instance is cold; a run outlasts the gap between them,
+    # so a new instance is always free before a busy one. advance() skips the waiting.
+    emu.state.deployments.cold_start_seconds = 100_000.0
+    emu.state.deployments.run_seconds = 50_000.0
     dep = await create(api, emu, max_instances=max_instances, queue_size=1)
     subs = [await infer(api, dep["id"]) for _ in range(3)]
-    emu.advance(100.0)
+    emu.advance(300.0)
     assert len({await instance_of(api, sub) for sub in subs}) == distinct
 
 
