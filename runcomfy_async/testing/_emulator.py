@@ -34,7 +34,8 @@ def _url_host(host: str) -> str:
 
 
 class Emulator:
-    """A faithful local RunComfy: Trainer, Model and Server APIs plus object storage, one port.
+    """A faithful local RunComfy: Trainer, Model, Server and Serverless APIs plus object storage,
+    one port.
 
     Use ``async with Emulator() as emu:`` (or :meth:`start` / :meth:`close`). Point a client at
     ``emu.url`` with ``emu.token``, or call :meth:`client`.
