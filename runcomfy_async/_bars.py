@@ -31,6 +31,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from .types.deployments import ServerlessStatus
 from .types.jobs import Artifact, JobStatus
 from .types.machines import ComfyEvent
 from .types.models import RequestStatus
@@ -325,10 +326,18 @@ class AnyBars:
 
     def __call__(
         self,
-        event: UploadEvent | DownloadProgress | JobStatus | Artifact | ComfyEvent | RequestStatus,
+        event: (
+            UploadEvent
+            | DownloadProgress
+            | JobStatus
+            | Artifact
+            | ComfyEvent
+            | RequestStatus
+            | ServerlessStatus
+        ),
     ) -> None:
         """Draw one event (the ``progress=`` / ``on_status=`` callback)."""
-        if isinstance(event, RequestStatus):
+        if isinstance(event, RequestStatus | ServerlessStatus):
             key = (event.status.value, event.queue_position)
             if self._requests.get(event.request_id) != key:
                 self._requests[event.request_id] = key

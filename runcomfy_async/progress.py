@@ -1,7 +1,8 @@
 """Progress for scripts and notebooks: one callable for every ``progress=`` and ``on_status=``.
 
 Both helpers take every event the library reports (upload events, :class:`DownloadProgress`,
-:class:`JobStatus` snapshots, :class:`Artifact`, :class:`ComfyEvent`, :class:`RequestStatus`),
+:class:`JobStatus` snapshots, :class:`Artifact`, :class:`ComfyEvent`, :class:`RequestStatus`,
+:class:`ServerlessStatus`),
 so one of them serves an upload, a download, a training job and a ComfyUI prompt alike:
 
 - :class:`ProgressLog` prints plain lines and needs nothing: at most one line per operation
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self, TypeAlias
 
+from .types.deployments import ServerlessStatus
 from .types.jobs import Artifact, JobStatus
 from .types.machines import ComfyEvent
 from .types.models import RequestStatus
@@ -42,7 +44,13 @@ __all__ = ["AnyProgressEvent", "ProgressLog", "progress_bars"]
 
 #: Every event a ``progress=`` or ``on_status=`` callback of the library can receive.
 AnyProgressEvent: TypeAlias = (
-    UploadEvent | DownloadProgress | JobStatus | Artifact | ComfyEvent | RequestStatus
+    UploadEvent
+    | DownloadProgress
+    | JobStatus
+    | Artifact
+    | ComfyEvent
+    | RequestStatus
+    | ServerlessStatus
 )
 
 _MB = 1_000_000
@@ -107,7 +115,7 @@ class ProgressLog:
         elif isinstance(event, Artifact):
             step = f" (step {event.step})" if event.step is not None else ""
             self._line("job", f"job: new {event.kind.rstrip('s')} {event.name}{step}", now=True)
-        elif isinstance(event, RequestStatus):
+        elif isinstance(event, RequestStatus | ServerlessStatus):
             self._request(event)
         elif isinstance(event, ComfyEvent):
             self._comfy(event)
@@ -170,7 +178,7 @@ class ProgressLog:
         changed = self._changed(f"job {info.id}", (info.status,))
         self._line("job", f"job {info.id}: {info.status.value}{step}", now=changed)
 
-    def _request(self, state: RequestStatus) -> None:
+    def _request(self, state: RequestStatus | ServerlessStatus) -> None:
         where = f" (queue position {state.queue_position})" if state.queue_position else ""
         changed = self._changed(f"request {state.request_id}", (state.status,))
         self._line(
