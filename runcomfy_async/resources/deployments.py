@@ -21,6 +21,7 @@ import attrs
 from multidict import MultiDict
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._downloads import DownloadProgress
 from .._overrides import check_overrides, inline_media
@@ -90,6 +91,7 @@ class Deployment:
     def __repr__(self) -> str:
         return f"Deployment(id={self.id!r})"
 
+    @awaitable("deployment.fetch()")
     async def fetch(self, *, includes: str | Iterable[str] | None = None) -> DeploymentInfo:
         """Read the deployment (a fresh snapshot, kept as :attr:`info`).
 
@@ -122,6 +124,7 @@ class Deployment:
             self._client, self.id, request_id, queue_version=self.queue_version
         )
 
+    @awaitable("deployment.submit(...)")
     async def submit(
         self,
         overrides: Mapping[str, Any] | None = None,
@@ -250,6 +253,7 @@ class Deployment:
             known = (await self.fetch(includes="payload")).payload
         return known.workflow_api_json if known is not None else None
 
+    @awaitable("deployment.run(...)")
     async def run(
         self,
         overrides: Mapping[str, Any] | None = None,
@@ -299,6 +303,7 @@ class Deployments:
     def __init__(self, client: RunComfy) -> None:
         self._client = client
 
+    @awaitable("rc.deployments.create(...)")
     async def create(
         self,
         *,
@@ -384,6 +389,7 @@ class Deployments:
         """
         return Deployment(self._client, deployment_id, queue_version=queue_version)
 
+    @awaitable("rc.deployments.info(...)")
     async def info(
         self, deployment_id: str, *, includes: str | Iterable[str] | None = None
     ) -> DeploymentInfo:
@@ -395,6 +401,7 @@ class Deployments:
         """
         return await self.get(deployment_id).fetch(includes=includes)
 
+    @awaitable("rc.deployments.list()")
     async def list(
         self,
         *,
@@ -420,6 +427,7 @@ class Deployments:
             for item in unwrap_list(payload, "deployments")
         ]
 
+    @awaitable("rc.deployments.update(...)")
     async def update(
         self,
         deployment_id: str,
@@ -470,6 +478,7 @@ class Deployments:
         )
         return structure(payload, DeploymentInfo, what="deployment")
 
+    @awaitable("rc.deployments.delete(...)")
     async def delete(self, deployment_id: str) -> None:
         """Delete a deployment; inference on it is refused from then on.
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import attrs
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._downloads import DownloadProgress
 from .._limiter import Priority
@@ -79,6 +80,7 @@ class ServerlessRequest:
     def __repr__(self) -> str:
         return f"ServerlessRequest(id={self.id!r}, deployment_id={self.deployment_id!r})"
 
+    @awaitable("request.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> ServerlessStatus:
         """Ask where the request is: queue position while queued, instance id once running.
 
@@ -97,6 +99,7 @@ class ServerlessRequest:
             status = attrs.evolve(status, queue_position=None)
         return status
 
+    @awaitable("request.result()")
     async def result(self, *, priority: Priority = Priority.USER) -> ServerlessResult:
         """Fetch the result: outputs keyed by node id once succeeded, the status while running.
 
@@ -112,6 +115,7 @@ class ServerlessRequest:
             payload = {**payload, "request_id": self.id}
         return structure(payload, ServerlessResult, what="serverless request result")
 
+    @awaitable("request.cancel()")
     async def cancel(self, *, priority: Priority = Priority.USER) -> ServerlessCancelOutcome:
         """Ask the service to stop the request.
 
@@ -134,6 +138,7 @@ class ServerlessRequest:
         )
         return _serverless_cancel_outcome(payload)
 
+    @awaitable("request.wait()")
     async def wait(
         self,
         *,
