@@ -102,8 +102,9 @@ def test_the_docs_have_runnable_blocks() -> None:
 def test_every_fence_names_its_language() -> None:
     """Untagged or ambiguous fences are refused, naming the file, the line and the fix."""
     bad = [
-        f"{block.where}: fence tagged {block.lang!r}" if block.lang else f"{block.where}: "
-        "fence without a language"
+        f"{block.where}: fence tagged {block.lang!r}"
+        if block.lang
+        else f"{block.where}: fence without a language"
         for block in all_blocks()
         if not block.lang or block.lang in AMBIGUOUS
     ]
@@ -120,6 +121,50 @@ def test_readme_opens_with_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in first.code.splitlines()]
     assert first.lang == "bash"
     assert [c for c in commands if c] == ["./scripts/demo", "./scripts/test"]
+
+
+def test_nothing_shipped_cites_files_the_repository_lacks() -> None:
+    """No doc, docstring, comment or example points at the project's internal notes."""
+    cited = re.compile(r"\.\./shared|\bshared/seeds|\b(?:API|DESIGN)\." + "md\\b")
+    roots = [
+        "README.md",
+        "pyproject.toml",
+        "docs",
+        "examples",
+        "runcomfy_async",
+        "benchmarks",
+        "tests",
+    ]
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}"
+        for root in roots
+        for path in (
+            [REPO_ROOT / root] if (REPO_ROOT / root).is_file() else (REPO_ROOT / root).rglob("*")
+        )
+        if path.is_file()
+        and path.suffix in {".md", ".py", ".toml", ".yaml", ".yml", ".json", ".txt"}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if cited.search(line)
+    ]
+    assert not found, (
+        "these lines cite files users of the repository do not have; state the fact or point at "
+        "docs/ (docs/wire.md describes the APIs):\n  " + "\n  ".join(found)
+    )
+
+
+def test_relative_links_in_the_docs_resolve() -> None:
+    """Every relative Markdown link of README.md and docs/ names a file the repository has."""
+    link = re.compile(r"\]\((?!https?:|mailto:|#)([^)#\s]+)")
+    broken = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {target}"
+        for path in doc_files()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        for target in link.findall(line)
+        if not (path.parent / target).exists()
+    ]
+    assert not broken, "these links point at files the repository does not have:\n  " + "\n  ".join(
+        broken
+    )
 
 
 @pytest.mark.asyncio
