@@ -181,7 +181,7 @@ class WebhookDispatcher:
                 ) as response:
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.debug("webhook POST to %s failed: %s", url, exc)
+                logger.debug("webhook POST to %s failed: %s", _without_query(url), exc)
             self.deliveries.append(
                 WebhookDelivery(
                     url=url,
@@ -197,7 +197,7 @@ class WebhookDispatcher:
             if attempt < policy.max_attempts:
                 await asyncio.sleep(wait)
                 wait *= 2
-        logger.warning("webhook event %s to %s given up", payload.get("status"), url)
+        logger.warning("webhook event %s to %s given up", payload.get("status"), _without_query(url))
 
     def watch(self, watcher: Coroutine[Any, Any, None], finished: Callable[[], bool]) -> None:
         """Run the task that emits one request's events; ``finished`` says whether the request
@@ -229,3 +229,10 @@ class WebhookDispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _without_query(url: str) -> str:
+    """The webhook URL for a log line: its query may hold the receiver's shared secret."""
+    base, _, query = url.partition("?")
+    return f"{base}?***" if query else base
+
