@@ -197,7 +197,9 @@ class WebhookDispatcher:
             if attempt < policy.max_attempts:
                 await asyncio.sleep(wait)
                 wait *= 2
-        logger.warning("webhook event %s to %s given up", payload.get("status"), _without_query(url))
+        logger.warning(
+            "webhook event %s to %s given up", payload.get("status"), _without_query(url)
+        )
 
     def watch(self, watcher: Coroutine[Any, Any, None], finished: Callable[[], bool]) -> None:
         """Run the task that emits one request's events; ``finished`` says whether the request
@@ -235,4 +237,3 @@ def _without_query(url: str) -> str:
     """The webhook URL for a log line: its query may hold the receiver's shared secret."""
     base, _, query = url.partition("?")
     return f"{base}?***" if query else base
-
