@@ -29,6 +29,7 @@ from .errors import (
     InsufficientBalanceError,
     JobFailed,
     MachineFailed,
+    ModelInputError,
     NotFoundError,
     OperationFailed,
     OutcomeUnknownError,
@@ -48,11 +49,14 @@ from .errors import (
     WaitTimeoutError,
     WrongEventLoopError,
 )
+from .resources.account import Account
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .types.account import Balance
+from .types.catalog import ModelInfo
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
@@ -86,9 +90,11 @@ __all__ = [
     "TRAINING_FOLDER",
     "APIError",
     "APITimeoutError",
+    "Account",
     "Artifact",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BytesSent",
     "CancelOutcome",
     "ClientClosedError",
@@ -132,6 +138,8 @@ __all__ = [
     "MachineInfo",
     "MachineStatus",
     "Machines",
+    "ModelInfo",
+    "ModelInputError",
     "ModelRequest",
     "Models",
     "NotFoundError",

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
-from . import _storage, comfyui, control, model_api, server_api, trainer_datasets, trainer_jobs
+from . import (
+    _storage,
+    account,
+    comfyui,
+    control,
+    model_api,
+    model_catalog,
+    server_api,
+    trainer_datasets,
+    trainer_jobs,
+)
 from ._middleware import make_middlewares
 
 if TYPE_CHECKING:
@@ -31,6 +41,8 @@ ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     trainer_datasets,
     trainer_jobs,
     model_api,
+    model_catalog,
+    account,
     server_api,
     comfyui,
     control,  # GET /_emulator/log: emulator-only inspection

@@ -43,6 +43,7 @@ _PREFIXES: Final[tuple[tuple[str, Api], ...]] = (
     ("/prod/v1/trainers/", "trainer"),
     ("/v1/", "model"),
     ("/prod/api/users/", "server"),
+    ("/prod/v2/balance", "server"),
     ("/storage/", "storage"),
     ("/comfyui/", "comfyui"),
 )

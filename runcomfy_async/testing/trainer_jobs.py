@@ -446,6 +446,9 @@ def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
     count = body.get("gpu_count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         problems.append(field_error(["body", "gpu_count"], "must be a positive integer"))
+    gpu_id = body.get("gpu_id")
+    if gpu_id is not None and (not isinstance(gpu_id, str) or not gpu_id.strip()):
+        problems.append(field_error(["body", "gpu_id"], "must be a non-empty string"))
     if problems or not isinstance(text, str):
         raise validation_error(problems)
     return text, gpu_type if isinstance(gpu_type, str) else None
