@@ -1,4 +1,4 @@
-"""``runcomfy models``: run Model API requests and manage them by request id."""
+"""``runcomfy models``: browse the catalog, read a model's schema, run requests and manage them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from runcomfy_async import RequestResult, RequestStatus, RunComfy
+from runcomfy_async import ModelInfo, RequestResult, RequestStatus, RunComfy
 
 from ._app import emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
@@ -93,7 +93,68 @@ def _result_view(result: RequestResult, files: list[Path] | None = None) -> dict
 
 @click.group("models")
 def group() -> None:
-    """Model API requests: run, status, result, cancel."""
+    """Model API: the catalog (list, schema) and requests (run, status, result, cancel)."""
+
+
+@group.command("list")
+@click.option("--search", help="Only models whose id or name contains this text.")
+@click.option("--category", help="Only models in this category (e.g. text-to-image).")
+@click.option("--kind", help="Only catalog entries of this kind.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many models.",
+)
+@output_options
+def list_models(
+    search: str | None, category: str | None, kind: str | None, limit: int
+) -> None:
+    """List the models of the catalog, with their price."""
+
+    async def work(rc: RunComfy) -> list[ModelInfo]:
+        found: list[ModelInfo] = []
+        pages = rc.models.catalog(
+            search=search, category=category, kind=kind, page_size=min(limit, 100)
+        )
+        async for model in pages:
+            found.append(model)
+            if len(found) >= limit:
+                break
+        return found
+
+    models = run_with_client(work)
+    emit(
+        models,
+        columns=("model_id", "display_name", "categories", "price"),
+        rows=[(m.model_id, m.display_name, ", ".join(m.categories), m.price) for m in models],
+        title=f"{len(models)} model(s)",
+    )
+
+
+def _input_row(name: str, prop: Any, required: bool) -> tuple[Any, ...]:
+    """One input of a schema as a table row: name, type, required, default, allowed values."""
+    prop = prop if isinstance(prop, dict) else {}
+    allowed = prop.get("enum")
+    if allowed is None and ("minimum" in prop or "maximum" in prop):
+        allowed = f"{prop.get('minimum', '')}..{prop.get('maximum', '')}"
+    return (name, prop.get("type"), "yes" if required else "", prop.get("default"), allowed)
+
+
+@group.command("schema")
+@click.argument("model_id")
+@output_options
+def schema(model_id: str) -> None:
+    """Show MODEL_ID's inputs (name, type, required, default, allowed values) and price."""
+    info = run_with_client(lambda rc: rc.models.schema(model_id))
+    required = set(info.required_inputs)
+    emit(
+        info,
+        columns=("input", "type", "required", "default", "allowed"),
+        rows=[_input_row(name, prop, name in required) for name, prop in info.inputs.items()],
+        title=f"{info.model_id}: {info.display_name or ''} {info.price or 'price unknown'}",
+    )
 
 
 @group.command("run")
