@@ -305,7 +305,7 @@ async def _nan_inputs(ctx: Ctx) -> None:
     await ctx.rc.models.submit("acme/flux/dev", {"seed": float("nan")})
 
 
-@case("model inputs failing their schema", "rc.models.submit(id, {'promt': 'a dog'}, validate=True)",
+@case("model inputs failing their schema", "submit(id, {'promt': 'a dog'}, validate=True)",
       errors.ModelInputError, "promt: not an input of this model (did you mean 'prompt'?)",
       "prompt: required input missing", "valid inputs: image_url (string, required)",
       allowed=("GET /v1/models/blackforestlabs/flux-1-kontext/pro/edit",))

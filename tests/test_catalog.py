@@ -244,6 +244,20 @@ async def test_a_run_the_balance_cannot_cover_is_402_with_the_fix(
 
 
 @pytest.mark.asyncio
+async def test_runs_cost_their_units(emu: Emulator, rc: RunComfy) -> None:
+    """Images cost per output (the schema's default count too), video per second of duration."""
+    multi = "bytedance/seedream-5.0-pro/multi-image"
+    images = await rc.models.run(multi, {"prompt": "x"}, poll=FAST)
+    assert len(images["images"]) == 2
+    assert emu.balance == pytest.approx(1.0 - 2 * 0.03)
+    video = "bytedance/seedance-2.5/text-to-video/1080p"
+    with pytest.raises(InsufficientBalanceError, match=r"costs \$1\.2000"):
+        await rc.models.submit(video, {"prompt": "x", "duration": 10})
+    await rc.models.submit(video, {"prompt": "x", "duration": 4})
+    assert emu.balance == pytest.approx(1.0 - 0.06 - 4 * 0.12)
+
+
+@pytest.mark.asyncio
 async def test_gpu_id_reaches_the_training_service(emu: Emulator, rc: RunComfy) -> None:
     """jobs.submit(gpu_id=...) sends it; a blank one is refused before sending."""
     job = await rc.jobs.submit(CONFIG_TEXT, gpu_id="gpu-7", check_datasets=False)

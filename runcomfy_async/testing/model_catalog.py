@@ -106,16 +106,23 @@ def load_models_file(path: str | Path) -> tuple[dict[str, Any], ...]:
     return tuple(model_entry(item) for item in loaded)
 
 
+def _number_input(entry: Mapping[str, Any], inputs: Mapping[str, Any], name: str) -> float | None:
+    """A positive number input as sent, else its schema default, else None."""
+    props = entry["input_schema"].get("properties")
+    spec = props.get(name) if isinstance(props, Mapping) else None
+    default = spec.get("default") if isinstance(spec, Mapping) else None
+    value = inputs.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return None
+    return float(value)
+
+
 def _units(entry: Mapping[str, Any], inputs: Mapping[str, Any]) -> float:
-    """How many of the model's price units a run with ``inputs`` uses."""
+    """How many of the model's price units a run with ``inputs`` uses: seconds of video for a
+    per-second price, else the images it makes (``num_images``, as the outputs are counted)."""
     if entry.get("price_unit") == "second":
-        duration = inputs.get("duration", _DEFAULT_SECONDS)
-        ok = isinstance(duration, int | float) and not isinstance(duration, bool)
-        return float(duration) if ok and duration > 0 else _DEFAULT_SECONDS
-    count = inputs.get("num_images", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        return 1.0
-    return float(count)
+        return _number_input(entry, inputs, "duration") or _DEFAULT_SECONDS
+    return _number_input(entry, inputs, "num_images") or 1.0
 
 
 class ModelCatalog:
