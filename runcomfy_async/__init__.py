@@ -25,6 +25,9 @@ from .errors import (
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DeploymentDeletedError,
+    DeploymentDisabledError,
+    DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
     JobFailed,
@@ -52,12 +55,23 @@ from .errors import (
 from .resources.account import Account
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
+from .resources.deployments import Deployment, Deployments
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .resources.serverless_requests import ServerlessRequest
 from .types.account import Balance
 from .types.catalog import ModelInfo
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.deployments import (
+    DeploymentInfo,
+    DeploymentPayload,
+    Hardware,
+    OutputFile,
+    ServerlessCancelOutcome,
+    ServerlessResult,
+    ServerlessStatus,
+)
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
@@ -113,6 +127,13 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "Deployment",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentInfo",
+    "DeploymentPayload",
+    "DeploymentUnavailableError",
+    "Deployments",
     "DownloadError",
     "DownloadProgress",
     "DownloadReport",
@@ -124,6 +145,7 @@ __all__ = [
     "FileRetrying",
     "FileStarted",
     "GPUType",
+    "Hardware",
     "InsufficientBalanceError",
     "JobFailed",
     "JobResult",
@@ -145,6 +167,7 @@ __all__ = [
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
+    "OutputFile",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -164,6 +187,10 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "ServerlessCancelOutcome",
+    "ServerlessRequest",
+    "ServerlessResult",
+    "ServerlessStatus",
     "SharedLimitState",
     "Timeouts",
     "TokenBucket",

@@ -18,6 +18,7 @@ from . import (
     model_api,
     model_catalog,
     server_api,
+    serverless_api,
     trainer_datasets,
     trainer_jobs,
 )
@@ -44,6 +45,7 @@ ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     model_catalog,
     account,
     server_api,
+    serverless_api,
     comfyui,
     control,  # GET /_emulator/log: emulator-only inspection
 )
