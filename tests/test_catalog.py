@@ -258,6 +258,20 @@ async def test_runs_cost_their_units(emu: Emulator, rc: RunComfy) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_empty_balance_gates_deployments(emu: Emulator, rc: RunComfy) -> None:
+    """With nothing left, a deployment's run is refused with 10001 as InsufficientBalanceError."""
+    workflow_id = emu.state.machines.workflows[0]["workflow_id"]
+    deployment = await rc.deployments.create(
+        name="gated", workflow_id=workflow_id, workflow_version="v1", hardware="AMPERE_48"
+    )
+    emu.set_balance(0)
+    with pytest.raises(InsufficientBalanceError) as refused:
+        await deployment.submit({})
+    assert (refused.value.status, refused.value.code) == (402, 10001)
+    assert "add funds on runcomfy.com" in str(refused.value)
+
+
+@pytest.mark.asyncio
 async def test_gpu_id_reaches_the_training_service(emu: Emulator, rc: RunComfy) -> None:
     """jobs.submit(gpu_id=...) sends it; a blank one is refused before sending."""
     job = await rc.jobs.submit(CONFIG_TEXT, gpu_id="gpu-7", check_datasets=False)
