@@ -79,3 +79,13 @@ def test_balance_prints_what_is_left(invoke: Callable[..., Result]) -> None:
         "balance_usd": 12.5,
         "currency": "USD",
     }
+
+
+def test_models_run_validate_refuses_bad_inputs(invoke: Callable[..., Result]) -> None:
+    """`models run --validate` exits 1 naming the bad input and the valid ones; nothing runs."""
+    result = invoke("models", "run", FLUX, "-i", "promt=a cat", "--validate", code=1)
+    line = result.stderr.strip()
+    assert line.startswith("runcomfy: error: models run failed:")
+    assert "promt: not an input of this model (did you mean 'prompt'?)" in line
+    assert "Valid inputs: image_url (string, required); prompt (string, required)" in line
+    assert "drop --validate" in line and "validate=False" not in line

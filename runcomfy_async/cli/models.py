@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from runcomfy_async import ModelInfo, RequestResult, RequestStatus, RunComfy
+from runcomfy_async import ModelInfo, RequestResult, RequestStatus, RunComfy, errors
 
-from ._app import emit, fields_table, output_options, run_with_client, settings
+from ._app import CliError, emit, fields_table, output_options, run_with_client, settings
 from .progress import Reporter
 
 __all__ = ["group", "parse_inputs", "status_notes"]
@@ -89,6 +89,15 @@ def _result_view(result: RequestResult, files: list[Path] | None = None) -> dict
     if files is not None:
         view["files"] = [str(p) for p in files]
     return view
+
+
+def _schema_refusal(exc: errors.ModelInputError) -> CliError:
+    """``--validate`` refused the inputs: every problem and valid input on one line."""
+    return CliError(
+        f"models run failed: the inputs do not match {exc.model_id}'s input schema, nothing "
+        f"was sent: {'; '.join(exc.problems)}. Valid inputs: {'; '.join(exc.valid)}. Fix the "
+        "--input values (or drop --validate to let the service decide)"
+    )
 
 
 @click.group("models")
@@ -178,9 +187,19 @@ def schema(model_id: str) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Download the output's files into this folder.",
 )
+@click.option(
+    "--validate",
+    is_flag=True,
+    help="Check the inputs against the model's input schema before submitting (needs the "
+    "schema extra: jsonschema).",
+)
 @output_options
 def run(
-    model_id: str, pairs: tuple[str, ...], json_file: Path | None, download_dir: Path | None
+    model_id: str,
+    pairs: tuple[str, ...],
+    json_file: Path | None,
+    download_dir: Path | None,
+    validate: bool,
 ) -> None:
     """Run MODEL_ID (e.g. blackforestlabs/flux-1-kontext/pro/edit) and wait for its output."""
     inputs = parse_inputs(pairs, json_file)
@@ -188,7 +207,10 @@ def run(
     opts = settings()
 
     async def work(rc: RunComfy) -> tuple[RequestResult, list[Path] | None]:
-        request = await rc.models.submit(model_id, inputs)
+        try:
+            request = await rc.models.submit(model_id, inputs, validate=validate)
+        except errors.ModelInputError as exc:
+            raise _schema_refusal(exc) from exc
         reporter.note(f"submitted request {request.id}")
         opts.interrupt_hint = (
             f"request {request.id} keeps running on the server: "
