@@ -16,7 +16,7 @@ from typing import Any, Final
 from . import errors
 from .types.catalog import ModelInfo
 
-__all__ = ["check_inputs", "describe_inputs", "require_jsonschema"]
+__all__ = ["check_inputs", "compile_schema", "describe_inputs", "require_jsonschema"]
 
 _JSON_TYPES: Final = frozenset(
     {"string", "number", "integer", "boolean", "object", "array", "null"}
@@ -136,29 +136,43 @@ def _problem(error: Any) -> str:
     return _clip(f"{where or 'inputs'}: {error.message}")
 
 
-def check_inputs(model: ModelInfo, inputs: Mapping[str, Any]) -> None:
+def compile_schema(schema: Mapping[str, Any] | None) -> Any:
+    """A jsonschema validator for ``schema`` (normalised), or None when no validator can use it.
+
+    Compiling checks the schema against its meta-schema, which costs milliseconds: compile once
+    per model and reuse the validator.
+
+    Raises:
+        ConfigurationError: ``jsonschema`` is not installed.
+    """
+    jsonschema = require_jsonschema()
+    normal = _normalised(schema or {})
+    cls = jsonschema.validators.validator_for(normal, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(normal)
+    except jsonschema.SchemaError:
+        return None  # not a schema any validator can use: the service checks the inputs itself
+    return cls(normal)
+
+
+def check_inputs(model: ModelInfo, inputs: Mapping[str, Any], validator: Any = None) -> None:
     """Refuse ``inputs`` that do not match ``model``'s input schema, listing every problem.
 
     Args:
         model: the catalog entry, with its ``input_schema``.
         inputs: the inputs as plain JSON data (already encoded).
+        validator: the model's :func:`compile_schema` result, to skip compiling again.
 
     Raises:
         ConfigurationError: ``jsonschema`` is not installed.
         ModelInputError: the inputs fail the schema (or use names it does not list); the message
             lists what is wrong and every valid input.
     """
-    jsonschema = require_jsonschema()
-    schema = _normalised(model.input_schema or {})
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError:
-        return  # not a schema any validator can use: the service checks the inputs itself
+    if validator is None:
+        validator = compile_schema(model.input_schema)
     unknown = _unknown_names(model, inputs)
-    found = sorted(
-        cls(schema).iter_errors(dict(inputs)), key=lambda e: [str(p) for p in e.absolute_path]
-    )
+    found = [] if validator is None else list(validator.iter_errors(dict(inputs)))
+    found.sort(key=lambda e: [str(p) for p in e.absolute_path])
     problems = unknown + [
         _problem(e)
         for e in found
@@ -168,4 +182,3 @@ def check_inputs(model: ModelInfo, inputs: Mapping[str, Any]) -> None:
         raise errors.ModelInputError(
             model_id=model.model_id, problems=problems, valid=describe_inputs(model)
         )
-

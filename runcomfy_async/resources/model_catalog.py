@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from .. import errors
 from .._converter import structure
-from .._input_schema import check_inputs, require_jsonschema
+from .._input_schema import check_inputs, compile_schema, require_jsonschema
 from .._protocol import API, RequestSpec
 from .._rules import is_model_id
 from ..types.catalog import ModelInfo
@@ -110,13 +110,15 @@ def _text_filter(name: str, value: str | None) -> str | None:
 class ModelCatalog:
     """The catalog calls of one client, and the schemas it has fetched for ``validate=True``.
 
-    Schemas are kept for the client's life: checking fifty submits to one model costs one
-    schema call, not fifty (each call takes a token of the account's 1 request/s).
+    Schemas are kept, compiled, for the client's life: checking fifty submits to one model costs
+    one schema call, not fifty (each call takes a token of the account's 1 request/s), and one
+    compile (milliseconds), not fifty.
     """
 
     def __init__(self, client: RunComfy) -> None:
         self._client = client
-        self._schemas: dict[str, ModelInfo] = {}
+        #: model id -> its entry and compiled validator (None: no validator can use its schema)
+        self._checkers: dict[str, tuple[ModelInfo, Any]] = {}
 
     def iterate(
         self,
@@ -184,7 +186,6 @@ class ModelCatalog:
             raise errors.UnexpectedResponseError(
                 f"the entry of model {model_id!r} carries no input_schema", status=200
             )
-        self._schemas[model_id] = info
         return info
 
     async def check(self, model_id: str, inputs: Mapping[str, Any]) -> None:
@@ -195,5 +196,8 @@ class ModelCatalog:
             ModelInputError: the inputs fail the schema.
         """
         require_jsonschema()
-        model = self._schemas.get(model_id) or await self.schema(model_id)
-        check_inputs(model, inputs)
+        if model_id not in self._checkers:
+            model = await self.schema(model_id)
+            self._checkers[model_id] = (model, compile_schema(model.input_schema))
+        model, validator = self._checkers[model_id]
+        check_inputs(model, inputs, validator)
