@@ -1,7 +1,7 @@
-"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url`` (API.md 6).
+"""An async client for the ComfyUI a Ready machine serves at ``main_service_url`` (docs/wire.md).
 
 ComfyUI is not one of RunComfy's API hosts: its calls go over the client's session without a
-rate-limit token, and without the API token unless the caller opts in (API.md 6 leaves open
+rate-limit token, and without the API token unless the caller opts in (RunComfy does not say
 whether RunComfy's proxy wants it; by default the token never leaves the API hosts).
 """
 
@@ -57,7 +57,7 @@ def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
 
 
 def _prompt_refused(status: int, payload: Any) -> errors.ComfyUIError:
-    """The exception for a 400 from ``/prompt`` (API.md 6.1 error + node_errors shape)."""
+    """The exception for a 400 from ``/prompt`` (the error + node_errors shape, docs/wire.md)."""
     payload = payload if isinstance(payload, Mapping) else {}
     error = payload.get("error")
     node_errors = payload.get("node_errors")
@@ -132,7 +132,7 @@ def _files_of(entry: Mapping[str, Any]) -> list[ComfyFile]:
 
 
 def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> errors.ComfyUIError:
-    """The exception for an ``execution_error`` / ``execution_interrupted`` (API.md 6.2)."""
+    """The exception for an ``execution_error`` / ``execution_interrupted`` (docs/wire.md)."""
     where = f"node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
     what = data.get("exception_message") or ("interrupted" if "interrupt" in kind else "failed")
     return errors.ComfyUIError(
@@ -143,7 +143,7 @@ def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> err
 
 
 def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> errors.ComfyUIError | None:
-    """The failure a finished history entry records, or None if it succeeded (API.md 6.1)."""
+    """The failure a finished history entry records, or None if it succeeded (docs/wire.md)."""
     status = entry.get("status")
     status = status if isinstance(status, Mapping) else {}
     if status.get("status_str") != "error":
@@ -299,7 +299,7 @@ class ComfyUI:
         return prompt_id
 
     async def _history_entry(self, prompt_id: str) -> Mapping[str, Any] | None:
-        """The prompt's history entry, or None while it is unfinished (API.md 6.1)."""
+        """The prompt's history entry, or None while it is unfinished (docs/wire.md)."""
         _, payload = await self._call("GET", f"/history/{prompt_id}", kind=Retry.SAFE)
         entry = payload.get(prompt_id) if isinstance(payload, Mapping) else None
         return entry if isinstance(entry, Mapping) else None
@@ -314,7 +314,7 @@ class ComfyUI:
     ) -> list[ComfyFile]:
         """Wait until a prompt has run and return its output files.
 
-        Follows the WebSocket events (API.md 6.2) and falls back to polling ``/history`` when
+        Follows the WebSocket events (docs/wire.md) and falls back to polling ``/history`` when
         the socket cannot be opened or drops.
 
         Args:
@@ -396,7 +396,7 @@ class ComfyUI:
                         return
                     continue
                 if message.type is aiohttp.WSMsgType.BINARY:
-                    continue  # previews (API.md 6.2)
+                    continue  # previews (docs/wire.md)
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     logger.debug("ComfyUI WebSocket closed (%s); polling /history", message.type)
                     return

@@ -1,4 +1,4 @@
-"""A small ComfyUI (API.md section 6) behind each Ready emulated machine's ``main_service_url``.
+"""A small ComfyUI (docs/wire.md) behind each Ready emulated machine's ``main_service_url``.
 
 Served under ``/comfyui/{server_id}`` (and ComfyUI's ``/api`` alias): ``POST /prompt`` with
 ComfyUI's validation errors, ``GET /prompt``, ``GET /history[/{prompt_id}]``, ``GET /view``,
@@ -197,7 +197,7 @@ class ComfyStore:
     async def _execute(
         self, server_id: str, prompt_id: str, prompt: dict[str, Any], extra: dict[str, Any]
     ) -> None:
-        """The fake execution: the documented events in ComfyUI's order (API.md 6.2)."""
+        """The fake execution: the documented events in ComfyUI's order (docs/wire.md)."""
         machine = self.machine(server_id)
         client_id = extra.get("client_id")
         async with machine.lock:  # one prompt at a time, like ComfyUI's single worker
@@ -308,7 +308,7 @@ def _upstream(prompt: Mapping[str, Any], node_id: str) -> set[str]:
 
 
 def _error(kind: str, message: str, details: str = "", **extra: Any) -> dict[str, Any]:
-    """ComfyUI's error object (API.md 6.1)."""
+    """ComfyUI's error object (docs/wire.md)."""
     return {"type": kind, "message": message, "details": details, "extra_info": extra}
 
 
@@ -423,7 +423,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
     def bad_request(
         error: dict[str, Any], node_errors: Mapping[str, Any] | None = None
     ) -> web.Response:
-        """ComfyUI's 400 body: the error object and the per-node errors (API.md 6.1)."""
+        """ComfyUI's 400 body: the error object and the per-node errors (docs/wire.md)."""
         body = {"error": error, "node_errors": dict(node_errors or {})}
         return web.json_response(body, status=400)
 

@@ -1,4 +1,4 @@
-"""Server API machines (API.md section 4) and the ComfyUI they run (section 6): enums, snapshots."""
+"""Server API machines and the ComfyUI they run (docs/wire.md): enums, snapshots."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["ComfyEvent", "ComfyFile", "MachineInfo", "MachineStatus", "ServerTyp
 
 
 class ServerType(enum.StrEnum):
-    """The machine sizes the Server API launches (API.md 4.2); a closed set, checked client-side."""
+    """The machine sizes the Server API launches (docs/wire.md): a closed set, checked here."""
 
     MEDIUM = "medium"
     LARGE = "large"
@@ -27,7 +27,7 @@ class ServerType(enum.StrEnum):
 class MachineStatus(OpenStrEnum):
     """A machine's ``current_status``: Initializing -> Ready -> Stopping (then gone).
 
-    Only ``Ready`` and ``Initializing`` are confirmed by public code (API.md 4.4); the others are
+    Only ``Ready`` and ``Initializing`` are confirmed by public code (docs/wire.md); the others are
     the names third-party clients use. Unknown values are kept; matching is case-insensitive.
     """
 
@@ -56,7 +56,7 @@ _ENDED = frozenset(
 
 @attrs.frozen(kw_only=True)
 class MachineInfo:
-    """A snapshot of one machine as the Server API described it (API.md 4.4).
+    """A snapshot of one machine as the Server API described it (docs/wire.md).
 
     ``main_service_url`` (the ComfyUI backend) is only set once the machine is ``Ready``.
     ``server_type`` stays a plain string, so a size this library does not know yet still reads.
@@ -85,7 +85,7 @@ class MachineInfo:
 
 @attrs.frozen(kw_only=True)
 class Workflow:
-    """A saved workflow of the account; launch a machine with its ``version_id`` (API.md 4.1)."""
+    """A saved workflow of the account; launch a machine with its ``version_id`` (docs/wire.md)."""
 
     workflow_id: str
     name: str | None = None
@@ -96,7 +96,7 @@ class Workflow:
 
 @attrs.frozen(kw_only=True)
 class ComfyFile:
-    """A file on a ComfyUI machine: an output of a prompt or an uploaded input (API.md 6.1).
+    """A file on a ComfyUI machine: an output of a prompt or an uploaded input (docs/wire.md).
 
     ``node_id`` names the node that produced an output (None for uploads).
     """
@@ -109,7 +109,7 @@ class ComfyFile:
 
 @attrs.frozen(kw_only=True)
 class ComfyEvent:
-    """One ComfyUI WebSocket event about a prompt (API.md 6.2), as given to a progress callback.
+    """One ComfyUI WebSocket event about a prompt (docs/wire.md), as given to a progress callback.
 
     Args:
         type: ``execution_start``, ``executing``, ``progress``, ``executed``,
