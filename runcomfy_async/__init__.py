@@ -33,6 +33,7 @@ from .errors import (
     InsufficientBalanceError,
     JobFailed,
     MachineFailed,
+    ModelInputError,
     NotFoundError,
     OperationFailed,
     OutcomeUnknownError,
@@ -53,6 +54,7 @@ from .errors import (
     WrongEventLoopError,
 )
 from .progress import AnyProgressEvent, ProgressLog, progress_bars
+from .resources.account import Account
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
 from .resources.deployments import Deployment, Deployments
@@ -60,6 +62,8 @@ from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
 from .resources.serverless_requests import ServerlessRequest
+from .types.account import Balance
+from .types.catalog import ModelInfo
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
 from .types.deployments import (
     DeploymentInfo,
@@ -103,11 +107,13 @@ __all__ = [
     "TRAINING_FOLDER",
     "APIError",
     "APITimeoutError",
+    "Account",
     "AnyProgressEvent",
     "Artifact",
     "AsyncUsageError",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BytesSent",
     "CancelOutcome",
     "ClientClosedError",
@@ -160,6 +166,8 @@ __all__ = [
     "MachineInfo",
     "MachineStatus",
     "Machines",
+    "ModelInfo",
+    "ModelInputError",
     "ModelRequest",
     "Models",
     "NotFoundError",

@@ -29,6 +29,7 @@ from ._protocol import API, RequestSpec, is_loopback, redact_url
 from ._retry import RetryPolicy
 from ._transport import Exchange, Timeouts, Transport
 from ._version import __version__
+from .resources.account import Account
 from .resources.datasets import Datasets
 from .resources.deployments import Deployments
 from .resources.jobs import Jobs
@@ -451,5 +452,10 @@ class RunComfy:
 
     @functools.cached_property
     def models(self) -> Models:
-        """Model API requests: submit, await the output, cancel while queued."""
+        """Model API: the catalog and schemas, submit, await the output, cancel while queued."""
         return Models(self)
+
+    @functools.cached_property
+    def account(self) -> Account:
+        """The account: its remaining balance."""
+        return Account(self)

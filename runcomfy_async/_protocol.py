@@ -47,7 +47,20 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_URL_REFRESHES = 3
 
 #: Query keys whose values are harmless to log; every other value is masked.
-_SAFE_QUERY_KEYS = frozenset({"include_cost", "limit", "offset", "max_items", "size", "expires"})
+_SAFE_QUERY_KEYS = frozenset(
+    {
+        "include_cost",
+        "limit",
+        "offset",
+        "max_items",
+        "size",
+        "expires",
+        "search",
+        "category",
+        "kind",
+        "include_schema",
+    }
+)
 
 #: Numeric ``error_code`` -> the HTTP status it stands for (docs/wire.md, suggested mapping).
 _CODE_STATUS = {

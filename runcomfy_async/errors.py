@@ -10,6 +10,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     +-- ValidationError               input refused before any byte was sent
     |   +-- DatasetValidationError    a dataset folder breaks the upload rules (lists every problem)
     |   +-- ConfigError               an AI Toolkit config the service would reject
+    |   +-- ModelInputError           model inputs that fail the model's input schema
     +-- TransportError                connection failed, reset or timed out (no HTTP answer)
     |   +-- APITimeoutError           a connect/read/total timeout expired
     |   +-- UnsentTransportError      the connection never opened: the request provably never left
@@ -72,6 +73,7 @@ __all__ = [
     "InsufficientBalanceError",
     "JobFailed",
     "MachineFailed",
+    "ModelInputError",
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
@@ -157,6 +159,29 @@ class DatasetValidationError(ValidationError):
 
 class ConfigError(ValidationError):
     """An AI Toolkit config that the training service would reject."""
+
+
+class ModelInputError(ValidationError):
+    """Model inputs fail the model's input schema (``validate=True``); nothing was sent.
+
+    Attributes:
+        model_id: the model whose schema refused them.
+        problems: one line per problem, ``"seed: 'abc' is not of type 'integer'"``.
+        valid: every input the schema lists, e.g. ``"prompt (string, required)"``.
+    """
+
+    def __init__(self, *, model_id: str, problems: list[str], valid: list[str]) -> None:
+        self.model_id = model_id
+        self.problems = list(problems)
+        self.valid = list(valid)
+        shown = "\n  - ".join(self.problems[:20])
+        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        listed = "; ".join(self.valid) if self.valid else "the schema lists none"
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the inputs for model {model_id!r}; nothing was "
+            f"sent:\n  - {shown}{more}\nvalid inputs: {listed}\nfix the inputs, or pass "
+            "validate=False to let the service decide"
+        )
 
 
 class TransportError(RunComfyError):
@@ -264,7 +289,17 @@ class PermissionDeniedError(APIError):
 
 
 class InsufficientBalanceError(APIError):
-    """402: the account balance is too low; top it up on runcomfy.com."""
+    """402: the account balance is too low for a paid call; top it up on runcomfy.com."""
+
+    #: What to do, added to the message.
+    FIX = (
+        "the account balance is too low for this call: add funds on runcomfy.com, then try "
+        "again (await rc.account.balance() shows what is left)"
+    )
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.args = (f"{self.args[0]}; {self.FIX}",)
 
     api_fix = "top up the account balance on runcomfy.com, then try again"
 

@@ -369,6 +369,27 @@ async def _nan_inputs(ctx: Ctx) -> None:
     await ctx.rc.models.submit("acme/flux/dev", {"seed": float("nan")})
 
 
+@case("model inputs failing their schema", "submit(id, {'promt': 'a dog'}, validate=True)",
+      errors.ModelInputError, "promt: not an input of this model (did you mean 'prompt'?)",
+      "prompt: required input missing", "valid inputs: image_url (string, required)",
+      allowed=("GET /v1/models/blackforestlabs/flux-1-kontext/pro/edit",))
+async def _schema_inputs(ctx: Ctx) -> None:
+    flux = "blackforestlabs/flux-1-kontext/pro/edit"
+    await ctx.rc.models.submit(flux, {"promt": "a dog"}, validate=True)
+
+
+@case("blank catalog filter", "rc.models.catalog(search='')", errors.ValidationError,
+      "search must be a non-blank string or None")
+async def _blank_search(ctx: Ctx) -> None:
+    ctx.rc.models.catalog(search="")
+
+
+@case("blank gpu_id", "rc.jobs.submit(config, gpu_id=' ')", errors.ValidationError,
+      "gpu_id must be a non-blank string", "or None")
+async def _blank_gpu_id(ctx: Ctx) -> None:
+    await ctx.rc.jobs.submit(CONFIG, gpu_id=" ")
+
+
 # -- machines ----------------------------------------------------------------------------------
 
 

@@ -352,7 +352,7 @@ JOB_CONFIG: dict[str, Any] = {
         ],
     },
 }
-GOOD = "acme/chaos/good"
+GOOD = "google/nano-banana-2-lite/text-to-image"  # in the emulator's built-in catalog
 BAD = "acme/chaos/bad"
 RUNS = 100
 

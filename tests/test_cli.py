@@ -306,8 +306,11 @@ def test_jobs_submit_refuses_a_dataset_that_is_not_ready(
 # -- models ----------------------------------------------------------------------------------
 
 
-def test_models_run_with_inputs_and_download(invoke: Callable[..., Result], tmp_path: Path) -> None:
+def test_models_run_with_inputs_and_download(
+    server: ThreadedEmulator, invoke: Callable[..., Result], tmp_path: Path
+) -> None:
     """`models run` sends typed inputs, waits, prints the output and downloads its files."""
+    server.run(lambda: server.emu.add_model("owner/model/v1"))
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps({"prompt": "from file", "seed": 1}), encoding="utf-8")
     result = invoke(

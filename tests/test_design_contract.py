@@ -74,6 +74,7 @@ async def test_design_public_surface(tmp_path: Path) -> None:
             assert paths
             assert all(p.is_file() and p.resolve().is_relative_to(tmp_path / "out") for p in paths)
 
+            emu.add_model("owner/model/variant")  # the catalog refuses ids it does not know
             req = await rc.models.submit("owner/model/variant", {"prompt": "a dog"})
             assert isinstance(await req.status(), RequestStatus)
             output = await req

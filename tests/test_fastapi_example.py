@@ -119,10 +119,11 @@ async def test_endpoints_map_the_library(
     status, job_info = await call("GET", f"/jobs/{job['id']}")
     assert (status, job_info["id"]) == (200, job["id"])
 
+    emu.add_model("acme/fast/v1")
     status, out = await call("POST", "/generate", json={"model_id": "acme/fast/v1", "inputs": {}})
     assert status == 200
     assert "image" in out["output"]
-    emu.state.model_requests.set_behavior("acme/slow/v1", duration=1e6)
+    emu.set_model_behavior("acme/slow/v1", duration=1e6)
     body = {"model_id": "acme/slow/v1", "inputs": {"prompt": "x"}, "timeout": 0.3}
     status, slow = await call("POST", "/generate", json=body)
     assert (status, slow["error"]) == (504, "WaitTimeoutError")

@@ -32,6 +32,7 @@ import attrs
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from runcomfy_async import RunComfy, errors, to_jsonable
 
@@ -207,11 +208,12 @@ def emit(
         return
     console = stdout_console()
     if columns is not None:
-        table = Table(title=title, show_lines=False, title_justify="left")
+        shown = None if title is None else Text(title)
+        table = Table(title=shown, show_lines=False, title_justify="left")
         for name in columns:
             table.add_column(name, overflow="fold")
         for row in rows or ():
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(Text(_cell(v)) for v in row))  # values are not markup
         console.print(table)
     elif text is not None:
         console.print(text, markup=False)
@@ -292,6 +294,8 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
         return "the account's request rate was exceeded; wait a moment and try again"
     if isinstance(exc, errors.ServerError | errors.UnexpectedResponseError):
         return "the service failed; try again later"
+    if isinstance(exc, errors.BadRequestError) and exc.code == 400001 and group == "models":
+        return "check the model id; `runcomfy models list --search TEXT` shows the ones there are"
     if isinstance(exc, errors.BadRequestError | errors.PermissionDeniedError):
         return "fix the request as the message says"
     if isinstance(exc, errors.TransportError):

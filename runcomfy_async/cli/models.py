@@ -1,4 +1,4 @@
-"""``runcomfy models``: run Model API requests and manage them by request id."""
+"""``runcomfy models``: browse the catalog, read a model's schema, run requests and manage them."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ from typing import Any
 
 import click
 
-from runcomfy_async import RequestResult, RequestStatus, RunComfy, ServerlessStatus, to_jsonable
+from runcomfy_async import (
+    ModelInfo,
+    RequestResult,
+    RequestStatus,
+    RunComfy,
+    ServerlessStatus,
+    errors,
+    to_jsonable,
+)
 
 from ._app import (
+    CliError,
     emit,
     fields_table,
     json_object_file,
@@ -49,9 +58,7 @@ def parse_inputs(pairs: tuple[str, ...], json_file: Path | None) -> dict[str, An
             )
         inputs[key.strip()] = input_value(raw)
     if not inputs:
-        raise click.UsageError(
-            "no inputs: pass --input key=value (repeatable) or --json-file FILE"
-        )
+        raise click.UsageError("no inputs: pass --input key=value (repeatable) or --json-file FILE")
     return inputs
 
 
@@ -103,9 +110,77 @@ def _show(result: RequestResult, files: list[Path] | None = None) -> None:
         emit({**to_jsonable(result), "files": [str(p) for p in files]})
 
 
+def _schema_refusal(exc: errors.ModelInputError) -> CliError:
+    """``--validate`` refused the inputs: every problem and valid input on one line."""
+    return CliError(
+        f"models run failed: the inputs do not match {exc.model_id}'s input schema, nothing "
+        f"was sent: {'; '.join(exc.problems)}. Valid inputs: {'; '.join(exc.valid)}. Fix the "
+        "--input values (or drop --validate to let the service decide)"
+    )
+
+
 @click.group("models")
 def group() -> None:
-    """Model API requests: run, watch, status, result, cancel."""
+    """Model API: the catalog (list, schema) and requests (run, watch, status, result, cancel)."""
+
+
+@group.command("list")
+@click.option("--search", help="Only models whose id or name contains this text.")
+@click.option("--category", help="Only models in this category (e.g. text-to-image).")
+@click.option("--kind", help="Only catalog entries of this kind.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many models.",
+)
+@output_options
+def list_models(search: str | None, category: str | None, kind: str | None, limit: int) -> None:
+    """List the models of the catalog, with their price."""
+
+    async def work(rc: RunComfy) -> list[ModelInfo]:
+        found: list[ModelInfo] = []
+        pages = rc.models.catalog(
+            search=search, category=category, kind=kind, page_size=min(limit, 100)
+        )
+        async for model in pages:
+            found.append(model)
+            if len(found) >= limit:
+                break
+        return found
+
+    models = run_with_client(work)
+    emit(
+        models,
+        columns=("model_id", "display_name", "categories", "price"),
+        rows=[(m.model_id, m.display_name, ", ".join(m.categories), m.price) for m in models],
+        title=f"{len(models)} model(s)",
+    )
+
+
+def _input_row(name: str, prop: Any, required: bool) -> tuple[Any, ...]:
+    """One input of a schema as a table row: name, type, required, default, allowed values."""
+    prop = prop if isinstance(prop, dict) else {}
+    allowed = prop.get("enum")
+    if allowed is None and ("minimum" in prop or "maximum" in prop):
+        allowed = f"{prop.get('minimum', '')}..{prop.get('maximum', '')}"
+    return (name, prop.get("type"), "yes" if required else "", prop.get("default"), allowed)
+
+
+@group.command("schema")
+@click.argument("model_id")
+@output_options
+def schema(model_id: str) -> None:
+    """Show MODEL_ID's inputs (name, type, required, default, allowed values) and price."""
+    info = run_with_client(lambda rc: rc.models.schema(model_id))
+    required = set(info.required_inputs)
+    emit(
+        info,
+        columns=("input", "type", "required", "default", "allowed"),
+        rows=[_input_row(name, prop, name in required) for name, prop in info.inputs.items()],
+        title=f"{info.model_id}: {info.display_name or ''} {info.price or 'price unknown'}",
+    )
 
 
 @group.command("run")
@@ -129,9 +204,19 @@ def group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Download the output's files into this folder.",
 )
+@click.option(
+    "--validate",
+    is_flag=True,
+    help="Check the inputs against the model's input schema before submitting (needs the "
+    "schema extra: jsonschema).",
+)
 @output_options
 def run(
-    model_id: str, pairs: tuple[str, ...], json_file: Path | None, download_dir: Path | None
+    model_id: str,
+    pairs: tuple[str, ...],
+    json_file: Path | None,
+    download_dir: Path | None,
+    validate: bool,
 ) -> None:
     """Run MODEL_ID (e.g. blackforestlabs/flux-1-kontext/pro/edit) and wait for its output."""
     inputs = parse_inputs(pairs, json_file)
@@ -139,7 +224,10 @@ def run(
     opts = settings()
 
     async def work(rc: RunComfy) -> tuple[RequestResult, list[Path] | None]:
-        request = await rc.models.submit(model_id, inputs)
+        try:
+            request = await rc.models.submit(model_id, inputs, validate=validate)
+        except errors.ModelInputError as exc:
+            raise _schema_refusal(exc) from exc
         reporter.note(f"submitted request {request.id}")
         opts.interrupt_hint = (
             f"request {request.id} keeps running on the server: "

@@ -461,6 +461,7 @@ class Jobs:
         *,
         gpu_type: GPUType | str = GPUType.H100,
         gpu_count: int | None = None,
+        gpu_id: str | None = None,
         check_datasets: bool = True,
     ) -> TrainingJob:
         """Check a config and submit it as a training job (it starts IN_QUEUE).
@@ -470,22 +471,33 @@ class Jobs:
             gpu_type: ``GPUType.H100`` (``ADA_80_PLUS``), ``GPUType.H200`` (``HOPPER_141``) or
                 the raw string.
             gpu_count: number of GPUs, when not the service's default.
+            gpu_id: a specific GPU offering's id, sent as given (RunComfy's own client sends
+                this optional field; the service documents no values for it).
             check_datasets: check that every mounted dataset exists and is READY (one list
                 call) before submitting.
 
         Raises:
             ConfigError: the config would be rejected or fail (nothing is sent).
-            ValidationError: a bad ``gpu_type`` or ``gpu_count`` (nothing is sent).
+            ValidationError: a bad ``gpu_type``, ``gpu_count`` or ``gpu_id`` (nothing is sent).
         """
         gpu = _gpu_type(gpu_type)
         if gpu_count is not None and (
             isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1
         ):
             raise errors.ValidationError(f"gpu_count must be an int >= 1, got {gpu_count!r}")
+        if gpu_id is not None and (
+            not isinstance(gpu_id, str) or not gpu_id.strip() or gpu_id != gpu_id.strip()
+        ):
+            raise errors.ValidationError(
+                f"gpu_id must be a non-blank string without surrounding spaces, or None (the "
+                f"service picks), got {gpu_id!r}"
+            )
         text = await self.checked_yaml(config, check_datasets=check_datasets)
         body: dict[str, Any] = {"config_file_format": "yaml", "config_file": text, "gpu_type": gpu}
         if gpu_count is not None:
             body["gpu_count"] = gpu_count
+        if gpu_id is not None:
+            body["gpu_id"] = gpu_id
         # Not retried after the request may have arrived: a lost answer could mean a job is
         # already queued (and billing), and the API has no idempotency key to make a repeat
         # harmless. 429 and refused connections prove it never ran, so those are repeated.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 from urllib.parse import quote, unquote, urlsplit
@@ -22,7 +22,7 @@ from .._downloads import DownloadProgress
 from .._limiter import Priority
 from .._polling import PollPolicy
 from .._protocol import API, RequestSpec, Retry
-from .._rules import is_model_id
+from ..types.catalog import ModelInfo
 from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
 from ..types.models import (
@@ -42,40 +42,21 @@ from ._queued import (
     run_or_cancel,
     wait_for_result,
 )
+from .model_catalog import ModelCatalog, model_path
 
 if TYPE_CHECKING:
     from .._client import RunComfy
 
-__all__ = ["ModelRequest", "Models"]
+__all__ = ["ModelRequest", "Models", "model_path"]
 
 logger = logging.getLogger("runcomfy_async")
 
-_MODELS: Final = "/v1/models"
 _REQUESTS: Final = "/v1/requests"
-_EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
+#: The Model API's error code for a model id it does not know (InvalidResourceIdentifier).
+_UNKNOWN_MODEL: Final = 400001
 #: The official ComfyUI nodes refuse request bodies above 64 MiB (docs/wire.md); large media go
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
-
-
-def model_path(model_id: str) -> str:
-    """``/v1/models/{model_id}`` with each segment quoted, after checking the id's shape.
-
-    Raises:
-        ValidationError: an empty or malformed model id.
-    """
-    if not isinstance(model_id, str) or not model_id:
-        raise errors.ValidationError(
-            f"model_id must be a non-empty string such as {_EXAMPLE_ID!r} (copy it from the "
-            "model's API page)"
-        )
-    if not is_model_id(model_id):
-        raise errors.ValidationError(
-            f"model_id {model_id!r} is malformed: it must be segments of letters, digits, '.', "
-            f"'_' and '-' joined by single slashes, without a leading or trailing slash or "
-            f"'..', e.g. {_EXAMPLE_ID!r}"
-        )
-    return _MODELS + "/" + "/".join(quote(s, safe="") for s in model_id.split("/"))
 
 
 def _request_path(request_id: str, suffix: str) -> str:
@@ -335,14 +316,69 @@ class ModelRequest:
 
 
 class Models:
-    """``rc.models``: submit model requests, rebuild handles, or run and wait in one call."""
+    """``rc.models``: the catalog, submit model requests, rebuild handles, or run and wait."""
 
     def __init__(self, client: RunComfy) -> None:
         self._client = client
+        self._catalog = ModelCatalog(client)
+
+    def catalog(
+        self,
+        *,
+        search: str | None = None,
+        category: str | None = None,
+        kind: str | None = None,
+        include_schema: bool = False,
+        page_size: int = 50,
+    ) -> AsyncIterator[ModelInfo]:
+        """Every model of the catalog that matches, as an async iterator fetching page by page.
+
+        ``async for model in rc.models.catalog(search="flux"): print(model.model_id)``. Each
+        page is one API call; stop iterating early and no further page is asked for.
+
+        Args:
+            search: free text the service matches against model ids and names.
+            category: only models in this category (e.g. ``"text-to-image"``).
+            kind: only entries of this kind, as the catalog names kinds.
+            include_schema: have each entry carry its ``input_schema`` (bigger pages).
+            page_size: entries per page, 1 to 100.
+
+        Raises:
+            ValidationError: a blank filter or a bad ``page_size`` (raised at the call, before
+                anything is sent).
+        """
+        return self._catalog.iterate(
+            search=search,
+            category=category,
+            kind=kind,
+            include_schema=include_schema,
+            page_size=page_size,
+        )
+
+    async def schema(self, model_id: str) -> ModelInfo:
+        """One model's catalog entry with its input schema and price.
+
+        Args:
+            model_id: the model's id, slashes included.
+
+        Returns:
+            A :class:`~runcomfy_async.types.catalog.ModelInfo` whose ``input_schema`` is set;
+            ``price`` reads like ``"$0.04/output"``.
+
+        Raises:
+            ValidationError: a malformed model id (nothing is sent).
+            BadRequestError: the service knows no model by that id.
+        """
+        return await self._catalog.schema(model_id)
 
     @awaitable("rc.models.submit(...)")
     async def submit(
-        self, model_id: str, inputs: Mapping[str, Any], *, include_cost: bool = False
+        self,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        include_cost: bool = False,
+        validate: bool = False,
     ) -> ModelRequest:
         """Submit a request to a model and return its handle at once (docs/wire.md).
 
@@ -352,9 +388,14 @@ class Models:
             inputs: the model's inputs, as its Input schema names them; a :class:`Lora` may be a
                 value (``{"lora": Lora("my_lora.safetensors")}``).
             include_cost: have the handle's :meth:`ModelRequest.result` report the cost.
+            validate: check the inputs against the model's input schema first (its schema is
+                fetched once per client); needs the ``schema`` extra (``jsonschema``). Names the
+                schema does not list are refused too: the model would ignore a typo silently.
 
         Raises:
             ValidationError: a malformed model id or inputs JSON cannot carry (nothing is sent).
+            ModelInputError: ``validate`` and the inputs fail the schema (nothing is submitted).
+            ConfigurationError: ``validate`` without ``jsonschema`` installed.
             BadRequestError: the server rejected the model id or inputs.
             InsufficientBalanceError: the account balance is too low.
             OutcomeUnknownError: the submit was sent but its answer was lost; it may have been
@@ -362,6 +403,8 @@ class Models:
         """
         path = model_path(model_id)
         body = encode_inputs(inputs)
+        if validate:
+            await self._catalog.check(model_id, body)
         # Not retried blindly: a submit whose answer was lost may have been queued, and a second
         # one would run (and bill) twice. Only a 429 or a connection that never opened -- the
         # request provably never ran -- is repeated (Retry.UNSENT). The API has no way to find a
@@ -370,6 +413,13 @@ class Models:
             payload = await self._client.request(
                 RequestSpec(api=API.MODEL, method="POST", path=path, json=body, retry=Retry.UNSENT)
             )
+        except errors.BadRequestError as exc:
+            if exc.code == _UNKNOWN_MODEL:
+                exc.add_note(
+                    f"check the model id {model_id!r}: rc.models.catalog(search=...) lists the "
+                    "models there are"
+                )
+            raise
         except errors.OutcomeUnknownError as exc:
             exc.check = (
                 f"your request history on runcomfy.com for a {model_id} request made just now "
@@ -484,6 +534,7 @@ class Models:
         *,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        validate: bool = False,
     ) -> Any:
         """Submit and wait; return the output.
 
@@ -496,14 +547,17 @@ class Models:
             inputs: as for :meth:`submit`.
             timeout: client-side deadline in seconds for the wait.
             poll: the polling schedule.
+            validate: check the inputs against the model's input schema first (as for
+                :meth:`submit`).
 
         Raises:
-            ValidationError: a malformed model id or inputs (nothing is sent).
+            ValidationError: a malformed model id or inputs (nothing is sent);
+                ``ModelInputError`` when ``validate`` finds the inputs fail the schema.
             RequestFailed: the run failed; ``error`` holds the server's reason.
             RequestCancelled: the request was cancelled.
             WaitTimeoutError: ``timeout`` passed first.
         """
-        request = await self.submit(model_id, inputs)
+        request = await self.submit(model_id, inputs, validate=validate)
         wait = request.wait(timeout=timeout, poll=poll)
         result = await run_or_cancel(self._client, request, wait, what="model request")
         return result.output

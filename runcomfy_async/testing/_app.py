@@ -12,9 +12,11 @@ from aiohttp import web
 
 from . import (
     _storage,
+    account,
     comfyui,
     control,
     model_api,
+    model_catalog,
     server_api,
     serverless_api,
     trainer_datasets,
@@ -40,6 +42,8 @@ ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     trainer_datasets,
     trainer_jobs,
     model_api,
+    model_catalog,
+    account,
     server_api,
     serverless_api,
     comfyui,

@@ -14,7 +14,7 @@ import itertools
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -25,8 +25,10 @@ from ._faults import FaultSet
 from ._ratelimit import AccountLimiter
 from ._storage import ObjectStorage
 from ._webhooks import WebhookDispatcher
+from .account import Wallet
 from .comfyui import ComfyStore
 from .model_api import ModelRequestStore
+from .model_catalog import ModelCatalog
 from .server_api import MachineStore
 from .trainer_jobs import JobStore
 
@@ -50,6 +52,8 @@ class EmulatorConfig:
     url_ttl: float
     seed: int
     dataset_processing_seconds: float
+    models: tuple[Mapping[str, Any], ...] = ()
+    balance: float = 100.0
 
 
 @attrs.frozen(kw_only=True)
@@ -95,6 +99,8 @@ class EmulatorState:
         datasets: Trainer API datasets.
         jobs: Trainer API AI Toolkit jobs.
         model_requests: Model API requests.
+        catalog: the Model API's models, their schemas and prices.
+        wallet: the account's balance, drawn down by paid calls.
         machines: Server API workflows and machines.
         comfy: the ComfyUI of every machine.
         deployments: Serverless deployments and their requests.
@@ -118,6 +124,8 @@ class EmulatorState:
             clock=self.clock, storage=self.storage, datasets=self.datasets, new_id=self.new_id
         )
         self.model_requests = ModelRequestStore(clock=self.clock, storage=self.storage)
+        self.catalog = ModelCatalog(config.models)
+        self.wallet = Wallet(config.balance)
         self.machines = MachineStore(self.clock, self.new_id)
         self.comfy = ComfyStore(clock=self.clock, machines=self.machines)
         self.deployments = DeploymentStore(clock=self.clock, storage=self.storage)

@@ -6,9 +6,10 @@ SKU, ``min_instances`` 0-3 and ``max_instances`` 1-10 as the vendor page says, a
 keep-warm, a workflow of the account). Inference is served under both ``/prod/v1`` and
 ``/prod/v2``: overrides must name nodes and inputs of the deployed workflow (422001 otherwise),
 media values may be URLs or base64 data URIs, a disabled deployment answers 10002 and a deleted
-one 10003. Requests move in_queue -> in_progress -> completed | cancelled on the deployment's
-simulated instances (see ``_deployments``); webhooks are POSTed for real (see ``_webhooks``).
-The stores are ``emu.state.deployments`` and ``emu.state.webhooks``.
+one 10003, and an empty account balance 10001 (HTTP 402). Requests move in_queue ->
+in_progress -> completed | cancelled on the deployment's simulated instances (see
+``_deployments``); webhooks are POSTed for real (see ``_webhooks``). The stores are
+``emu.state.deployments`` and ``emu.state.webhooks``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = ["DELETED", "DISABLED", "add_routes"]
 
 DISABLED: Final = 10002
 DELETED: Final = 10003
+#: Deployment gating: the account has nothing left to pay for a run (InsufficientFunds).
+INSUFFICIENT_FUNDS: Final = 10001
 #: Largest inference body read (inline workflows and data URIs make bodies large).
 MAX_BODY: Final = 64 * 1024 * 1024
 _INTERMEDIATE: Final = ("in_queue", "in_progress")
@@ -153,7 +156,8 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         }
 
     def gate(deployment_id: str) -> DeploymentRecord:
-        """The deployment inference goes to: 404 unknown, 10003 deleted, 10002 disabled."""
+        """The deployment inference goes to: 404 unknown, 10003 deleted, 10002 disabled, and
+        10001 (HTTP 402) while the account's balance is empty."""
         record = store.deployments.get(deployment_id)
         if record is None:
             raise not_found(f"Deployment {deployment_id} not found")
@@ -162,6 +166,10 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         if not record.is_enabled:
             raise ApiError(
                 403, DISABLED, f"Deployment {deployment_id} is disabled; enable it to run requests"
+            )
+        if state.wallet.balance <= 0:
+            raise ApiError(
+                402, INSUFFICIENT_FUNDS, "Insufficient funds: add funds to run deployments"
             )
         return record
 

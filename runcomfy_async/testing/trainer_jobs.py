@@ -88,6 +88,8 @@ class JobRecord:
     gpu_type: str
     created_at: float
     config_text: str
+    #: the optional ``gpu_id`` the submit named (the service documents no values for it)
+    gpu_id: str | None = None
     total_steps: int = DEFAULT_STEPS
     save_every: int = DEFAULT_EVERY
     sample_every: int = DEFAULT_EVERY
@@ -143,13 +145,14 @@ class JobStore:
 
     # -- records ---------------------------------------------------------------------------
 
-    def submit(self, config_text: str, gpu_type: str) -> JobRecord:
+    def submit(self, config_text: str, gpu_type: str, gpu_id: str | None = None) -> JobRecord:
         """Queue a new job; a config problem makes it FAIL when it would start."""
         now = self.clock.time()
         record = JobRecord(
             id=self._new_id(),
             name=f"job_{secrets.token_hex(4)}",
             gpu_type=gpu_type,
+            gpu_id=gpu_id,
             created_at=now,
             config_text=config_text,
             queued_at=now,
@@ -446,6 +449,9 @@ def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
     count = body.get("gpu_count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         problems.append(field_error(["body", "gpu_count"], "must be a positive integer"))
+    gpu_id = body.get("gpu_id")
+    if gpu_id is not None and (not isinstance(gpu_id, str) or not gpu_id.strip()):
+        problems.append(field_error(["body", "gpu_id"], "must be a non-empty string"))
     if problems or not isinstance(text, str):
         raise validation_error(problems)
     return text, gpu_type if isinstance(gpu_type, str) else None
@@ -469,8 +475,9 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
 
     async def submit(request: web.Request) -> web.Response:
         """POST /jobs: accept a job (IN_QUEUE); a bad config fails it later, as the service does."""
-        text, gpu_type = _config_text(await read_json(request), gpu=True)
-        record = store.submit(text, gpu_type or "")
+        body = await read_json(request)
+        text, gpu_type = _config_text(body, gpu=True)
+        record = store.submit(text, gpu_type or "", body.get("gpu_id"))
         return web.json_response(
             {
                 "id": record.id,
