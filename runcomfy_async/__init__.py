@@ -20,6 +20,7 @@ from .errors import (
     BadRequestError,
     ClientClosedError,
     ComfyUIError,
+    ComfyUIWarning,
     ConfigError,
     ConfigurationError,
     ConflictError,
@@ -53,10 +54,18 @@ from .resources.datasets import Dataset, Datasets
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .types.comfyui import (
+    ComfyEvent,
+    ComfyFile,
+    ComfyNodeProgress,
+    ComfyPrompt,
+    ComfyQueue,
+    ComfyQueueItem,
+)
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
-from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
+from .types.machines import MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
     CancelOutcome,
     Lora,
@@ -95,8 +104,13 @@ __all__ = [
     "ClientState",
     "ComfyEvent",
     "ComfyFile",
+    "ComfyNodeProgress",
+    "ComfyPrompt",
+    "ComfyQueue",
+    "ComfyQueueItem",
     "ComfyUI",
     "ComfyUIError",
+    "ComfyUIWarning",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
