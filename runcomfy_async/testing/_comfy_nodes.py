@@ -145,8 +145,12 @@ _ALL: Sequence[Node] = (
         inputs=(
             _int("width", 512, 16, MAX_RESOLUTION, step=8),
             _int("height", 512, 16, MAX_RESOLUTION, step=8),
-            Input(name="batch_size", type="INT", options={"default": 1, "min": 1, "max": 4096},
-                  required=False),
+            Input(
+                name="batch_size",
+                type="INT",
+                options={"default": 1, "min": 1, "max": 4096},
+                required=False,
+            ),
         ),
         outputs=("LATENT",),
         category="latent",
@@ -160,14 +164,26 @@ _ALL: Sequence[Node] = (
             Input(name="negative", type="CONDITIONING"),
             Input(name="latent_image", type="LATENT"),
             Input(name="seed", type="INT", options={"default": 0, "min": 0}, required=False),
-            Input(name="steps", type="INT", options={"default": 20, "min": 1, "max": 10000},
-                  required=False),
-            Input(name="cfg", type="FLOAT", options={"default": 8.0, "min": 0.0, "max": 100.0},
-                  required=False),
+            Input(
+                name="steps",
+                type="INT",
+                options={"default": 20, "min": 1, "max": 10000},
+                required=False,
+            ),
+            Input(
+                name="cfg",
+                type="FLOAT",
+                options={"default": 8.0, "min": 0.0, "max": 100.0},
+                required=False,
+            ),
             Input(name="sampler_name", type="STRING", required=False),
             Input(name="scheduler", type="STRING", required=False),
-            Input(name="denoise", type="FLOAT", options={"default": 1.0, "min": 0.0, "max": 1.0},
-                  required=False),
+            Input(
+                name="denoise",
+                type="FLOAT",
+                options={"default": 1.0, "min": 0.0, "max": 1.0},
+                required=False,
+            ),
         ),
         outputs=("LATENT",),
         category="sampling",
@@ -186,17 +202,21 @@ NODES: Final[Mapping[str, Node]] = MappingProxyType({node.name: node for node in
 
 
 def input_config(spec: Input, input_files: Sequence[str]) -> list[Any]:
-    """``[type or options, {options}]`` as ComfyUI describes an input."""
+    """``[type or options, {options}]``, as validation errors show an input."""
     kind: Any = sorted(input_files) if spec.type == INPUT_FILES else spec.type
-    if isinstance(kind, tuple):
-        kind = list(kind)
-    return [kind, dict(spec.options)] if spec.options else [kind]
+    return [list(kind) if isinstance(kind, tuple) else kind, dict(spec.options)]
+
+
+def _declared(spec: Input, input_files: Sequence[str]) -> list[Any]:
+    """An input as ``/object_info`` shows it (no options object when it has none)."""
+    config = input_config(spec, input_files)
+    return config if spec.options else config[:1]
 
 
 def object_info(node: Node, input_files: Sequence[str]) -> dict[str, Any]:
     """One class as ``/object_info`` describes it."""
-    required = {i.name: input_config(i, input_files) for i in node.inputs if i.required}
-    optional = {i.name: input_config(i, input_files) for i in node.inputs if not i.required}
+    required = {i.name: _declared(i, input_files) for i in node.inputs if i.required}
+    optional = {i.name: _declared(i, input_files) for i in node.inputs if not i.required}
     inputs: dict[str, Any] = {"required": required}
     if optional:
         inputs["optional"] = optional

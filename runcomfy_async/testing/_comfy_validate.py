@@ -56,7 +56,9 @@ def _refused(error: dict[str, Any]) -> Verdict:
     return Verdict(error=error, outputs=[], node_errors={})
 
 
-def validate_prompt(prompt: Any, *, input_files: Sequence[str], exists: Callable[[str], bool]) -> Verdict:
+def validate_prompt(
+    prompt: Any, *, input_files: Sequence[str], exists: Callable[[str], bool]
+) -> Verdict:
     """Check a prompt as ComfyUI does.
 
     Args:
@@ -117,12 +119,18 @@ def validate_prompt(prompt: Any, *, input_files: Sequence[str], exists: Callable
                 continue
             entry = node_errors.setdefault(
                 node_id,
-                {"errors": found, "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]},
+                {
+                    "errors": found,
+                    "dependent_outputs": [],
+                    "class_type": prompt[node_id]["class_type"],
+                },
             )
             entry["dependent_outputs"].append(output)
     if not good:
         details = "\n".join(f"{e['message']}: {e['details']}" for _, found in failed for e in found)
-        error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
+        error = _error(
+            "prompt_outputs_failed_validation", "Prompt outputs failed validation", details
+        )
         return Verdict(error=error, outputs=[], node_errors=node_errors)
     return Verdict(error=None, outputs=good, node_errors=node_errors)
 
