@@ -35,6 +35,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
+    +-- ComfyUIWarning                a warning: ComfyUI runs a prompt without some of its outputs
 
 Messages name the problem and the fix. None of them ever contains the API token.
 """

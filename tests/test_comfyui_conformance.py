@@ -40,6 +40,7 @@ async def comfy_url() -> AsyncIterator[str]:
     last a moment (0.6 s) while the others take a few milliseconds a node.
     """
     async with Emulator(rate_limit=None, speed=100.0) as emu, emu.client(rate=100.0) as rc:
+        emu.state.machines.boot_seconds = 1.0
         version = (await rc.machines.workflows())[0].version_id or ""
         async with await rc.machines.launch(version) as machine:
             await machine.wait_ready(poll=PollPolicy(initial=0.02, max_interval=0.1))
@@ -66,7 +67,9 @@ async def test_emulator_matches_the_recording(comfy_url: str, name: str) -> None
     assert [s["label"] for s in emulated["steps"]] == [s["label"] for s in recorded["steps"]]
     for real, ours in zip(recorded["steps"], emulated["steps"], strict=True):
         where = f"{name}: {real['label']}"
-        assert (ours["status"], ours["content_type"]) == (real["status"], real["content_type"]), where
+        assert (ours["status"], ours["content_type"]) == (real["status"], real["content_type"]), (
+            where
+        )
         assert shape(ours["body"]) == shape(real["body"]), where
     assert sorted(emulated["sockets"]) == sorted(recorded["sockets"])
     for socket, messages in recorded["sockets"].items():

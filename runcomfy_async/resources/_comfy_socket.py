@@ -39,7 +39,7 @@ class Signal(enum.Enum):
 CONNECTED = Signal.CONNECTED
 LOST = Signal.LOST
 
-#: The events after which the prompt that ran is over.
+#: The events after which the prompt that ran is over (so is an ``executing`` of no node).
 _FINAL = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 #: Opens the socket (through the transport, which maps failures to TransportError).
@@ -163,14 +163,14 @@ class EventSocket:
                     subscription.put(event)
             return
         prompt_id = event.data.get("prompt_id")
-        if event.type == "execution_start" and isinstance(prompt_id, str):
-            self._running = prompt_id
         if prompt_id is None and event.type == "executing" and self._running is not None:
             # Sent on reconnection to the client whose prompt runs, without its id.
             prompt_id = self._running
             event = ComfyEvent(type=event.type, data={**event.data, "prompt_id": prompt_id})
-        if event.type in _FINAL and prompt_id == self._running:
-            self._running = None
+        # This client's events come from the prompt that runs: any of them names it.
+        if isinstance(prompt_id, str):
+            over = event.type in _FINAL or (event.type == "executing" and event.node is None)
+            self._running = None if over else prompt_id
         for subscription in self._subscriptions.get(str(prompt_id), ()):
             subscription.put(event)
 

@@ -154,6 +154,8 @@ class ComfyMachine:
     running: QueueItem | None = None
     #: The newest socket of each client id (ComfyUI keeps no other).
     sockets: dict[str, web.WebSocketResponse] = attrs.Factory(dict)
+    #: WebSockets opened so far (for tests of how clients use them).
+    connections: int = 0
     number: int = 0
     interrupt: bool = False
     #: Cache key -> the UI output of a node that ran (None for nodes without one).
@@ -832,6 +834,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         await ws.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex
         machine.sockets[sid] = ws
+        machine.connections += 1
         try:
             status = {"exec_info": {"queue_remaining": machine.queue_remaining()}}
             await machine.send("status", {"status": status, "sid": sid}, sid)
