@@ -363,7 +363,7 @@ async def test_upload_image_feeds_a_load_image_node(
     outputs = await comfy.wait(await comfy.queue_prompt(workflow), timeout=10, poll=FAST)
     assert [(o.node_id, o.type) for o in outputs] == [("2", "temp")]
     workflow["1"]["inputs"]["image"] = "missing.png"
-    with pytest.raises(ComfyUIError, match="Invalid image file: missing.png") as caught:
+    with pytest.raises(ComfyUIError, match=r"Invalid image file: missing\.png") as caught:
         await comfy.queue_prompt(workflow)
     assert caught.value.node_errors["1"]["errors"][0]["type"] == "custom_validation_failed"
 

@@ -29,7 +29,7 @@ RECORDED = sorted(p.stem for p in FIXTURES.glob("*.json"))
 
 def test_every_scenario_has_a_recording() -> None:
     """A scenario added without recording it would check nothing."""
-    assert RECORDED == sorted(SCENARIOS)
+    assert sorted(SCENARIOS) == RECORDED
 
 
 @pytest_asyncio.fixture
