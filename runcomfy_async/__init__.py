@@ -26,6 +26,9 @@ from .errors import (
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DeploymentDeletedError,
+    DeploymentDisabledError,
+    DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
     JobFailed,
@@ -51,9 +54,11 @@ from .errors import (
 )
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
+from .resources.deployments import Deployment, Deployments
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .resources.serverless_requests import ServerlessRequest
 from .types.comfyui import (
     ComfyEvent,
     ComfyFile,
@@ -63,6 +68,15 @@ from .types.comfyui import (
     ComfyQueueItem,
 )
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.deployments import (
+    DeploymentInfo,
+    DeploymentPayload,
+    Hardware,
+    OutputFile,
+    ServerlessCancelOutcome,
+    ServerlessResult,
+    ServerlessStatus,
+)
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import MachineInfo, MachineStatus, ServerType, Workflow
@@ -121,6 +135,13 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "Deployment",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentInfo",
+    "DeploymentPayload",
+    "DeploymentUnavailableError",
+    "Deployments",
     "DownloadError",
     "DownloadProgress",
     "DownloadReport",
@@ -132,6 +153,7 @@ __all__ = [
     "FileRetrying",
     "FileStarted",
     "GPUType",
+    "Hardware",
     "InsufficientBalanceError",
     "JobFailed",
     "JobResult",
@@ -151,6 +173,7 @@ __all__ = [
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
+    "OutputFile",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -170,6 +193,10 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "ServerlessCancelOutcome",
+    "ServerlessRequest",
+    "ServerlessResult",
+    "ServerlessStatus",
     "SharedLimitState",
     "Timeouts",
     "TokenBucket",
