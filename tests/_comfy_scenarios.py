@@ -467,6 +467,22 @@ async def queue_and_interrupt(d: Driver) -> None:
     )
 
 
+async def websocket_images(d: Driver) -> None:
+    """SaveImageWebsocket sends each image as a binary frame, with progress, and saves none."""
+    cid = str(uuid.uuid4())
+    ws = await d.socket(cid, "client")
+    prompt = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": d.rng.randrange(1 << 24)},
+        },
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
+    accepted = await d.prompt("images over the socket", prompt, cid)
+    await ws.done(accepted["prompt_id"])
+    await d.call("GET", f"/history/{accepted['prompt_id']}", label="history")
+
+
 async def server_info(d: Driver) -> None:
     """/system_stats, /object_info for one class and an unknown one, GET /prompt, the /api alias."""
     await d.call("GET", "/system_stats", label="system stats")
@@ -486,5 +502,6 @@ SCENARIOS: dict[str, Callable[[Driver], Awaitable[None]]] = {
     "view_errors": view_errors,
     "runtime_error": runtime_error,
     "queue_and_interrupt": queue_and_interrupt,
+    "websocket_images": websocket_images,
     "server_info": server_info,
 }
