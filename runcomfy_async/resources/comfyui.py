@@ -1,8 +1,9 @@
-"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url`` (API.md 6).
+"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url``.
 
 ComfyUI is not one of RunComfy's API hosts: its calls go over the client's session without a
-rate-limit token, and without the API token unless the caller opts in (API.md 6 leaves open
-whether RunComfy's proxy wants it; by default the token never leaves the API hosts).
+rate-limit token, and without the API token unless the caller opts in (it is not known whether
+RunComfy's proxy in front of a machine wants it; by default the token never leaves the API
+hosts). Prompts are followed over one WebSocket per client id (``_comfy_socket``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import logging
 import mimetypes
 import random
 import uuid
@@ -38,8 +38,6 @@ from ._comfy_socket import CONNECTED, EventSocket, Signal, Subscription
 
 __all__ = ["ComfyUI", "ProgressCallback"]
 
-logger = logging.getLogger("runcomfy_async")
-
 _CHUNK = 1 << 20
 #: Seconds of WebSocket silence after which the history is checked, in case the events go
 #: elsewhere (another program connected with this client id and took them).
@@ -64,7 +62,7 @@ def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
 
 
 def _prompt_refused(status: int, payload: Any) -> errors.ComfyUIError:
-    """The exception for a 400 from ``/prompt`` (API.md 6.1 error + node_errors shape)."""
+    """The exception for a 400 from ``/prompt`` (its ``error`` object and ``node_errors``)."""
     payload = payload if isinstance(payload, Mapping) else {}
     error = payload.get("error")
     node_errors = payload.get("node_errors")
@@ -139,7 +137,7 @@ def _files_of(entry: Mapping[str, Any]) -> list[ComfyFile]:
 
 
 def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> errors.ComfyUIError:
-    """The exception for an ``execution_error`` / ``execution_interrupted`` (API.md 6.2)."""
+    """The exception for an ``execution_error`` / ``execution_interrupted`` event."""
     where = f"node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
     what = data.get("exception_message") or ("interrupted" if "interrupt" in kind else "failed")
     return errors.ComfyUIError(
@@ -150,7 +148,7 @@ def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> err
 
 
 def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> errors.ComfyUIError | None:
-    """The failure a finished history entry records, or None if it succeeded (API.md 6.1)."""
+    """The failure a finished history entry records, or None if it succeeded."""
     status = entry.get("status")
     status = status if isinstance(status, Mapping) else {}
     if status.get("status_str") != "error":
@@ -369,7 +367,7 @@ class ComfyUI:
         return accepted.prompt_id
 
     async def _history_entry(self, prompt_id: str) -> Mapping[str, Any] | None:
-        """The prompt's history entry, or None while it is unfinished (API.md 6.1)."""
+        """The prompt's history entry, or None while it is unfinished."""
         _, payload = await self._call("GET", f"/history/{prompt_id}", kind=Retry.SAFE)
         entry = payload.get(prompt_id) if isinstance(payload, Mapping) else None
         return entry if isinstance(entry, Mapping) else None
