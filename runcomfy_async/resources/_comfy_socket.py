@@ -11,7 +11,6 @@ events until further notice: poll the history now).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import logging
@@ -115,16 +114,23 @@ class EventSocket:
                 subscription.put(signal)
 
     async def _run(self, previous: asyncio.Task[None] | None) -> None:
-        """Keep a socket open while anyone listens, reconnecting with backoff."""
+        """Keep a socket open while anyone listens; whatever ends it, listeners poll."""
         if previous is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await previous
+            await asyncio.wait({previous})  # its end, without taking on its cancellation
+        try:
+            await self._keep_open()
+        finally:
+            self.connected = False
+            if self._subscriptions:
+                self._signal(LOST)
+
+    async def _keep_open(self) -> None:
+        """Open, read until closed, reconnect with backoff; stop when nobody listens."""
         attempt = 0
         while self._subscriptions:
             try:
                 ws = await self._opener()
             except errors.ClientClosedError:
-                self._signal(LOST)
                 return
             except errors.RunComfyError as exc:
                 logger.debug("ComfyUI WebSocket unavailable (%s); polling /history meanwhile", exc)
