@@ -185,6 +185,8 @@ async def test_concurrent_waits_share_one_socket(
     """Five waits on one instance follow their prompts over one WebSocket (ComfyUI feeds only
     the newest socket of a client id, so a socket per wait would leave all but one silent)."""
     comfy.history_check = 60.0  # a silent socket would show as a stalled wait
+    # 20 ms a node: the later prompts still run when the waits begin
+    comfy_store(emu.state).node_seconds = 12.0
     ids = [await comfy.queue_prompt(_images(f"p{n}", width=16 + n)) for n in range(5)]
     seen: dict[str, list[str]] = {i: [] for i in ids}
 

@@ -21,18 +21,19 @@ import pytest_asyncio
 
 from runcomfy_async import ComfyEvent, ComfyUI, ComfyUIError, PollPolicy, RetryPolicy
 from runcomfy_async.testing import Emulator
-from runcomfy_async.testing.comfyui import tiny_png
+from runcomfy_async.testing.comfyui import ComfyStore, tiny_png
 
 FAST = PollPolicy(initial=0.05, max_interval=0.5)
 
 
 @pytest_asyncio.fixture
-async def comfy() -> AsyncIterator[ComfyUI]:
-    """A client of ``$COMFYUI_URL``, or of an emulated Ready machine's ComfyUI."""
+async def target() -> AsyncIterator[tuple[ComfyUI, ComfyStore | None]]:
+    """A client of ``$COMFYUI_URL``, or of an emulated Ready machine's ComfyUI with the
+    emulator's ComfyUI store (to slow a test's prompts where timing matters)."""
     url = os.environ.get("COMFYUI_URL")
     if url:
         async with aiohttp.ClientSession() as session:
-            yield ComfyUI(session, url, retry=RetryPolicy(base_delay=0.05))
+            yield ComfyUI(session, url, retry=RetryPolicy(base_delay=0.05)), None
         return
     # Speed 60: a megapixel node takes 17 ms, so prompts still run when their waits begin.
     async with Emulator(rate_limit=None, speed=60.0) as emu, emu.client(rate=100.0) as rc:
@@ -40,9 +41,14 @@ async def comfy() -> AsyncIterator[ComfyUI]:
         version = (await rc.machines.workflows())[0].version_id or ""
         async with await rc.machines.launch(version) as machine:
             await machine.wait_ready(poll=PollPolicy(initial=0.02, max_interval=0.1))
-            yield ComfyUI(
-                rc.session, machine.main_service_url or "", retry=RetryPolicy(base_delay=0.05)
-            )
+            url = machine.main_service_url or ""
+            yield ComfyUI(rc.session, url, retry=RetryPolicy(base_delay=0.05)), emu.state.comfy
+
+
+@pytest.fixture
+def comfy(target: tuple[ComfyUI, ComfyStore | None]) -> ComfyUI:
+    """The client of the target ComfyUI."""
+    return target[0]
 
 
 def _images(prefix: str, *, size: int = 1024, colour: int = 0) -> dict[str, Any]:
@@ -124,8 +130,13 @@ async def test_upload_into_a_subfolder_feeds_load_image(comfy: ComfyUI, tmp_path
 
 
 @pytest.mark.asyncio
-async def test_queue_interrupt_and_object_info(comfy: ComfyUI) -> None:
+async def test_queue_interrupt_and_object_info(
+    target: tuple[ComfyUI, ComfyStore | None],
+) -> None:
     """A slow prompt shows in queue() and interrupt() stops it; object_info() describes nodes."""
+    comfy, store = target
+    if store is not None:
+        store.node_seconds = 4.0  # the 16-megapixel ImageScale lasts 1 s, as long as it must
     slow = _images("live/slow", size=512, colour=_colour())
     slow["2"] = {
         "class_type": "ImageScale",
@@ -147,7 +158,10 @@ async def test_queue_interrupt_and_object_info(comfy: ComfyUI) -> None:
             scaling.set()
 
     waiting = asyncio.ensure_future(comfy.wait(prompt_id, timeout=120, progress=watch, poll=FAST))
-    await asyncio.wait_for(scaling.wait(), 60)
+    seen = asyncio.ensure_future(scaling.wait())
+    await asyncio.wait({seen, waiting}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    seen.cancel()
+    assert scaling.is_set(), "the scaling node was not seen running"
     assert (await comfy.queue()).position(prompt_id) == 0
     await comfy.interrupt(prompt_id)
     with pytest.raises(ComfyUIError, match="interrupted"):
