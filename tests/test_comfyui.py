@@ -417,3 +417,16 @@ async def test_token_over_plain_http_to_a_remote_host_is_refused(emu: Emulator) 
         with pytest.raises(ConfigurationError, match="plain http"):
             ComfyUI(rc.session, "http://example.com/comfy", token="secret")
         assert isinstance(rc, RunComfy)
+
+
+@pytest.mark.asyncio
+async def test_opt_in_token_goes_with_the_socket_too(emu: Emulator, machine: Machine) -> None:
+    """With send_token=True the WebSocket handshake carries the token like every other
+    ComfyUI call (it goes through the transport's credential rules)."""
+    comfy = machine.comfyui(send_token=True)
+    await comfy.wait(await comfy.queue_prompt(_images("token")), timeout=10, poll=FAST)
+    async with asyncio.timeout(5):  # the emulator logs a socket once it closed
+        while not any(r.path.endswith("/ws") for r in emu.log):  # noqa: ASYNC110 (no event to await)
+            await asyncio.sleep(0.01)
+    calls = [r for r in emu.log if r.api == "comfyui"]
+    assert calls and all(r.authorized for r in calls)
