@@ -11,6 +11,7 @@ import asyncio
 import enum
 import functools
 import logging
+import math
 import os
 import warnings
 import weakref
@@ -100,6 +101,25 @@ def _resolve_token(token: str | None) -> str:
     return token
 
 
+def _resolve_rate(rate: float | None) -> float:
+    """The built-in bucket's rate: the argument, else ``RUNCOMFY_RATE``, else the account's 1/s."""
+    if rate is not None:
+        return rate
+    text = os.environ.get("RUNCOMFY_RATE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise errors.ConfigurationError(
+            f"RUNCOMFY_RATE={text!r} is not a positive number of requests per second; "
+            "unset it (the default, 1, is the account limit) or set e.g. RUNCOMFY_RATE=1"
+        )
+    return value
+
+
 class RunComfy:
     """Async client for RunComfy's Trainer, Model and Server APIs.
 
@@ -114,7 +134,8 @@ class RunComfy:
         trainer_url, model_url, server_url: base URLs of the three hosts; default to
             ``RUNCOMFY_TRAINER_URL`` / ``RUNCOMFY_MODEL_URL`` / ``RUNCOMFY_SERVER_URL`` or the
             production hosts.
-        rate: requests per second for the built-in token bucket (account limit: 1).
+        rate: requests per second for the built-in token bucket; defaults to ``RUNCOMFY_RATE``
+            or 1 (the account limit). Raise it only for an emulator started with a higher limit.
         burst: bucket capacity of the built-in token bucket.
         limiter: a :class:`Limiter` to use instead (e.g. a ``RedisTokenBucket`` that several
             processes share).
@@ -124,7 +145,8 @@ class RunComfy:
         retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
 
     Raises:
-        ConfigurationError: no token, a malformed token or an unsafe base URL.
+        ConfigurationError: no token, a malformed token, an unsafe base URL or a
+            ``RUNCOMFY_RATE`` that is not a positive number.
     """
 
     def __init__(
@@ -135,7 +157,7 @@ class RunComfy:
         trainer_url: str | None = None,
         model_url: str | None = None,
         server_url: str | None = None,
-        rate: float = 1.0,
+        rate: float | None = None,
         burst: int = 2,
         limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -150,7 +172,9 @@ class RunComfy:
             api: _check_base_url(api, given[api] or os.environ.get(_URL_ENV[api]) or default)
             for api, default in DEFAULT_URLS.items()
         }
-        self.limiter: Limiter = limiter if limiter is not None else TokenBucket(rate, burst)
+        self.limiter: Limiter = (
+            limiter if limiter is not None else TokenBucket(_resolve_rate(rate), burst)
+        )
         self._owns_limiter = limiter is None
         if isinstance(timeout, Timeouts):
             self.timeouts = timeout

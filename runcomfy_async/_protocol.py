@@ -2,7 +2,7 @@
 
 Pure functions only (no aiohttp, no ``await``), so every decision about the wire -- what is an
 error, what may be retried, how long a server asked us to wait -- is tested without an event loop.
-References are to ../shared/API.md sections.
+Wire facts are described in the repository's docs/wire.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
     "redact_url",
 ]
 
-#: Status codes that mean "try again later" (API.md section 0, DESIGN "Rules of the pipeline").
+#: Status codes that mean "try again later" (docs/wire.md).
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: Fresh signed URLs one transfer (upload or download) may fetch after storage refused its URL
@@ -49,7 +49,7 @@ MAX_URL_REFRESHES = 3
 #: Query keys whose values are harmless to log; every other value is masked.
 _SAFE_QUERY_KEYS = frozenset({"include_cost", "limit", "offset", "max_items", "size", "expires"})
 
-#: Numeric ``error_code`` -> the HTTP status it stands for (API.md section 0, suggested mapping).
+#: Numeric ``error_code`` -> the HTTP status it stands for (docs/wire.md, suggested mapping).
 _CODE_STATUS = {
     400001: 400,
     400002: 402,
@@ -284,7 +284,7 @@ def _excerpt(body: bytes) -> str:
 
 
 def _message_of(payload: Any) -> str | None:
-    """The human-readable message of an error body, whichever key the API used (API.md 0)."""
+    """The human-readable message of an error body, whichever key the API used (docs/wire.md)."""
     if not isinstance(payload, dict):
         return None
     for key in ("error_message", "message"):
@@ -394,8 +394,8 @@ def decode_response(
 ) -> Any:
     """Decoded JSON of a successful answer; raises the matching APIError otherwise.
 
-    A 2xx body with a non-null ``error_code`` is an error too (API.md section 0, "important
-    quirk"). An empty 2xx body decodes to None (DELETE answers may be empty, API.md 1.6).
+    A 2xx body with a non-null ``error_code`` is an error too (docs/wire.md:
+    errors in a 200). An empty 2xx body decodes to None (DELETE answers may be empty, docs/wire.md).
     """
     payload = _loads(body) if body.strip() else None
     if payload is _NOT_JSON:

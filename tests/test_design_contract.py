@@ -1,4 +1,4 @@
-"""DESIGN.md's public-surface snippet, run nearly verbatim against the emulator."""
+"""The design's public-surface snippet, run nearly verbatim against the emulator."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _dataset_folder(root: Path, n: int = 6) -> Path:
 
 @pytest.mark.asyncio
 async def test_design_public_surface(tmp_path: Path) -> None:
-    """Every call of DESIGN.md's public-surface snippet works as written, end to end."""
+    """Every call of the design's public-surface snippet works as written, end to end."""
     folder = _dataset_folder(tmp_path)
     events: list[Any] = []
     async with Emulator(rate_limit=1.0, speed=200.0, max_direct_upload=150_000_000) as emu:

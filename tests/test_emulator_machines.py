@@ -301,7 +301,7 @@ def test_tiny_png_is_a_valid_png() -> None:
 
 @pytest.mark.asyncio
 async def test_duration_changes_only_once_ready(emu: Emulator, http: aiohttp.ClientSession) -> None:
-    """Changing the duration answers 409 while Initializing and works once Ready (API.md 4.5)."""
+    """Changing the duration answers 409 while Initializing and works once Ready (docs/wire.md)."""
     machine = await _launch(emu, http)
     url = f"{_users(emu)}/servers/{machine['server_id']}/update-estimated-duration"
     status, body = await _json(await http.post(url, json={"update_estimated_duration": 7200}))

@@ -1,4 +1,4 @@
-"""The emulator's Model API (API.md section 3): queue, lifecycle, results, cancel, behaviours."""
+"""The emulator's Model API (docs/wire.md): queue, lifecycle, results, cancel, behaviours."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model API requests through the client (API.md section 3): submit, await, result, cancel, LoRA."""
+"""Model API requests through the client (docs/wire.md): submit, await, result, cancel, LoRA."""
 
 from __future__ import annotations
 
@@ -393,7 +393,7 @@ def test_cancel_outcome_without_either_field_is_unexpected(payload: Any) -> None
 
 
 def test_documented_samples_structure_strictly() -> None:
-    """The API.md samples of status and result structure with extra keys forbidden."""
+    """The documented samples of status and result structure with extra keys forbidden."""
     strict = make_converter(strict=True)
     state = strict.structure(
         {

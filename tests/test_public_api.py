@@ -41,7 +41,7 @@ def test_error_tree_is_documented() -> None:
 
 
 def test_contract_names_exported() -> None:
-    """The names DESIGN.md promises are exported from the top level."""
+    """The public names the design promises are exported from the top level."""
     contract = {
         "RunComfy", "GPUType", "Dataset", "TrainingJob", "ModelRequest", "Machine",
         "DatasetInfo", "JobStatus", "JobResult", "Artifact", "RequestStatus", "RequestResult",

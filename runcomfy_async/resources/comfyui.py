@@ -1,4 +1,4 @@
-"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url``.
+"""An async client for the ComfyUI a Ready machine serves at ``main_service_url`` (docs/wire.md).
 
 ComfyUI is not one of RunComfy's API hosts: its calls go over the client's session without a
 rate-limit token, and without the API token unless the caller opts in (it is not known whether

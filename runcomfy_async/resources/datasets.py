@@ -1,4 +1,4 @@
-"""Trainer datasets (API.md section 1): the ``rc.datasets`` collection and ``Dataset`` handles."""
+"""Trainer datasets (docs/wire.md): the ``rc.datasets`` collection and ``Dataset`` handles."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ class Dataset:
         """Upload individual files, each by the route its size calls for.
 
         Files up to ``direct_limit`` bytes go by direct multipart upload (one API call each,
-        API.md 1.2); larger ones by signed URL (API.md 1.3), their URLs asked for together.
+        docs/wire.md); larger ones by signed URL (docs/wire.md), their URLs asked for together.
         Every file streams from disk. Caption pairs are not required here (you may add a caption
         to media already uploaded); use :meth:`upload_folder` for a whole training set.
 
@@ -372,9 +372,9 @@ class Dataset:
             )
 
     async def _upload_targets(self, sizes: dict[str, int]) -> Mapping[str, UploadTarget]:
-        """Signed PUT URLs for ``{filename: exact size}`` (API.md 1.3)."""
+        """Signed PUT URLs for ``{filename: exact size}`` (docs/wire.md)."""
         # A POST, yet retried like a GET: asking again only mints new short-lived URLs and
-        # changes nothing in the dataset (API.md 1.3: "re-request if expired").
+        # changes nothing in the dataset (docs/wire.md: ask again when one expired).
         payload = await self._client.request(
             RequestSpec(
                 api=API.TRAINER,
@@ -387,8 +387,8 @@ class Dataset:
         return structure(payload, UploadEndpoints, what="signed upload URLs").uploads
 
     async def _send_direct(self, body: Callable[[], aiohttp.MultipartWriter]) -> Any:
-        """One direct multipart upload (API.md 1.2); ``body`` builds a fresh body per attempt."""
-        # Retried like a GET: the same filename overwrites the earlier upload (API.md 1.2), so
+        """One direct multipart upload (docs/wire.md); ``body`` builds a fresh body per attempt."""
+        # Retried like a GET: the same filename overwrites the earlier upload (docs/wire.md), so
         # a repeat after a lost answer leaves one copy of the file.
         return await self._client.request(
             RequestSpec(
@@ -435,7 +435,7 @@ class Datasets:
         # Not retried blindly: a lost answer could leave a second dataset. The pipeline repeats it
         # only when it never ran (a 429, a connection that never opened); that failure is final.
         # With a name, a 5xx or a lost answer is resolved by a look-up first: names are unique
-        # in the account (API.md 1.1), so the dataset either exists under that name (it ran) or
+        # in the account (docs/wire.md), so the dataset either exists under that name (it ran) or
         # a second try is safe.
         began = time.time() - _CLOCK_SKEW
         try:

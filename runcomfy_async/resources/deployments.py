@@ -268,8 +268,8 @@ class Deployment:
         polling fails) the request is cancelled on the service, since nobody holds its handle.
 
         Args:
-            overrides, workflow_api_json, extra_data, webhook, webhook_intermediate_status,
-                validate: as for :meth:`submit`.
+            overrides: as for :meth:`submit`, like ``workflow_api_json``, ``extra_data``,
+                ``webhook``, ``webhook_intermediate_status`` and ``validate``.
             timeout: client-side deadline in seconds for the wait.
             poll: the polling schedule.
 

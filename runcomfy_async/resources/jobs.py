@@ -1,8 +1,8 @@
-"""AI Toolkit training jobs (API.md section 2): the ``rc.jobs`` collection, ``TrainingJob`` handles.
+"""AI Toolkit training jobs (docs/wire.md): the ``rc.jobs`` collection, ``TrainingJob`` handles.
 
 Configs are checked on the client before anything is sent: the service accepts a job with a
 wrong fixed path or a dataset that is not READY and only fails it later, after the queue wait
-(API.md section 2, "Config constraints"), so catching those here saves a queue slot and an hour.
+(docs/wire.md, training jobs), so catching those here saves a queue slot and an hour.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class TrainingJob:
         """The artifacts produced so far (checkpoints, samples, config) as hosted URLs.
 
         Works while the job runs (the list grows) and after it ends, FAILED and CANCELED
-        included (API.md section 2.3).
+        included (docs/wire.md).
         """
         payload = await self._client.request(
             RequestSpec(api=API.TRAINER, method="GET", path=_path(self.id, "/result")),

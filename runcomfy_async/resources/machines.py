@@ -1,4 +1,4 @@
-"""Server API machines (API.md section 4): the ``rc.machines`` collection and ``Machine`` handles.
+"""Server API machines (docs/wire.md): the ``rc.machines`` collection and ``Machine`` handles.
 
 A machine bills from ``Ready`` until it is stopped, so a :class:`Machine` is both awaitable (wait
 until Ready) and an async context manager whose exit sends the stop request, also when the block
@@ -37,7 +37,7 @@ __all__ = ["Machine", "Machines"]
 logger = logging.getLogger("runcomfy_async")
 
 #: Seconds a launched machine may answer 404 before we stop calling it "not registered yet"
-#: (API.md 4.4: the status GET may 404 right after launch).
+#: (docs/wire.md: the status GET may 404 right after launch).
 NOT_FOUND_GRACE = 60.0
 #: Seconds the stop on leaving ``async with machine`` keeps trying, counted from when it is first
 #: sent (not while it waits for a rate-limit token or a server-set pause).
@@ -76,7 +76,7 @@ def _check_seconds(value: object, what: str) -> int:
 
 
 def _server_type(value: object) -> ServerType:
-    """A known server type, from the enum or its exact wire string (API.md 4.2)."""
+    """A known server type, from the enum or its exact wire string (docs/wire.md)."""
     valid = ", ".join(repr(t.value) for t in ServerType)
     if isinstance(value, str):
         try:
@@ -87,7 +87,7 @@ def _server_type(value: object) -> ServerType:
 
 
 def _workflow(item: Any) -> Workflow:
-    """The API names the field ``workflow_name`` (API.md 4.1); ours is ``name``."""
+    """The API names the field ``workflow_name`` (docs/wire.md); ours is ``name``."""
     if isinstance(item, dict) and "workflow_name" in item:
         item = {k: v for k, v in item.items() if k != "workflow_name"} | {
             "name": item["workflow_name"]
@@ -112,7 +112,7 @@ class Machine:
         self.id = server_id
         self.main_service_url: str | None = None
         self._stop_timeout = STOP_TIMEOUT
-        # A 404 is "not registered yet" only until the machine was seen once (API.md 4.4).
+        # A 404 is "not registered yet" only until the machine was seen once (docs/wire.md).
         self._seen = False
 
     def __repr__(self) -> str:
@@ -213,7 +213,7 @@ class Machine:
         return self.wait_ready().__await__()
 
     async def extend(self, seconds: int) -> MachineInfo:
-        """Set the machine's estimated running duration to ``seconds`` (API.md 4.5).
+        """Set the machine's estimated running duration to ``seconds`` (docs/wire.md).
 
         The value is the machine's whole running time, as the API takes it, not an increment.
 
@@ -236,7 +236,7 @@ class Machine:
         return structure(payload, MachineInfo, what="machine after the duration change")
 
     async def stop(self, *, priority: Priority = Priority.USER) -> MachineInfo | None:
-        """Stop the machine (billing stops when this returns, API.md 4.6).
+        """Stop the machine (billing stops when this returns, docs/wire.md).
 
         Repeated after a lost answer or a 5xx (a stop is idempotent); a 404, at once or on a
         repeat, means the machine is already gone, which is what was asked.
@@ -325,7 +325,7 @@ class Machine:
         raise errors.WaitTimeoutError(message) from failure
 
     def comfyui(self, *, send_token: bool = False) -> ComfyUI:
-        """A ComfyUI client for this machine's ``main_service_url`` (API.md section 6).
+        """A ComfyUI client for this machine's ``main_service_url`` (docs/wire.md).
 
         Args:
             send_token: also send the API bearer token to the ComfyUI URL. Off by default: it is
@@ -479,7 +479,7 @@ class Machines:
             payload = await self._client.request(spec, trace=trace)
         except errors.OutcomeUnknownError as exc:
             # The answer was lost after the POST left: the machine list says whether it started
-            # a machine (API.md 4.3).
+            # a machine (docs/wire.md).
             found = await self._launched_since(version_id, kind, duration, began)
             if found is None:
                 exc.check = (

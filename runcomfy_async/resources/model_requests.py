@@ -1,8 +1,8 @@
-"""Model API (API.md section 3): the ``rc.models`` collection and awaitable ``ModelRequest``s.
+"""Model API (docs/wire.md): the ``rc.models`` collection and awaitable ``ModelRequest``s.
 
 Waiting polls ``/status`` (cheap, carries the queue position) through :func:`poll_until` at
 ``Priority.BACKGROUND``, then fetches ``/result`` once: ``completed`` in ``/status`` does not say
-whether the run succeeded, only the result does (API.md 3.2).
+whether the run succeeded, only the result does (docs/wire.md).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ logger = logging.getLogger("runcomfy_async")
 _MODELS: Final = "/v1/models"
 _REQUESTS: Final = "/v1/requests"
 _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
-#: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
+#: The official ComfyUI nodes refuse request bodies above 64 MiB (docs/wire.md); large media go
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
 
@@ -143,7 +143,7 @@ def _with_id(payload: Any, request_id: str) -> Any:
 
 
 def cancel_outcome(payload: Any) -> CancelOutcome:
-    """The outcome of a cancel answer: ``outcome``, falling back to ``status`` (API.md 3.4).
+    """The outcome of a cancel answer: ``outcome``, falling back to ``status`` (docs/wire.md).
 
     ``cancelled`` in either field wins: a repeated cancel of a cancelled request may be answered
     as a no-op, and the request is cancelled all the same.
@@ -263,7 +263,7 @@ class ModelRequest:
             APIError: any other error answer.
         """
         # Retried like an idempotent call: cancelling twice has the effect of cancelling once
-        # (the docs call a cancel of a terminated request a no-op, API.md 3.4).
+        # (RunComfy's docs call a cancel of a terminated request a no-op).
         payload = await self._client.request(
             RequestSpec(
                 api=API.MODEL,
@@ -338,7 +338,7 @@ class Models:
     async def submit(
         self, model_id: str, inputs: Mapping[str, Any], *, include_cost: bool = False
     ) -> ModelRequest:
-        """Submit a request to a model and return its handle at once (API.md 3.1).
+        """Submit a request to a model and return its handle at once (docs/wire.md).
 
         Args:
             model_id: the model's id, slashes included

@@ -133,7 +133,7 @@ class Option:
     metavar: str
 
 
-#: The options both entry points take, in ``--help`` order (DESIGN.md, "The emulator").
+#: The options both entry points take, in ``--help`` order (the emulator's documented surface).
 OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         flag="--host",

@@ -1,6 +1,6 @@
 """Wire helpers every emulated endpoint shares: the JSON error body, timestamps, body parsing.
 
-The error body is the one documented in API.md section 0: ``{"error_code", "error_message",
+The error body is the one documented in docs/wire.md: ``{"error_code", "error_message",
 "detail"}``; validation errors carry a FastAPI-style ``detail`` array (code 422001).
 """
 
@@ -32,7 +32,7 @@ def error_response(
     *,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """Build the documented JSON error response (API.md section 0)."""
+    """Build the documented JSON error response (docs/wire.md)."""
     body = {"error_code": error_code, "error_message": message, "detail": detail}
     return web.json_response(body, status=status, headers=headers)
 
@@ -79,7 +79,7 @@ def not_found(message: str) -> ApiError:
 
 
 def iso_timestamp(unix_seconds: float) -> str:
-    """ISO 8601 with microseconds and ``+00:00``, as the vendor documents (API.md section 0)."""
+    """ISO 8601 with microseconds and ``+00:00``, as the vendor documents (docs/wire.md)."""
     return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="microseconds")
 
 

@@ -1,4 +1,4 @@
-"""A ComfyUI behind each Ready emulated machine's ``main_service_url``, as the real server speaks.
+"""The ComfyUI behind each Ready emulated machine's ``main_service_url`` (docs/wire.md).
 
 Served under ``/comfyui/{server_id}`` (and ComfyUI's ``/api`` alias): ``POST /prompt`` with
 ComfyUI's validation (see ``_comfy_validate``), ``GET /prompt``, ``GET|POST /queue``,

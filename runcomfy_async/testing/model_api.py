@@ -1,4 +1,4 @@
-"""Model API (API.md section 3): submit, status, result and cancel, over a simulated queue.
+"""Model API (docs/wire.md): submit, status, result and cancel, over a simulated queue.
 
 Requests wait in one FIFO queue served by ``workers`` concurrent workers; each run takes its
 model's duration (simulated seconds, divided by the emulator's speed). The schedule is computed
@@ -245,7 +245,7 @@ class ModelRequestStore:
         return self.storage.put_blob(f"model-outputs/{record.id}/{name}", data)
 
     def result_json(self, record: ModelRequestRecord, *, include_cost: bool) -> dict[str, Any]:
-        """The ``/result`` body (API.md 3.3); while unfinished, the current status."""
+        """The ``/result`` body (docs/wire.md); while unfinished, the current status."""
         state = self.status(record)
         body: dict[str, Any] = {
             "request_id": record.id,
@@ -276,7 +276,7 @@ class ModelRequestStore:
 
 
 def _check_lora(inputs: Mapping[str, Any]) -> None:
-    """The LoRA input, when given, is ``{"path": <asset name or https URL>}`` (API.md 3.1)."""
+    """The LoRA input, when given, is ``{"path": <asset name or https URL>}`` (docs/wire.md)."""
     if "lora" not in inputs:
         return
     lora = inputs["lora"]

@@ -1,4 +1,4 @@
-"""Trainer API AI Toolkit jobs (API.md section 2): submit, status, result, cancel, resume, edit.
+"""Trainer API AI Toolkit jobs (docs/wire.md): submit, status, result, cancel, resume, edit.
 
 Lifecycles are computed lazily from the scaled clock whenever a job is read (no background
 tasks): a job waits ``queue_seconds`` IN_QUEUE, then runs one step per ``step_seconds``
@@ -11,7 +11,7 @@ Like the real service, a submit with a config that breaks the fixed-path rules, 
 YAML, or mounts a dataset that is not READY is accepted and then goes FAILED with an ``error``
 when it would start. Cancel keeps the artifacts made so far; resume continues the same job id
 from its highest checkpoint. Tests stop a job early with :meth:`JobStore.preempt` (the STOPPED
-"server was reclaimed" case of API.md section 2.3) and publish arbitrary artifacts with
+"server was reclaimed" case in docs/wire.md) and publish arbitrary artifacts with
 :meth:`JobStore.add_artifact`; the store is ``emu.state.jobs``.
 """
 
@@ -364,7 +364,7 @@ class JobStore:
     # -- wire shapes -----------------------------------------------------------------------
 
     def to_json(self, record: JobRecord, base_url: str) -> dict[str, Any]:
-        """The documented status object (API.md section 2.2)."""
+        """The documented status object (docs/wire.md)."""
         total = record.total_steps
         step = record.end.step if record.end is not None else record.step
         return {
@@ -384,7 +384,7 @@ class JobStore:
         }
 
     def result_json(self, record: JobRecord) -> dict[str, Any]:
-        """The documented result object (API.md section 2.3), with freshly signed URLs."""
+        """The documented result object (docs/wire.md), with freshly signed URLs."""
         groups: dict[str, Any] = {"checkpoints": [], "samples": []}
         for artifact in _ordered(record.artifacts):
             item: dict[str, Any] = {"path": self.storage.sign_get(artifact.key)}
@@ -427,7 +427,7 @@ def jobs_of(state: EmulatorState) -> JobStore:
 
 
 def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
-    """Validate a submit/edit body (API.md sections 2.1, 2.4); return (YAML text, gpu_type)."""
+    """Validate a submit/edit body (docs/wire.md); return (YAML text, gpu_type)."""
     if not isinstance(body, dict):
         raise validation_error([field_error(["body"], "body must be a JSON object")])
     problems = []

@@ -1,4 +1,4 @@
-"""Server API machines (API.md section 4): enums and snapshots (ComfyUI types: comfyui.py)."""
+"""Server API machines (docs/wire.md): enums and snapshots (the ComfyUI types: comfyui.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["ComfyEvent", "ComfyFile", "MachineInfo", "MachineStatus", "ServerTyp
 
 
 class ServerType(enum.StrEnum):
-    """The machine sizes the Server API launches (API.md 4.2); a closed set, checked client-side."""
+    """The machine sizes the Server API launches (docs/wire.md): a closed set, checked here."""
 
     MEDIUM = "medium"
     LARGE = "large"
@@ -26,7 +26,7 @@ class ServerType(enum.StrEnum):
 class MachineStatus(OpenStrEnum):
     """A machine's ``current_status``: Initializing -> Ready -> Stopping (then gone).
 
-    Only ``Ready`` and ``Initializing`` are confirmed by public code (API.md 4.4); the others are
+    Only ``Ready`` and ``Initializing`` are confirmed by public code (docs/wire.md); the others are
     the names third-party clients use. Unknown values are kept; matching is case-insensitive.
     """
 
@@ -55,7 +55,7 @@ _ENDED = frozenset(
 
 @attrs.frozen(kw_only=True)
 class MachineInfo:
-    """A snapshot of one machine as the Server API described it (API.md 4.4).
+    """A snapshot of one machine as the Server API described it (docs/wire.md).
 
     ``main_service_url`` (the ComfyUI backend) is only set once the machine is ``Ready``.
     ``server_type`` stays a plain string, so a size this library does not know yet still reads.
@@ -84,7 +84,7 @@ class MachineInfo:
 
 @attrs.frozen(kw_only=True)
 class Workflow:
-    """A saved workflow of the account; launch a machine with its ``version_id`` (API.md 4.1)."""
+    """A saved workflow of the account; launch a machine with its ``version_id`` (docs/wire.md)."""
 
     workflow_id: str
     name: str | None = None

@@ -1,4 +1,4 @@
-"""Dataset uploads (API.md section 1.2, 1.3): per-file results, the report, progress events."""
+"""Dataset uploads (docs/wire.md): per-file results, the report, progress events."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class FailureReason(enum.StrEnum):
 
 @attrs.frozen(kw_only=True)
 class UploadTarget:
-    """Where and how to send one file (API.md 1.3): the signature in the URL is the credential.
+    """Where and how to send one file (docs/wire.md): the signature in the URL is the credential.
 
     Its repr masks the URL's query, which holds the signature.
     """
