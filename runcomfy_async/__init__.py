@@ -21,6 +21,7 @@ from .errors import (
     BadRequestError,
     ClientClosedError,
     ComfyUIError,
+    ComfyUIWarning,
     ConfigError,
     ConfigurationError,
     ConflictError,
@@ -64,6 +65,14 @@ from .resources.model_requests import ModelRequest, Models
 from .resources.serverless_requests import ServerlessRequest
 from .types.account import Balance
 from .types.catalog import ModelInfo
+from .types.comfyui import (
+    ComfyEvent,
+    ComfyFile,
+    ComfyNodeProgress,
+    ComfyPrompt,
+    ComfyQueue,
+    ComfyQueueItem,
+)
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
 from .types.deployments import (
     DeploymentInfo,
@@ -76,7 +85,7 @@ from .types.deployments import (
 )
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
-from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
+from .types.machines import MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
     CancelOutcome,
     Lora,
@@ -120,8 +129,13 @@ __all__ = [
     "ClientState",
     "ComfyEvent",
     "ComfyFile",
+    "ComfyNodeProgress",
+    "ComfyPrompt",
+    "ComfyQueue",
+    "ComfyQueueItem",
     "ComfyUI",
     "ComfyUIError",
+    "ComfyUIWarning",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",

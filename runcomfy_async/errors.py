@@ -40,6 +40,7 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
+    +-- ComfyUIWarning                a warning: ComfyUI runs a prompt without some of its outputs
 
 Messages name the problem and the fix. Where the fix is advice for Python code (an argument,
 an environment variable, another call), it is kept apart in ``fix`` and ``problem`` holds the
@@ -61,6 +62,7 @@ __all__ = [
     "BadRequestError",
     "ClientClosedError",
     "ComfyUIError",
+    "ComfyUIWarning",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
@@ -446,4 +448,22 @@ class ComfyUIError(RunComfyError):
         self.error = error
         self.prompt_id = prompt_id
         self.status = status
+        super().__init__(message)
+
+
+class ComfyUIWarning(RunComfyError, UserWarning):
+    """ComfyUI accepted a prompt but refused some of its output nodes (a partly valid prompt).
+
+    The valid outputs run; ``node_errors`` says which nodes were left out and why. Issued by
+    ``ComfyUI.queue_prompt`` through :mod:`warnings`; ``ComfyUI.submit`` returns the same
+    errors as data instead.
+
+    Attributes:
+        prompt_id: the prompt that runs.
+        node_errors: ``{node_id: {"errors": [...], "dependent_outputs": [...], ...}}``.
+    """
+
+    def __init__(self, message: str, *, prompt_id: str, node_errors: Mapping[str, Any]) -> None:
+        self.prompt_id = prompt_id
+        self.node_errors = dict(node_errors)
         super().__init__(message)

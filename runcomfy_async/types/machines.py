@@ -1,15 +1,14 @@
-"""Server API machines and the ComfyUI they run (docs/wire.md): enums, snapshots."""
+"""Server API machines (docs/wire.md): enums and snapshots (the ComfyUI types: comfyui.py)."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 import attrs
 
 from ._base import OpenStrEnum
+from .comfyui import ComfyEvent, ComfyFile  # their home before ComfyUI had a module
 
 __all__ = ["ComfyEvent", "ComfyFile", "MachineInfo", "MachineStatus", "ServerType", "Workflow"]
 
@@ -92,44 +91,3 @@ class Workflow:
     version_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ComfyFile:
-    """A file on a ComfyUI machine: an output of a prompt or an uploaded input (docs/wire.md).
-
-    ``node_id`` names the node that produced an output (None for uploads).
-    """
-
-    filename: str
-    subfolder: str = ""
-    type: str = "output"
-    node_id: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ComfyEvent:
-    """One ComfyUI WebSocket event about a prompt (docs/wire.md), as given to a progress callback.
-
-    Args:
-        type: ``execution_start``, ``executing``, ``progress``, ``executed``,
-            ``execution_success``, ``execution_error``, ...
-        data: the event's ``data`` object as sent.
-    """
-
-    type: str
-    data: Mapping[str, Any] = attrs.field(factory=dict)
-
-    @property
-    def node(self) -> str | None:
-        """The node the event is about, when it names one."""
-        node = self.data.get("node", self.data.get("node_id"))
-        return None if node is None else str(node)
-
-    @property
-    def fraction(self) -> float | None:
-        """``value / max`` of a ``progress`` event, else None."""
-        value, top = self.data.get("value"), self.data.get("max")
-        if self.type != "progress" or not isinstance(value, int | float) or not top:
-            return None
-        return float(value) / float(top)
