@@ -27,6 +27,7 @@ from .errors import (
     DatasetValidationError,
     DownloadError,
     InsufficientBalanceError,
+    InvalidWebhookError,
     JobFailed,
     MachineFailed,
     NotFoundError,
@@ -46,6 +47,8 @@ from .errors import (
     UploadError,
     ValidationError,
     WaitTimeoutError,
+    WebhookError,
+    WebhookSecretError,
     WrongEventLoopError,
 )
 from .resources.comfyui import ComfyUI
@@ -79,6 +82,7 @@ from .types.uploads import (
     UploadPlanned,
     UploadReport,
 )
+from .types.webhooks import WebhookEvent, WebhookStatus
 
 __all__ = [
     "ARTIFACT_KINDS",
@@ -119,6 +123,7 @@ __all__ = [
     "FileStarted",
     "GPUType",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "JobResult",
     "JobState",
@@ -171,6 +176,10 @@ __all__ = [
     "UploadReport",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookSecretError",
+    "WebhookStatus",
     "Workflow",
     "WrongEventLoopError",
     "__version__",

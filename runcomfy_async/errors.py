@@ -35,6 +35,9 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
+    +-- WebhookError                  a webhook delivery was refused
+        +-- InvalidWebhookError       the body is not a delivery (not JSON, no request id/status)
+        +-- WebhookSecretError        the delivery's shared secret is missing or wrong
 
 Messages name the problem and the fix. None of them ever contains the API token.
 """
@@ -59,6 +62,7 @@ __all__ = [
     "DatasetValidationError",
     "DownloadError",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "MachineFailed",
     "NotFoundError",
@@ -78,6 +82,8 @@ __all__ = [
     "UploadError",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookSecretError",
     "WrongEventLoopError",
 ]
 
@@ -311,3 +317,15 @@ class ComfyUIError(RunComfyError):
         self.prompt_id = prompt_id
         self.status = status
         super().__init__(message)
+
+
+class WebhookError(RunComfyError):
+    """A webhook delivery was refused before any of it was acted on."""
+
+
+class InvalidWebhookError(WebhookError, ValueError):
+    """The body is not a delivery: not a JSON object, or no request id or status in it."""
+
+
+class WebhookSecretError(WebhookError):
+    """The delivery did not carry the shared secret the receiver was configured with."""
