@@ -49,24 +49,24 @@ from runcomfy_async import (
     APITimeoutError,
     BadRequestError,
     ConflictError,
+    Dataset,
     DatasetValidationError,
     Limiter,
     NotFoundError,
     OperationFailed,
     PayloadTooLargeError,
     RateLimitError,
+    RedisTokenBucket,
     RequestCancelled,
     RunComfy,
     RunComfyError,
     TokenBucket,
     TransportError,
     UploadError,
+    UploadReport,
     ValidationError,
     WaitTimeoutError,
 )
-from runcomfy_async._redis_limiter import RedisTokenBucket
-from runcomfy_async.resources.datasets import Dataset
-from runcomfy_async.types.uploads import UploadReport
 
 __all__ = ["app"]
 
