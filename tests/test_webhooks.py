@@ -26,6 +26,7 @@ from runcomfy_async.webhooks import (
     parse_event,
 )
 from tests._services import redis_url_fixture  # noqa: F401 (registers redis_url)
+from tests._webhooks import Recorder, Truth, delivery
 
 SUCCEEDED = {
     "request_id": "r1",
@@ -36,30 +37,6 @@ SUCCEEDED = {
     "outputs": {"9": {"images": [{"filename": "a.png", "url": "https://x/a.png"}]}},
     "something_new": [1, 2],
 }
-
-
-class Truth:
-    """What the API says about each request: the receiver's lookup, counting its calls."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, WebhookEvent] = {}
-        self.calls: list[str] = []
-
-    def set(self, request_id: str, status: str, **fields: object) -> None:
-        """The API now reports ``status`` for the request."""
-        self.states[request_id] = WebhookEvent(
-            request_id=request_id, status=WebhookStatus(status), verified=True, **fields
-        )
-
-    async def __call__(self, request_id: str, deployment_id: str | None) -> WebhookEvent:
-        self.calls.append(request_id)
-        await asyncio.sleep(0)
-        return self.states[request_id]
-
-
-def delivery(request_id: str, status: str, **fields: object) -> bytes:
-    """A delivery body as the service sends it."""
-    return json.dumps({"request_id": request_id, "status": status, **fields}).encode()
 
 
 # -- parsing --------------------------------------------------------------------------------
@@ -229,16 +206,6 @@ async def test_redis_store_errors_name_the_fix() -> None:
 
 
 # -- the receiver ---------------------------------------------------------------------------
-
-
-class Recorder:
-    """A handler that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.events: list[WebhookEvent] = []
-
-    async def __call__(self, event: WebhookEvent) -> None:
-        self.events.append(event)
 
 
 @pytest.mark.asyncio
