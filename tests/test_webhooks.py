@@ -343,3 +343,22 @@ async def test_two_workers_on_one_redis_store_hand_each_final_over_once(redis_ur
         await receiver.aclose()
     finals = [e.request_id for h in handlers for e in h.events if e.final]
     assert sorted(finals) == sorted(f"r{n}" for n in range(10))
+
+
+@pytest.mark.asyncio
+async def test_aclose_cancels_what_outlasts_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler stuck at shutdown is cancelled after the timeout and its status un-recorded."""
+    truth, never = Truth(), asyncio.Event()
+    truth.set("stuck", "succeeded")
+
+    async def stuck(event: WebhookEvent) -> None:
+        await never.wait()
+
+    store = MemoryDeliveryStore()
+    receiver = WebhookReceiver(stuck, lookup=truth, store=store)
+    receiver.submit(receiver.accept(delivery("stuck", "succeeded")))
+    await asyncio.sleep(0.01)
+    await receiver.aclose(timeout=0.05)
+    assert receiver.pending == 0
+    assert "cancelled" in caplog.text
+    assert await store.furthest("stuck") is None  # left to a redelivery or poll()

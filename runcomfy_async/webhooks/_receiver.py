@@ -183,10 +183,25 @@ class WebhookReceiver:
         """True once the request's final event was handed to the handler."""
         return await self.store.furthest(request_id) == FINAL_RANK
 
-    async def aclose(self) -> None:
-        """Wait for the events being handled in the background, then close the store."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def aclose(self, timeout: float | None = 30.0) -> None:
+        """Wait for the events being handled in the background, then close the store.
+
+        Args:
+            timeout: seconds to wait; events still unhandled then are cancelled (and logged),
+                which leaves them to a redelivery or :meth:`poll`. None waits as long as it takes.
+        """
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                logger.warning(
+                    "%d webhook event(s) were still being handled after %s s and were "
+                    "cancelled; a redelivery or poll() hands them over again",
+                    len(late),
+                    timeout,
+                )
+                await asyncio.wait(late)
         await self.store.aclose()
 
     async def _dispatch(self, event: WebhookEvent) -> WebhookEvent | None:
