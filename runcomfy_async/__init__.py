@@ -25,6 +25,9 @@ from .errors import (
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DeploymentDeletedError,
+    DeploymentDisabledError,
+    DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
     InvalidWebhookError,
@@ -53,10 +56,21 @@ from .errors import (
 )
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
+from .resources.deployments import Deployment, Deployments
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .resources.serverless_requests import ServerlessRequest
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.deployments import (
+    DeploymentInfo,
+    DeploymentPayload,
+    Hardware,
+    OutputFile,
+    ServerlessCancelOutcome,
+    ServerlessResult,
+    ServerlessStatus,
+)
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
 from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
@@ -111,6 +125,13 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "Deployment",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentInfo",
+    "DeploymentPayload",
+    "DeploymentUnavailableError",
+    "Deployments",
     "DownloadError",
     "DownloadProgress",
     "DownloadReport",
@@ -122,6 +143,7 @@ __all__ = [
     "FileRetrying",
     "FileStarted",
     "GPUType",
+    "Hardware",
     "InsufficientBalanceError",
     "InvalidWebhookError",
     "JobFailed",
@@ -142,6 +164,7 @@ __all__ = [
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
+    "OutputFile",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -161,6 +184,10 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "ServerlessCancelOutcome",
+    "ServerlessRequest",
+    "ServerlessResult",
+    "ServerlessStatus",
     "SharedLimitState",
     "Timeouts",
     "TokenBucket",

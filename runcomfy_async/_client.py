@@ -29,6 +29,7 @@ from ._retry import RetryPolicy
 from ._transport import Exchange, Timeouts, Transport
 from ._version import __version__
 from .resources.datasets import Datasets
+from .resources.deployments import Deployments
 from .resources.jobs import Jobs
 from .resources.machines import Machines
 from .resources.model_requests import Models
@@ -381,6 +382,11 @@ class RunComfy:
     def datasets(self) -> Datasets:
         """Trainer datasets: create, list, upload, wait until READY."""
         return Datasets(self)
+
+    @functools.cached_property
+    def deployments(self) -> Deployments:
+        """Serverless deployments: create, list, change, delete; submit and await requests."""
+        return Deployments(self)
 
     @functools.cached_property
     def jobs(self) -> Jobs:

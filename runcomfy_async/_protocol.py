@@ -63,6 +63,14 @@ _CODE_STATUS = {
     422001: 422,
     500001: 500,
     10001: 402,
+    10002: 403,
+    10003: 404,
+}
+
+#: Error codes with an exception of their own, whatever the HTTP status they come with.
+_CODE_ERRORS: dict[int, type[errors.APIError]] = {
+    10002: errors.DeploymentDisabledError,
+    10003: errors.DeploymentDeletedError,
 }
 
 _STATUS_ERRORS: dict[int, type[errors.APIError]] = {
@@ -343,6 +351,8 @@ def error_from_response(
         message = f"the server answered with {kind}"
     fallback = errors.ServerError if effective >= 500 else errors.APIError
     cls = _STATUS_ERRORS.get(effective, fallback)
+    if isinstance(code, int) and code in _CODE_ERRORS:
+        cls = _CODE_ERRORS[code]
     common: dict[str, Any] = {
         "status": effective,
         "code": code,

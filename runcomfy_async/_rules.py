@@ -12,6 +12,8 @@ from typing import Final
 
 __all__ = [
     "DATASETS_ROOT",
+    "DEPLOYMENT_MAX_INSTANCES",
+    "DEPLOYMENT_MIN_INSTANCES",
     "DIRECT_UPLOAD_LIMIT",
     "MAX_UPLOAD_URLS_PER_REQUEST",
     "TRAINING_FOLDER",
@@ -27,6 +29,12 @@ DATASETS_ROOT: Final = "/app/ai-toolkit/datasets/"
 DIRECT_UPLOAD_LIMIT: Final = 150_000_000
 #: Most files one signed-upload-URL request may name (API.md 1.3).
 MAX_UPLOAD_URLS_PER_REQUEST: Final = 1000
+
+#: The widest documented bounds of a deployment's ``min_instances`` / ``max_instances``: one
+#: vendor page says 0-3 and 1-10, the vendor's own tool schema 0-30 and 1-60. The client checks
+#: these looser ones and leaves the rest to the service; the emulator enforces the page's.
+DEPLOYMENT_MIN_INSTANCES: Final = range(31)
+DEPLOYMENT_MAX_INSTANCES: Final = range(1, 61)
 
 #: One segment of a model id such as ``blackforestlabs/flux-1-kontext/pro/edit`` (API.md 3.1).
 _MODEL_ID_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]+")

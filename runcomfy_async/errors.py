@@ -25,13 +25,16 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- RateLimitError            429 after retries ran out
     |   +-- ServerError               5xx after retries ran out
     |   +-- UnexpectedResponseError   a body that is not the JSON the API documents
+    |   +-- DeploymentUnavailableError  a serverless deployment refuses inference
+    |       +-- DeploymentDisabledError   it is disabled (error code 10002)
+    |       +-- DeploymentDeletedError    it was deleted (error code 10003)
     +-- UploadError                   one or more files could not be uploaded
     +-- DownloadError                 one or more files could not be downloaded
     +-- OperationFailed               a remote operation ended badly
     |   +-- DatasetFailed             a dataset went FAILED
     |   +-- JobFailed                 a training job went FAILED
-    |   +-- RequestFailed             a model request finished as failed
-    |   +-- RequestCancelled          a model request was cancelled
+    |   +-- RequestFailed             a model or serverless request finished as failed
+    |   +-- RequestCancelled          a model or serverless request was cancelled
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
@@ -60,6 +63,9 @@ __all__ = [
     "ConflictError",
     "DatasetFailed",
     "DatasetValidationError",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentUnavailableError",
     "DownloadError",
     "InsufficientBalanceError",
     "InvalidWebhookError",
@@ -239,6 +245,19 @@ class UnexpectedResponseError(APIError):
     """The body is not the JSON the API documents (an HTML proxy page, a cut body)."""
 
 
+class DeploymentUnavailableError(APIError):
+    """A serverless deployment refused inference: disabled or deleted (whatever the HTTP status)."""
+
+
+class DeploymentDisabledError(DeploymentUnavailableError):
+    """The deployment is disabled (10002): enable it with
+    ``rc.deployments.update(deployment_id, is_enabled=True)`` before running requests."""
+
+
+class DeploymentDeletedError(DeploymentUnavailableError):
+    """The deployment was deleted (10003): create a new one and use its id."""
+
+
 class UploadError(RunComfyError):
     """One or more files could not be uploaded; see ``report`` for each file's reason."""
 
@@ -278,11 +297,11 @@ class JobFailed(OperationFailed):
 
 
 class RequestFailed(OperationFailed):
-    """The model request finished as failed; ``error`` holds the server's reason."""
+    """The model or serverless request finished as failed; ``error`` holds the server's reason."""
 
 
 class RequestCancelled(OperationFailed):
-    """The model request was cancelled before it produced output."""
+    """The model or serverless request was cancelled before it produced output."""
 
 
 class MachineFailed(OperationFailed):

@@ -7,25 +7,20 @@ whether the run succeeded, only the result does (API.md 3.2).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
-
 from .. import errors
 from .._converter import structure
-from .._downloads import DownloadProgress, download_artifacts
+from .._downloads import DownloadProgress
 from .._limiter import Priority
-from .._polling import PollPolicy, poll_until
+from .._polling import PollPolicy
 from .._protocol import API, RequestSpec, Retry
-from .._retry import RetryPolicy
 from .._rules import is_model_id
 from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
@@ -38,7 +33,14 @@ from ..types.models import (
     ResultStatus,
 )
 from ..types.progress import ProgressCallback
-from ._common import check_concurrency, describe_error
+from ._common import describe_error
+from ._queued import (
+    ABANDON_POLICY,
+    ABANDON_TIMEOUT,
+    download_outputs,
+    run_or_cancel,
+    wait_for_result,
+)
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -53,14 +55,6 @@ _EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
 #: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
-#: Bounds of cancelling a request nobody can await any more (its deadline passed or its caller
-#: was cancelled): this many seconds on the wire and in retry waits (not queued for a token),
-#: each attempt cut off at the same bound.
-_ABANDON_SECONDS: Final = 10.0
-_ABANDON_POLICY: Final = RetryPolicy(total_timeout=_ABANDON_SECONDS)
-_ABANDON_TIMEOUT: Final = aiohttp.ClientTimeout(total=_ABANDON_SECONDS)
-
-DEFAULT_POLL: Final = PollPolicy(initial=1.0, factor=1.5, max_interval=10.0)
 
 
 def model_path(model_id: str) -> str:
@@ -186,11 +180,6 @@ def output_urls(output: Any) -> Iterator[str]:
             yield from output_urls(value)
 
 
-def _result_settled(result: RequestResult) -> bool:
-    """Final, or a value we do not know (only asked after /status said finished)."""
-    return result.finished or not result.status.known
-
-
 class ModelRequest:
     """An awaitable handle on one Model API request: ``output = await req``.
 
@@ -283,8 +272,8 @@ class ModelRequest:
                 retry=Retry.SAFE,
             ),
             priority=priority,
-            policy=_ABANDON_POLICY if priority is Priority.CLEANUP else None,
-            timeout=_ABANDON_TIMEOUT if priority is Priority.CLEANUP else None,
+            policy=ABANDON_POLICY if priority is Priority.CLEANUP else None,
+            timeout=ABANDON_TIMEOUT if priority is Priority.CLEANUP else None,
         )
         return cancel_outcome(payload)
 
@@ -311,30 +300,13 @@ class ModelRequest:
             RequestCancelled: the request was cancelled.
             WaitTimeoutError: ``timeout`` passed first.
         """
-        policy = poll or DEFAULT_POLL
-        deadline = None if timeout is None else time.monotonic() + timeout
-        what = f"model request {self.id}"
-        await poll_until(
-            lambda: self.status(priority=Priority.BACKGROUND),
-            lambda state: state.status.finished,
-            policy=policy,
+        result = await wait_for_result(
+            self,
+            what=f"model request {self.id}",
             timeout=timeout,
-            key=lambda state: state.status,
-            on_snapshot=on_status,
-            what=what,
+            poll=poll,
+            on_status=on_status,
         )
-        result = await self.result(priority=Priority.FOLLOW_UP)
-        if not _result_settled(result):
-            # /status said finished but /result still lags behind: ask /result until it agrees.
-            remaining = None if deadline is None else deadline - time.monotonic()
-            result = await poll_until(
-                lambda: self.result(priority=Priority.BACKGROUND),
-                _result_settled,
-                policy=policy,
-                timeout=remaining,
-                key=lambda r: r.status,
-                what=f"the result of {what}",
-            )
         label = f"model request {self.id} ({result.model_id or self.model_id or 'model unknown'})"
         if result.failed or (not result.status.known and result.error is not None):
             raise errors.RequestFailed(
@@ -355,19 +327,6 @@ class ModelRequest:
     async def _output(self) -> Any:
         """What ``await req`` returns: the finished run's output."""
         return (await self.wait()).output
-
-
-async def _cancel_abandoned(request: ModelRequest) -> None:
-    """Best-effort cancel of a request that ``run`` can no longer hand to anyone (stops billing).
-
-    A cleanup call: ahead of every queued call, its deadline counted from when it is sent.
-    """
-    try:
-        outcome = await request.cancel(priority=Priority.CLEANUP)
-    except errors.RunComfyError as exc:
-        logger.warning("could not cancel abandoned model request %s: %s", request.id, exc)
-    else:
-        logger.info("abandoned model request %s: cancel answered %s", request.id, outcome.value)
 
 
 class Models:
@@ -498,22 +457,18 @@ class Models:
                 ``.report`` lists each outcome, the first file's error is the ``__cause__``,
                 and each failed file's ``.part`` is kept.
         """
-        check_concurrency(concurrency, "downloads")
         artifacts = [
             Artifact(kind="outputs", url=url, name=unquote(PurePosixPath(urlsplit(url).path).name))
             for url in output_urls(output)
         ]
-        client = self._client
-        report = await download_artifacts(
-            client.pipeline,
+        return await download_outputs(
+            self._client,
             artifacts,
-            Path(dest),
-            timeout=client.timeouts.for_transfer(),
-            concurrency=concurrency,
+            dest,
             progress=progress,
+            concurrency=concurrency,
             check=check,
         )
-        return list(report.paths) if check else report
 
     async def run(
         self,
@@ -542,14 +497,6 @@ class Models:
             WaitTimeoutError: ``timeout`` passed first.
         """
         request = await self.submit(model_id, inputs)
-        try:
-            result = await request.wait(timeout=timeout, poll=poll)
-        except (errors.RequestFailed, errors.RequestCancelled):
-            raise  # the run is over: nothing left to cancel
-        except BaseException:
-            # Cleanup that re-raises (a passed deadline, a cancelled caller, a lost connection):
-            # the caller never gets the handle, so stop the request from running and billing.
-            # A task of the client's: cancelled again, the cancel still goes out.
-            await asyncio.shield(self._client.spawn_cleanup(_cancel_abandoned(request)))
-            raise
+        wait = request.wait(timeout=timeout, poll=poll)
+        result = await run_or_cancel(self._client, request, wait, what="model request")
         return result.output

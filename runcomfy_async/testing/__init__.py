@@ -9,5 +9,13 @@ process; the pytest plugin provides the ``runcomfy_emulator`` fixture.
 from ._emulator import Emulator
 from ._faults import FaultKind, FaultRule
 from ._state import RequestRecord
+from ._webhooks import WebhookDelivery, WebhookPolicy
 
-__all__ = ["Emulator", "FaultKind", "FaultRule", "RequestRecord"]
+__all__ = [
+    "Emulator",
+    "FaultKind",
+    "FaultRule",
+    "RequestRecord",
+    "WebhookDelivery",
+    "WebhookPolicy",
+]

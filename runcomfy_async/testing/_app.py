@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
-from . import _storage, comfyui, control, model_api, server_api, trainer_datasets, trainer_jobs
+from . import (
+    _storage,
+    comfyui,
+    control,
+    model_api,
+    server_api,
+    serverless_api,
+    trainer_datasets,
+    trainer_jobs,
+)
 from ._middleware import make_middlewares
 
 if TYPE_CHECKING:
@@ -32,6 +41,7 @@ ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     trainer_jobs,
     model_api,
     server_api,
+    serverless_api,
     comfyui,
     control,  # GET /_emulator/log: emulator-only inspection
 )

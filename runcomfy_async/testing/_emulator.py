@@ -16,6 +16,7 @@ from .._rules import DIRECT_UPLOAD_LIMIT
 from ._app import build_app
 from ._faults import FaultKind, FaultRule, RetryAfterForm
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
+from ._webhooks import WebhookDelivery, WebhookPolicy
 
 if TYPE_CHECKING:
     from runcomfy_async._client import RunComfy
@@ -52,6 +53,8 @@ class Emulator:
         seed: seeds the fault injector's random choices, so runs replay.
         storage_dir: where uploaded files live; default a temporary directory removed on close.
         dataset_processing_seconds: simulated time from a dataset's last file to READY.
+        webhook_policy: how serverless webhooks are delivered (duplicates, reordering, drops,
+            retries); see :class:`WebhookPolicy`. Default: each event once, in order.
 
     Raises:
         ValueError: a non-positive speed, rate or size.
@@ -72,6 +75,7 @@ class Emulator:
         seed: int = 0,
         storage_dir: Path | None = None,
         dataset_processing_seconds: float = 5.0,
+        webhook_policy: WebhookPolicy | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed}")
@@ -96,6 +100,7 @@ class Emulator:
             dataset_processing_seconds=dataset_processing_seconds,
         )
         self._storage_dir = storage_dir
+        self._webhook_policy = webhook_policy
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
@@ -122,6 +127,7 @@ class Emulator:
             root = self._storage_dir
             root.mkdir(parents=True, exist_ok=True)
         state = EmulatorState(self.config, root)
+        state.webhooks.set_policy(self._webhook_policy)
         runner = web.AppRunner(
             build_app(state), handle_signals=False, access_log=None, shutdown_timeout=2.0
         )
@@ -265,6 +271,35 @@ class Emulator:
             ValueError: a negative duration.
         """
         self.state.model_requests.set_behavior(model_id, fail=fail, duration=duration)
+
+    def set_webhook_policy(
+        self, policy: WebhookPolicy | None, *, deployment_id: str | None = None
+    ) -> None:
+        """Change how webhooks are delivered: for one deployment, or for every other one.
+
+        Args:
+            policy: the delivery policy (duplicates, reordering, drops, retries); ``None``
+                restores the default (or, with ``deployment_id``, the emulator-wide one).
+            deployment_id: the deployment whose requests it applies to; None: all others.
+        """
+        self.state.webhooks.set_policy(policy, deployment_id)
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every webhook POST attempt so far (a snapshot), in the order they ended."""
+        return list(self.state.webhooks.deliveries)
+
+    async def webhooks_idle(self) -> None:
+        """Wait until every webhook delivery started so far has ended (retries included)."""
+        await self.state.webhooks.idle()
+
+    def serverless_files(self, request_id: str) -> dict[str, bytes]:
+        """``{filename: bytes}`` of the files a finished serverless request produced.
+
+        Raises:
+            KeyError: no such request.
+        """
+        return dict(self.state.deployments.requests[request_id].files)
 
     def preempt_job(self, job_id: str, *, at_step: int | None = None) -> None:
         """Stop a training job as a reclaimed server does: STOPPED short of its last step.

@@ -43,6 +43,8 @@ _PREFIXES: Final[tuple[tuple[str, Api], ...]] = (
     ("/prod/v1/trainers/", "trainer"),
     ("/v1/", "model"),
     ("/prod/api/users/", "server"),
+    ("/prod/v1/deployments/", "server"),  # serverless queue endpoints, same host
+    ("/prod/v2/", "server"),
     ("/storage/", "storage"),
     ("/comfyui/", "comfyui"),
 )
@@ -61,7 +63,7 @@ _TRUNCATED_BODY: Final = '{"id": "00000000-0000-4000-8000-000000000000", "status
 
 def api_for_path(path: str) -> Api:
     """Which API a path belongs to; ``"other"`` for none (answered 404)."""
-    if path in ("/prod/v1/trainers", "/v1", "/storage", "/comfyui"):
+    if path in ("/prod/v1/trainers", "/v1", "/storage", "/comfyui", "/prod/v2"):
         path += "/"
     for prefix, api in _PREFIXES:
         if path.startswith(prefix):

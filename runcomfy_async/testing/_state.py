@@ -3,7 +3,8 @@
 Endpoint modules receive the :class:`EmulatorState` in ``add_routes`` and keep no globals, so
 several emulators can run side by side in one process. Each store is an attribute made here, in
 one place, and reached one way: ``emu.state.datasets``, ``.jobs``, ``.model_requests``,
-``.machines``, ``.comfy``; every store takes its time from the one :class:`Clock`.
+``.machines``, ``.comfy``,
+``.deployments``, ``.webhooks``; every store takes its time from the one :class:`Clock`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import attrs
 
 from ._clock import Clock
 from ._datasets import DatasetStore
+from ._deployments import DeploymentStore
 from ._faults import FaultSet
 from ._ratelimit import AccountLimiter
 from ._storage import ObjectStorage
+from ._webhooks import WebhookDispatcher
 from .comfyui import ComfyStore
 from .model_api import ModelRequestStore
 from .server_api import MachineStore
@@ -94,6 +97,8 @@ class EmulatorState:
         model_requests: Model API requests.
         machines: Server API workflows and machines.
         comfy: the ComfyUI of every machine.
+        deployments: Serverless deployments and their requests.
+        webhooks: the webhook deliveries of serverless requests.
         log: every request received, oldest first.
         base_url: ``http://host:port``; set when the server is listening.
     """
@@ -115,6 +120,8 @@ class EmulatorState:
         self.model_requests = ModelRequestStore(clock=self.clock, storage=self.storage)
         self.machines = MachineStore(self.clock, self.new_id)
         self.comfy = ComfyStore(clock=self.clock, machines=self.machines)
+        self.deployments = DeploymentStore(clock=self.clock, storage=self.storage)
+        self.webhooks = WebhookDispatcher(clock=self.clock, seed=config.seed)
         self.log: list[RequestRecord] = []
         self._seq = itertools.count()
         self.base_url = ""

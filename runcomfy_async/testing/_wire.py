@@ -83,9 +83,21 @@ def iso_timestamp(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="microseconds")
 
 
-async def read_json(request: web.Request) -> Any:
-    """The parsed JSON body, ``None`` for an empty body; malformed JSON is a 422."""
-    raw = await request.read()
+async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
+    """The parsed JSON body, ``None`` for an empty body; malformed JSON is a 422.
+
+    Args:
+        limit: read up to this many bytes instead of the app's ``client_max_size`` (bodies
+            with inline workflows and data URIs are larger); a longer body is a 413.
+    """
+    if limit is None:
+        raw = await request.read()
+    else:
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, 413001, f"Request body larger than {limit} bytes")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise ApiError(413, 413001, f"Request body larger than {limit} bytes")
     if not raw.strip():
         return None
     try:
