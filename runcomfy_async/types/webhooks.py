@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from ._base import OpenStrEnum
+from .deployments import ServerlessResult
 
 __all__ = ["WebhookEvent", "WebhookStatus"]
 
@@ -76,6 +77,9 @@ class WebhookEvent:
         error: why the request failed (the service sends an object), else None.
         created_at, finished_at: when the request was submitted and when it finished, if sent.
         verified: True when the fields come from the API, False when from a delivery.
+        result: the API's result the event was built from, when looked up through a client
+            (:func:`~runcomfy_async.webhooks.api_lookup`): ``result.files()`` lists the
+            outputs to download with ``rc.deployments.download_outputs(result, dest)``.
     """
 
     request_id: str
@@ -86,6 +90,7 @@ class WebhookEvent:
     created_at: datetime | None = None
     finished_at: datetime | None = None
     verified: bool = False
+    result: ServerlessResult | None = None
 
     @property
     def final(self) -> bool:

@@ -11,6 +11,7 @@ turns that into one call of your handler per new status of a request:
   (request id, status) in a :class:`DeliveryStore`, ignores statuses that arrive after a later
   one, and looks final events up through the API before your handler sees them; its
   :meth:`~WebhookReceiver.poll` recovers a delivery that never came.
+- :func:`api_lookup` is how a receiver looks a request up: its result, read with your client.
 - :class:`MemoryDeliveryStore` (one process) and :class:`RedisDeliveryStore` (every worker
   process; the ``redis`` extra) remember what was handled; implement :class:`DeliveryStore`
   to keep it elsewhere.
@@ -26,6 +27,7 @@ which is where final outputs are read from anyway.
 
 from ..errors import InvalidWebhookError, WebhookError, WebhookSecretError
 from ..types.webhooks import WebhookEvent, WebhookStatus
+from ._lookup import api_lookup, event_from_result
 from ._parse import MAX_BODY, check_secret, parse_event
 from ._receiver import RequestLookup, WebhookHandler, WebhookReceiver
 from ._redis_store import RedisDeliveryStore
@@ -45,6 +47,8 @@ __all__ = [
     "WebhookReceiver",
     "WebhookSecretError",
     "WebhookStatus",
+    "api_lookup",
     "check_secret",
+    "event_from_result",
     "parse_event",
 ]

@@ -46,7 +46,7 @@ class RequestLookup(Protocol):
     and on a final status its outputs or error as the API's result reports them.
     """
 
-    def __call__(self, request_id: str, deployment_id: str | None) -> Awaitable[WebhookEvent]:
+    def __call__(self, request_id: str, deployment_id: str | None, /) -> Awaitable[WebhookEvent]:
         """Look ``request_id`` (of ``deployment_id``, when known) up through the API."""
         ...
 
