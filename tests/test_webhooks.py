@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import ConfigurationError, TransportError, ValidationError
+from runcomfy_async import (
+    ConfigurationError,
+    RequestFailed,
+    ResultStatus,
+    ServerlessResult,
+    TransportError,
+    ValidationError,
+)
+from runcomfy_async.testing import Emulator
 from runcomfy_async.webhooks import (
     DeliveryStore,
     InvalidWebhookError,
@@ -22,7 +30,9 @@ from runcomfy_async.webhooks import (
     WebhookReceiver,
     WebhookSecretError,
     WebhookStatus,
+    api_lookup,
     check_secret,
+    event_from_result,
     parse_event,
 )
 from tests._services import redis_url_fixture  # noqa: F401 (registers redis_url)
@@ -362,3 +372,49 @@ async def test_aclose_cancels_what_outlasts_its_timeout(caplog: pytest.LogCaptur
     assert receiver.pending == 0
     assert "cancelled" in caplog.text
     assert await store.furthest("stuck") is None  # left to a redelivery or poll()
+
+
+# -- the API as the source of truth ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_api_lookup_reads_the_result_through_the_client() -> None:
+    """api_lookup: queued, then succeeded with outputs, failed with the error; verified events."""
+    async with (
+        Emulator(rate_limit=None, speed=1000.0) as emu,
+        emu.client(rate=1000.0) as rc,
+    ):
+        deployment = await rc.deployments.create(
+            name="lookup",
+            workflow_id=emu.state.machines.workflows[0]["workflow_id"],
+            workflow_version="v1",
+            hardware="AMPERE_48",
+        )
+        lookup = api_lookup(rc)
+        ok = await deployment.submit({"6": {"inputs": {"text": "a cat"}}})
+        first = await lookup(ok.id, deployment.id)
+        assert first.verified
+        assert first.status.rank is not None
+        await ok
+        done = await lookup(ok.id, deployment.id)
+        assert (done.status, done.deployment_id) == (WebhookStatus.SUCCEEDED, deployment.id)
+        assert done.result is not None
+        assert [f.node_id for f in done.result.files()] == ["9"]
+        bad = await deployment.submit({"6": {"inputs": {"text": "EMULATOR_FAIL"}}})
+        with pytest.raises(RequestFailed):
+            await bad
+        failed = await api_lookup(rc, deployment_id=deployment.id)(bad.id, None)
+        assert failed.status is WebhookStatus.FAILED
+        assert failed.error
+        with pytest.raises(ValidationError, match="deployment_id="):
+            await lookup(ok.id, None)
+
+
+def test_event_from_result_maps_completed() -> None:
+    """``completed`` becomes succeeded, or failed when the result carries an error."""
+    plain = ServerlessResult(request_id="r", status=ResultStatus.COMPLETED, outputs={})
+    assert event_from_result(plain, "d").status is WebhookStatus.SUCCEEDED
+    broken = ServerlessResult(request_id="r", status=ResultStatus.COMPLETED, error=[{"e": 1}])
+    assert event_from_result(broken, None).status is WebhookStatus.FAILED
+    odd = ServerlessResult(request_id="r", status=ResultStatus("paused"))
+    assert event_from_result(odd, None).status.value == "paused"
