@@ -346,6 +346,11 @@ def error_from_response(
     detail = payload.get("detail") if isinstance(payload, dict) else None
     effective = _status_for_code(code, status)
     message = _message_of(payload)
+    if message is not None and isinstance(detail, list) and detail:
+        # "Validation Error" alone does not say what to fix: the detail items do.
+        lines = "; ".join(_detail_line(item) for item in detail[:5])
+        if lines not in message:
+            message = f"{message}: {lines}"
     if message is None:
         kind = "an empty body" if not body else f"a body without a message: {_excerpt(body)!r}"
         message = f"the server answered with {kind}"

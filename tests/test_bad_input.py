@@ -17,10 +17,11 @@ import attrs
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import errors
+from runcomfy_async import Deployment, DeploymentInfo, DeploymentPayload, errors
 from runcomfy_async._client import RunComfy
 from runcomfy_async.resources.datasets import Dataset
 from runcomfy_async.testing import Emulator
+from runcomfy_async.testing._deployments import serverless_workflow
 from runcomfy_async.types.uploads import FailureReason, FileStarted, UploadEvent
 
 API_HOSTS = ("trainer", "model", "server")
@@ -324,6 +325,64 @@ async def _zero_duration(ctx: Ctx) -> None:
       "unknown server_type 'huge'", "use one of 'medium'")
 async def _bad_server_type(ctx: Ctx) -> None:
     await ctx.rc.machines.launch("v-1", server_type="huge")
+
+
+# -- serverless deployments ----------------------------------------------------------------------
+
+
+def _known_deployment(ctx: Ctx) -> Deployment:
+    """A deployment handle whose deployed workflow is known (as after fetch(includes=payload))."""
+    info = DeploymentInfo(
+        id="dep-1", payload=DeploymentPayload(workflow_api_json=serverless_workflow())
+    )
+    return Deployment(ctx.rc, "dep-1", info=info)
+
+
+@case("override naming an unknown node", "dep.submit({'99': {'inputs': {'text': 'x'}}})",
+      errors.ValidationError, "node 99 is not in the deployment's workflow",
+      "6 (CLIPTextEncode)")
+async def _unknown_node(ctx: Ctx) -> None:
+    await _known_deployment(ctx).submit({"99": {"inputs": {"text": "x"}}})
+
+
+@case("override naming an unknown input", "dep.submit({'6': {'inputs': {'prompt': 'x'}}})",
+      errors.ValidationError, "has no input 'prompt'", "its inputs are clip, text")
+async def _unknown_input(ctx: Ctx) -> None:
+    await _known_deployment(ctx).submit({"6": {"inputs": {"prompt": "x"}}})
+
+
+@case("inline media file too large", "dep.submit({'10': {'inputs': {'image': Path('big.png')}}})",
+      errors.ValidationError, "too large to send inline", "pass its https URL")
+async def _media_too_large(ctx: Ctx) -> None:
+    big = ctx.tmp / "big.png"
+    with big.open("wb") as handle:
+        handle.truncate(21 * 1024 * 1024)
+    await ctx.rc.deployments.get("dep-1").submit({"10": {"inputs": {"image": big}}})
+
+
+@case("more than one hardware SKU", "deployments.create(..., hardware=['AMPERE_48', 'AMPERE_24'])",
+      errors.ValidationError, "exactly one SKU", "hardware='AMPERE_48'")
+async def _two_skus(ctx: Ctx) -> None:
+    await ctx.rc.deployments.create(
+        name="d", workflow_id="w", workflow_version="v1", hardware=["AMPERE_48", "AMPERE_24"]
+    )
+
+
+@case("min_instances above max_instances", "deployments.create(..., min_instances=3, "
+      "max_instances=2)", errors.ValidationError, "is above max_instances",
+      "raise max_instances")
+async def _min_above_max(ctx: Ctx) -> None:
+    await ctx.rc.deployments.create(
+        name="d", workflow_id="w", workflow_version="v1", hardware="AMPERE_48",
+        min_instances=3, max_instances=2,
+    )
+
+
+@case("negative keep-warm", "deployments.update(id, keep_warm_duration_in_seconds=-1)",
+      errors.ValidationError, "keep_warm_duration_in_seconds must be an integer from 0",
+      "0 shuts an idle instance down")
+async def _negative_keep_warm(ctx: Ctx) -> None:
+    await ctx.rc.deployments.update("dep-1", keep_warm_duration_in_seconds=-1)
 
 
 # -- the runner --------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def ready_dataset(invoke: Callable[..., Result], name: str, folder: Path) -> dic
 def test_help_lists_every_group_and_exit_codes(invoke: Callable[..., Result]) -> None:
     """`runcomfy --help` names each command group and documents the exit codes."""
     out = invoke("--help").stdout
-    for name in ("datasets", "jobs", "models", "machines", "emulator", "demo"):
+    for name in ("datasets", "jobs", "models", "machines", "deployments", "emulator", "demo"):
         assert name in out
     assert "130 interrupted" in out
 
@@ -366,6 +366,54 @@ def test_machines_errors(invoke: Callable[..., Result]) -> None:
     invoke("machines", "launch", "v1", "--server-type", "huge", code=2)
     line = one_error_line(invoke("machines", "list", code=2, env={"RUNCOMFY_USER_ID": ""}))
     assert "RUNCOMFY_USER_ID" in line
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+def test_deployments_lifecycle_and_run(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """create, list, get (with the workflow), run with overrides and a file, update, delete."""
+    workflow_id = json.loads(invoke("--json", "machines", "workflows").stdout)[0]["workflow_id"]
+    created = json.loads(invoke(
+        "--json", "deployments", "create", "--name", "cli", "--workflow-id", workflow_id,
+        "--workflow-version", "v1", "--hardware", "AMPERE_48", "--max-instances", "2",
+    ).stdout)
+    dep_id = created["id"]
+    assert created["max_instances"] == 2 and created["hardware"] == ["AMPERE_48"]
+    assert dep_id in invoke("deployments", "list").stdout
+    shown = invoke("deployments", "get", dep_id, "--include", "payload").stdout
+    assert "6 (CLIPTextEncode)" in shown
+    image = tmp_path / "in.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    result = invoke(
+        "--json", "deployments", "run", dep_id, "--set", "6.text=a red fox",
+        "--set", "7.text=@" + str(image), "--download", str(tmp_path / "out"),
+    )
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "succeeded"
+    assert answer["outputs"]["12"] == {"text": [["a red fox"]]}
+    (path,) = answer["files"]
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+    no_progress_drawn(result.stderr)
+    line = one_error_line(invoke("deployments", "run", dep_id, "--set", "6.txt=x", code=1))
+    assert "its inputs are clip, text" in line
+    updated = json.loads(invoke("--json", "deployments", "update", dep_id, "--disable").stdout)
+    assert updated["is_enabled"] is False
+    line = one_error_line(invoke("deployments", "run", dep_id, code=3))
+    assert "--enable" in line
+    assert "deleted" in invoke("deployments", "delete", dep_id).stdout
+    assert "create" in one_error_line(invoke("deployments", "run", dep_id, code=3))
+
+
+def test_deployments_usage_errors(invoke: Callable[..., Result]) -> None:
+    """A bad --set pair or an update with nothing to change is a usage error (2)."""
+    assert "NODE.INPUT=VALUE" in invoke("deployments", "run", "d", "--set", "6=x", code=2).stderr
+    assert "nothing to change" in invoke("deployments", "update", "d", code=2).stderr
+    line = one_error_line(invoke(
+        "deployments", "create", "--name", "x", "--workflow-id", "w", "--workflow-version",
+        "v1", "--hardware", "AMPERE_48", "--min-instances", "99", code=1,
+    ))
+    assert "0 to 30" in line
 
 
 # -- progress --------------------------------------------------------------------------------

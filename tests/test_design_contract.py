@@ -106,6 +106,23 @@ async def test_design_public_surface(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_design_serverless_lines() -> None:
+    """The snippet's serverless lines: create, submit on get(id) without await, await, disable,
+    delete."""
+    async with Emulator(rate_limit=None, speed=1000.0) as emu, emu.client(rate=100.0) as rc:
+        workflow_id = (await rc.machines.workflows())[0].workflow_id
+        dep = await rc.deployments.create(
+            name="txt2img", workflow_id=workflow_id, workflow_version="v1", hardware="AMPERE_48"
+        )
+        req = await rc.deployments.get(dep.id).submit(overrides={"6": {"inputs": {"text": "a"}}})
+        outputs = await req
+        assert outputs["12"] == {"text": [["a"]]}
+        await rc.deployments.update(dep.id, is_enabled=False)
+        await rc.deployments.delete(dep.id)
+        assert await rc.deployments.list() == []
+
+
+@pytest.mark.asyncio
 async def test_failed_job_raises_job_failed(tmp_path: Path) -> None:
     """`await job` raises JobFailed when the job goes FAILED (a dataset that is not READY)."""
     async with Emulator(rate_limit=None, speed=2000.0) as emu, emu.client(rate=100.0) as rc:

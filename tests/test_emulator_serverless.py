@@ -128,7 +128,7 @@ async def test_lifecycle_cold_start_queue_positions_and_outputs(
     api: aiohttp.ClientSession, emu: Emulator
 ) -> None:
     """One instance: a cold start, queue positions 1..n, instance ids, outputs downloadable."""
-    emu.state.deployments.cold_start_seconds = 200.0  # 0.2 s
+    emu.state.deployments.cold_start_seconds = 100_000.0  # 100 s, skipped with advance()
     dep = await create(api, emu, queue_size=10)
     subs = [await infer(api, dep["id"], {"overrides": {"6": {"inputs": {"text": f"p{i}"}}}})
             for i in range(3)]
@@ -138,6 +138,7 @@ async def test_lifecycle_cold_start_queue_positions_and_outputs(
         assert body["status"] == "in_queue"
         positions.append(body["queue_position"])
     assert positions == [1, 2, 3]
+    emu.advance(100.0)  # the instance is up
     results = [await finished(api, sub) for sub in subs]
     assert all(r["status"] == "succeeded" for r in results)
     assert set(results[0]) == {"status", "created_at", "finished_at", "outputs", "error"}
@@ -263,7 +264,6 @@ async def test_webhooks_deliver_every_status_in_order_by_default(
         api, dep["id"], query=f"?webhook={receiver.url}&webhook_intermediate_status=true"
     )
     result = await finished(api, sub)
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert [e["status"] for e in receiver.events] == ["in_queue", "in_progress", "succeeded"]
     final = receiver.events[-1]
@@ -282,7 +282,6 @@ async def test_webhook_body_fields_final_only_and_retries(
     body = {"overrides": {"6": {"inputs": {"text": "EMULATOR_FAIL"}}}, "webhook": receiver.url}
     sub = await infer(api, dep["id"], body)
     assert (await finished(api, sub))["status"] == "failed"
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert [e["status"] for e in receiver.events] == ["failed"]
     assert receiver.events[0]["error"]["message"]
@@ -301,7 +300,6 @@ async def test_webhook_policy_duplicates_reorders_and_drops_per_deployment(
     )
     query = f"?webhook={receiver.url}&webhook_intermediate_status=true"
     await finished(api, await infer(api, noisy["id"], query=query))
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     statuses = [e["status"] for e in receiver.events]
     assert sorted(statuses) == sorted(["in_queue", "in_progress", "succeeded"] * 2)
@@ -310,7 +308,6 @@ async def test_webhook_policy_duplicates_reorders_and_drops_per_deployment(
     emu.set_webhook_policy(WebhookPolicy(drop_rate=1.0), deployment_id=noisy["id"])
     await finished(api, await infer(api, noisy["id"], query=query))
     await finished(api, await infer(api, quiet["id"], query=query))
-    await asyncio.sleep(0.05)
     await emu.webhooks_idle()
     assert {e["deployment_id"] for e in receiver.events} == {quiet["id"]}
     assert [e["status"] for e in receiver.events] == ["in_queue", "in_progress", "succeeded"]
@@ -332,3 +329,41 @@ async def test_inference_is_authenticated_and_rate_limited() -> None:
                 async with api.get(V2) as resp:
                     statuses.append(resp.status)
             assert statuses == [200, 429]
+
+
+async def instance_of(api: aiohttp.ClientSession, sub: dict[str, str]) -> str:
+    """The instance a finished request ran on."""
+    await finished(api, sub)
+    return str((await call(api, "GET", sub["status_url"]))["instance_id"])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("max_instances", "distinct"), [(3, 3), (1, 1)])
+async def test_queue_size_scales_out_up_to_max_instances(
+    api: aiohttp.ClientSession, emu: Emulator, max_instances: int, distinct: int
+) -> None:
+    """With queue_size 1, requests waiting for a cold instance start more, up to the ceiling."""
+    # All three arrive while the first instance is cold; a run outlasts the gap between them,
+    # so a new instance is always free before a busy one. advance() skips the waiting.
+    emu.state.deployments.cold_start_seconds = 100_000.0
+    emu.state.deployments.run_seconds = 50_000.0
+    dep = await create(api, emu, max_instances=max_instances, queue_size=1)
+    subs = [await infer(api, dep["id"]) for _ in range(3)]
+    emu.advance(300.0)
+    assert len({await instance_of(api, sub) for sub in subs}) == distinct
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("keep_warm", "same"), [(3600, True), (0, False)])
+async def test_keep_warm_decides_whether_the_next_request_reuses_the_instance(
+    api: aiohttp.ClientSession, emu: Emulator, keep_warm: int, same: bool
+) -> None:
+    """An idle instance serves the next request within keep-warm; after it, a new one starts."""
+    dep = await create(api, emu, keep_warm_duration_in_seconds=keep_warm)
+    first = await instance_of(api, await infer(api, dep["id"]))
+    emu.advance(2.0)  # 2000 simulated seconds idle
+    second = await instance_of(api, await infer(api, dep["id"]))
+    assert (first == second) is same
+    emu.advance(0.01)  # past the run: up while warm, scaled to zero without keep-warm
+    status = (await call(api, "GET", f"{V2}/{dep['id']}"))["status"]
+    assert status == ("running" if same else "standby")

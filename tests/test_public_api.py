@@ -47,7 +47,8 @@ def test_contract_names_exported() -> None:
         "DatasetInfo", "JobStatus", "JobResult", "Artifact", "RequestStatus", "RequestResult",
         "MachineInfo", "Workflow", "RunComfyError", "APIError", "DatasetFailed", "JobFailed",
         "RequestFailed", "MachineFailed", "TokenBucket", "Limiter", "ServerType", "Lora",
-        "__version__",
+        "Deployment", "Deployments", "DeploymentInfo", "ServerlessRequest", "Hardware",
+        "DeploymentDisabledError", "DeploymentDeletedError", "__version__",
     }
     assert contract <= set(runcomfy_async.__all__)
 

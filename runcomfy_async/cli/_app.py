@@ -23,6 +23,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 import attrs
@@ -189,6 +190,21 @@ def fields_table(data: Any, *, title: str | None = None) -> None:
     emit(data, columns=("field", "value"), rows=rows, title=title)
 
 
+def json_object_file(path: Path, example: str) -> dict[str, Any]:
+    """The JSON object a ``--json-file`` holds.
+
+    Raises:
+        click.UsageError: unreadable, not JSON, or not an object (``example`` shows one).
+    """
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"--json-file {path}: not readable JSON: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise click.UsageError(f"--json-file {path}: must hold a JSON object, like {example}")
+    return loaded
+
+
 # -- running work and mapping errors -----------------------------------------------------------
 
 
@@ -196,8 +212,12 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
     """What the user can do about an error, for the one-line message."""
     if isinstance(exc, errors.AuthenticationError):
         return "check RUNCOMFY_API_TOKEN or --token; the token is on your runcomfy.com Profile page"
+    if isinstance(exc, errors.DeploymentDisabledError):
+        return "enable it first: `runcomfy deployments update DEPLOYMENT_ID --enable`"
+    if isinstance(exc, errors.DeploymentDeletedError):
+        return "it is gone: `runcomfy deployments create` makes a new one"
     if isinstance(exc, errors.NotFoundError):
-        if group in ("datasets", "machines"):
+        if group in ("datasets", "machines", "deployments"):
             return f"check the id; `runcomfy {group} list` shows what exists"
         return "check the id (ids of finished work may have expired)"
     if isinstance(exc, errors.ConflictError):
@@ -242,7 +262,8 @@ def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
     else:
         code = EXIT_FAILED
     group = what.split()[0] if " " in what else ""
-    hint = _hint(exc, group if group in ("datasets", "jobs", "models", "machines") else "")
+    groups = ("datasets", "jobs", "models", "machines", "deployments")
+    hint = _hint(exc, group if group in groups else "")
     return CliError(message + (f"; {hint}" if hint else ""), exit_code=code)
 
 

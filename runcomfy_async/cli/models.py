@@ -9,15 +9,22 @@ from typing import Any
 
 import click
 
-from runcomfy_async import RequestResult, RequestStatus, RunComfy
+from runcomfy_async import RequestResult, RequestStatus, RunComfy, ServerlessStatus
 
-from ._app import emit, fields_table, output_options, run_with_client, settings
+from ._app import (
+    emit,
+    fields_table,
+    json_object_file,
+    output_options,
+    run_with_client,
+    settings,
+)
 from .progress import Reporter
 
-__all__ = ["group", "parse_inputs", "status_notes"]
+__all__ = ["group", "input_value", "parse_inputs", "status_notes"]
 
 
-def _value(text: str) -> Any:
+def input_value(text: str) -> Any:
     """An input value: JSON when it parses (numbers, booleans, lists, objects), else the text."""
     try:
         return json.loads(text)
@@ -33,23 +40,14 @@ def parse_inputs(pairs: tuple[str, ...], json_file: Path | None) -> dict[str, An
     """
     inputs: dict[str, Any] = {}
     if json_file is not None:
-        try:
-            loaded = json.loads(json_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise click.UsageError(f"--json-file {json_file}: not readable JSON: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise click.UsageError(
-                f"--json-file {json_file}: must hold a JSON object of inputs, like "
-                '{"prompt": "a cat"}'
-            )
-        inputs.update(loaded)
+        inputs.update(json_object_file(json_file, '{"prompt": "a cat"}'))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise click.UsageError(
                 f"--input {pair!r} is not key=value; e.g. --input prompt='a cat' --input seed=42"
             )
-        inputs[key.strip()] = _value(raw)
+        inputs[key.strip()] = input_value(raw)
     if not inputs:
         raise click.UsageError(
             "no inputs: pass --input key=value (repeatable) or --json-file FILE"
@@ -57,11 +55,14 @@ def parse_inputs(pairs: tuple[str, ...], json_file: Path | None) -> dict[str, An
     return inputs
 
 
-def status_notes(reporter: Reporter, request_id: str) -> Callable[[RequestStatus], None]:
-    """An ``on_status`` callback noting each change of status (and queue position)."""
+def status_notes(
+    reporter: Reporter, request_id: str
+) -> Callable[[RequestStatus | ServerlessStatus], None]:
+    """An ``on_status`` callback noting each change of status (and queue position), for model
+    and serverless requests alike."""
     last: list[tuple[str, int | None]] = []
 
-    def note(state: RequestStatus) -> None:
+    def note(state: RequestStatus | ServerlessStatus) -> None:
         """Note the snapshot when it differs from the previous one."""
         key = (state.status.value, state.queue_position)
         if last and last[-1] == key:

@@ -346,17 +346,29 @@ class Deployments:
                 keep_warm_duration_in_seconds=keep_warm_duration_in_seconds,
             ),
         }
-        check_id(workflow_id, "workflow_id")
+        if not isinstance(workflow_id, str) or not workflow_id.strip():
+            raise errors.ValidationError(
+                f"workflow_id must be the id of a cloud-saved workflow, got {workflow_id!r}; "
+                "`await rc.machines.workflows()` lists them"
+            )
         for key in ("name", "workflow_version"):
             if key not in body:
                 raise errors.ValidationError(f"{key} is required to create a deployment")
         # Not retried blindly: a create whose answer was lost may exist (and a second would
         # be a second deployment); only a 429 or a connection that never opened is repeated.
-        payload = await self._client.request(
-            RequestSpec(
-                api=API.SERVER, method="POST", path=_DEPLOYMENTS, json=body, retry=Retry.UNSENT
+        try:
+            payload = await self._client.request(
+                RequestSpec(
+                    api=API.SERVER, method="POST", path=_DEPLOYMENTS, json=body, retry=Retry.UNSENT
+                )
             )
-        )
+        except errors.OutcomeUnknownError as exc:
+            exc.check = (
+                f"`runcomfy deployments list` (or rc.deployments.list()) for a deployment named "
+                f"{name!r} before creating it again: it may exist"
+            )
+            exc.add_note(f"check {exc.check}")
+            raise
         info = structure(payload, DeploymentInfo, what="deployment")
         return Deployment(self._client, info.id, info=info)
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 import uuid
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -360,9 +362,14 @@ def _failure(workflow: Mapping[str, Any]) -> str | None:
 
 
 def _png_for(request_id: str, node_id: str) -> bytes:
-    """A tiny PNG that differs from request to request (so downloads can be told apart)."""
+    """A tiny PNG unique to its request and node (a ``tEXt`` chunk names them), so downloads
+    can be told apart byte for byte."""
     seed = int.from_bytes(hashlib.sha256(f"{request_id}/{node_id}".encode()).digest()[:4], "big")
-    return tiny_png(seed)
+    png = tiny_png(seed)
+    text = b"Comment\x00" + f"{request_id}/{node_id}".encode()
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    return png[:-12] + chunk + png[-12:]  # before the closing IEND chunk
 
 
 def _text_of(workflow: Mapping[str, Any], node: Mapping[str, Any]) -> str:

@@ -34,7 +34,8 @@ def _url_host(host: str) -> str:
 
 
 class Emulator:
-    """A faithful local RunComfy: Trainer, Model and Server APIs plus object storage, one port.
+    """A faithful local RunComfy: Trainer, Model, Server and Serverless APIs plus object storage,
+    one port.
 
     Use ``async with Emulator() as emu:`` (or :meth:`start` / :meth:`close`). Point a client at
     ``emu.url`` with ``emu.token``, or call :meth:`client`.
@@ -290,7 +291,8 @@ class Emulator:
         return list(self.state.webhooks.deliveries)
 
     async def webhooks_idle(self) -> None:
-        """Wait until every webhook delivery started so far has ended (retries included)."""
+        """Wait until the webhook events of every finished serverless request are delivered
+        (or given up after their retries); requests still running are not waited for."""
         await self.state.webhooks.idle()
 
     def serverless_files(self, request_id: str) -> dict[str, bytes]:

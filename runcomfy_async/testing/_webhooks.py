@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
@@ -117,6 +117,7 @@ class WebhookDispatcher:
         self._rng = random.Random(seed)
         self._held: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchers: dict[asyncio.Task[None], Callable[[], bool]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def set_policy(self, policy: WebhookPolicy | None, deployment_id: str | None = None) -> None:
@@ -198,14 +199,28 @@ class WebhookDispatcher:
                 wait *= 2
         logger.warning("webhook event %s to %s given up", payload.get("status"), url)
 
+    def watch(self, watcher: Coroutine[Any, Any, None], finished: Callable[[], bool]) -> None:
+        """Run the task that emits one request's events; ``finished`` says whether the request
+        has reached its final state (so :meth:`idle` knows its last event is due)."""
+        task = asyncio.create_task(watcher)
+        self._watchers[task] = finished
+        task.add_done_callback(lambda done: self._watchers.pop(done, None))
+
     async def idle(self) -> None:
-        """Wait until every delivery started so far has finished (its retries included)."""
-        while self._tasks:
-            await asyncio.gather(*set(self._tasks), return_exceptions=True)
+        """Wait until every finished request's events are out (retries included).
+
+        Requests still queued or running are not waited for.
+        """
+        while True:
+            due = [task for task, finished in self._watchers.items() if finished()]
+            pending = due + list(self._tasks)
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Stop every delivery still under way and close the HTTP session."""
-        tasks = set(self._tasks)
+        """Stop every watcher and delivery still under way and close the HTTP session."""
+        tasks = set(self._tasks) | set(self._watchers)
         for task in tasks:
             task.cancel()
         for task in tasks:

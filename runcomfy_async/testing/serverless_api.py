@@ -14,18 +14,20 @@ The stores are ``emu.state.deployments`` and ``emu.state.webhooks``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..types.deployments import Hardware
 from ._deployments import DeploymentRecord, ServerlessRequestRecord
+from ._serverless_checks import (
+    apply_overrides,
+    check_fields,
+    check_limits,
+    check_workflow,
+    webhook_url,
+)
 from ._wire import ApiError, field_error, not_found, read_json, validation_error
 
 if TYPE_CHECKING:
@@ -37,186 +39,12 @@ DISABLED: Final = 10002
 DELETED: Final = 10003
 #: Largest inference body read (inline workflows and data URIs make bodies large).
 MAX_BODY: Final = 64 * 1024 * 1024
-_SKUS: Final = frozenset(h.value for h in Hardware)
-_DEFAULTS: Final = {
-    "min_instances": 0,
-    "max_instances": 1,
-    "queue_size": 1,
-    "keep_warm_duration_in_seconds": 60,
-}
-_PATCHABLE: Final = frozenset(
-    {"name", "workflow_version", "hardware", *_DEFAULTS, "is_enabled"}
-)
 _INTERMEDIATE: Final = ("in_queue", "in_progress")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_fields(
-    body: Mapping[str, Any], state: EmulatorState, *, creating: bool
-) -> dict[str, Any]:
-    """The deployment fields of a create or patch body, or a 422 listing every problem."""
-    problems: list[dict[str, Any]] = []
-    fields: dict[str, Any] = {}
-    allowed = {"workflow_id", *_PATCHABLE} - ({"is_enabled"} if creating else {"workflow_id"})
-    for key in body:
-        if key not in allowed:
-            problems.append(field_error(["body", key], "extra fields not permitted"))
-    required = ("name", "workflow_id", "workflow_version", "hardware") if creating else ()
-    for key in required:
-        if key not in body:
-            problems.append(field_error(["body", key], "field required", "value_error.missing"))
-    for key in ("name", "workflow_id", "workflow_version"):
-        if key in body and key in allowed:
-            if not isinstance(body[key], str) or not body[key].strip():
-                problems.append(field_error(["body", key], "must be a non-empty string"))
-            else:
-                fields[key] = body[key]
-    if "hardware" in body:
-        hardware = body["hardware"]
-        if not isinstance(hardware, list) or len(hardware) != 1:
-            problems.append(field_error(["body", "hardware"], "exactly one hardware SKU"))
-        elif hardware[0] not in _SKUS:
-            problems.append(
-                field_error(["body", "hardware", 0], f"unknown SKU; one of {sorted(_SKUS)}")
-            )
-        else:
-            fields["hardware"] = hardware
-    for key, default in _DEFAULTS.items():
-        value = body.get(key, default if creating else None)
-        if value is None and not creating:
-            continue
-        if not _is_int(value) or value < 0:
-            problems.append(field_error(["body", key], "must be an integer >= 0"))
-        else:
-            fields[key] = value
-    if "is_enabled" in body and "is_enabled" in allowed:
-        if not isinstance(body["is_enabled"], bool):
-            problems.append(field_error(["body", "is_enabled"], "must be a boolean"))
-        else:
-            fields["is_enabled"] = body["is_enabled"]
-    if "workflow_id" in fields:
-        known = {w["workflow_id"] for w in state.machines.workflows}
-        if fields["workflow_id"] not in known:
-            problems.append(
-                field_error(["body", "workflow_id"], "no cloud-saved workflow with this id")
-            )
-    if problems:
-        raise validation_error(problems)
-    return fields
-
-
-def _check_limits(settings: Mapping[str, Any], state: EmulatorState) -> None:
-    """Instance bounds and queue size of the settings a deployment would end up with."""
-    low, high = state.deployments.instance_limits
-    problems = []
-    if settings["min_instances"] not in low:
-        problems.append(
-            field_error(["body", "min_instances"], f"must be {low.start}..{low.stop - 1}")
-        )
-    if settings["max_instances"] not in high:
-        problems.append(
-            field_error(["body", "max_instances"], f"must be {high.start}..{high.stop - 1}")
-        )
-    if settings["min_instances"] > settings["max_instances"]:
-        problems.append(field_error(["body", "min_instances"], "must be <= max_instances"))
-    if settings["queue_size"] < 1:
-        problems.append(field_error(["body", "queue_size"], "must be >= 1"))
-    if problems:
-        raise validation_error(problems)
-
-
-def _media_problem(value: str) -> str | None:
-    """Why a media-looking string value is malformed (a bad data URI or URL), else None."""
-    if value.startswith("data:"):
-        header, sep, data = value.partition(",")
-        if not sep or not header.endswith(";base64"):
-            return "malformed data URI: expected data:<type>;base64,<data>"
-        try:
-            base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            return "malformed Base64 in data URI"
-        return None
-    if "://" in value[:12]:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return "malformed media URL: expected an http(s) URL with a host"
-    return None
-
-
-def _apply_overrides(workflow: dict[str, Any], overrides: Any) -> dict[str, Any]:
-    """The workflow with ``overrides`` applied, or a 422 naming each unknown node and input."""
-    if not isinstance(overrides, dict):
-        raise validation_error(
-            [field_error(["body", "overrides"], "must be an object keyed by node id")]
-        )
-    problems: list[dict[str, Any]] = []
-    result = json.loads(json.dumps(workflow))
-    for node_id, change in overrides.items():
-        loc: list[str | int] = ["body", "overrides", node_id]
-        if node_id not in workflow:
-            nodes = ", ".join(sorted(workflow, key=lambda n: (len(n), n)))
-            problems.append(field_error(loc, f"node not in the workflow (nodes: {nodes})"))
-            continue
-        inputs = change.get("inputs") if isinstance(change, dict) else None
-        if not isinstance(inputs, dict):
-            problems.append(field_error([*loc, "inputs"], "must be an object of input values"))
-            continue
-        known = workflow[node_id].get("inputs", {})
-        for key, value in inputs.items():
-            if key not in known:
-                problems.append(
-                    field_error(
-                        [*loc, "inputs", key],
-                        f"input not in node {node_id} (inputs: {', '.join(sorted(known))})",
-                    )
-                )
-            elif isinstance(value, str) and (problem := _media_problem(value)):
-                problems.append(field_error([*loc, "inputs", key], problem))
-            else:
-                result[node_id]["inputs"][key] = value
-    if problems:
-        raise validation_error(problems)
-    return result  # type: ignore[no-any-return]
-
-
-def _check_workflow(workflow: Any) -> dict[str, Any]:
-    """An inline ``workflow_api_json``: nodes with a ``class_type`` and ``inputs`` each."""
-    if not isinstance(workflow, dict) or not workflow:
-        raise validation_error(
-            [field_error(["body", "workflow_api_json"], "must be a non-empty object of nodes")]
-        )
-    problems = [
-        field_error(["body", "workflow_api_json", node_id], "needs class_type and inputs")
-        for node_id, node in workflow.items()
-        if not (
-            isinstance(node, dict)
-            and isinstance(node.get("class_type"), str)
-            and isinstance(node.get("inputs"), dict)
-        )
-    ]
-    if problems:
-        raise validation_error(problems)
-    return workflow
-
-
-def _webhook_url(value: Any) -> str | None:
-    """A webhook URL, checked: absent, or an http(s) URL with a host."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, str):
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return value
-    raise validation_error([field_error(["query", "webhook"], "must be an http(s) URL")])
 
 
 def add_routes(app: web.Application, state: EmulatorState) -> None:
     """Register the deployment endpoints and the queue endpoints under both prefixes."""
     store = state.deployments
-    watchers: set[asyncio.Task[None]] = set()
 
     def deployment_json(record: DeploymentRecord, includes: set[str]) -> dict[str, Any]:
         """A deployment as the API shows it, with the parts ``includes`` asks for."""
@@ -275,8 +103,8 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
 
     async def create(request: web.Request) -> web.Response:
         """POST /prod/v2/deployments."""
-        fields = _check_fields(await json_object(request), state, creating=True)
-        _check_limits(fields, state)
+        fields = check_fields(await json_object(request), state, creating=True)
+        check_limits(fields, state)
         created = store.create(state.new_id(), fields)
         return web.json_response(deployment_json(created, set()))
 
@@ -298,13 +126,13 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
     async def patch(request: web.Request) -> web.Response:
         """PATCH /prod/v2/deployments/{id}: any subset of the fields, ``is_enabled`` included."""
         record = lookup(request.match_info["deployment_id"])
-        fields = _check_fields(await json_object(request), state, creating=False)
+        fields = check_fields(await json_object(request), state, creating=False)
         current = {
             "min_instances": record.min_instances,
             "max_instances": record.max_instances,
             "queue_size": record.queue_size,
         }
-        _check_limits({**current, **fields}, state)
+        check_limits({**current, **fields}, state)
         store.update(record, fields)
         return web.json_response(deployment_json(record, set()))
 
@@ -344,15 +172,15 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         inline = body.get("workflow_api_json")
         overrides = body.get("overrides")
         if inline:
-            workflow = _check_workflow(inline)
+            workflow = check_workflow(inline)
             if overrides:
-                workflow = _apply_overrides(workflow, overrides)
+                workflow = apply_overrides(workflow, overrides)
         else:
-            workflow = _apply_overrides(deployment.workflow, overrides or {})
+            workflow = apply_overrides(deployment.workflow, overrides or {})
         extra = body.get("extra_data")
         if extra is not None and not isinstance(extra, dict):
             raise validation_error([field_error(["body", "extra_data"], "must be an object")])
-        webhook = _webhook_url(request.query.get("webhook") or body.get("webhook"))
+        webhook = webhook_url(request.query.get("webhook") or body.get("webhook"))
         flag = request.query.get("webhook_intermediate_status")
         intermediate = (
             flag.lower() == "true" if flag is not None
@@ -367,9 +195,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
             intermediate=intermediate,
         )
         if webhook is not None:
-            task = asyncio.create_task(watch(record))
-            watchers.add(task)
-            task.add_done_callback(watchers.discard)
+            state.webhooks.watch(watch(record), lambda: store.final_status(record) is not None)
         return web.json_response(
             {"request_id": record.id, **urls(request, deployment.id, record.id)}
         )
@@ -488,9 +314,6 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         )
 
     async def on_shutdown(_: web.Application) -> None:
-        for task in set(watchers):
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
         await state.webhooks.aclose()
 
     app.on_shutdown.append(on_shutdown)
