@@ -22,7 +22,6 @@ import random
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -78,7 +77,9 @@ def _lookup_through(bucket: TokenBucket) -> RequestLookup:
         await bucket.acquire()
         await asyncio.sleep(LOOKUP_S)
         return WebhookEvent(
-            request_id=request_id, status=WebhookStatus.SUCCEEDED, deployment_id=deployment_id,
+            request_id=request_id,
+            status=WebhookStatus.SUCCEEDED,
+            deployment_id=deployment_id,
             verified=True,
         )
 
@@ -90,7 +91,7 @@ async def _ack_latency(app: FastAPI, bodies: list[bytes]) -> list[float]:
     port = _port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     serving = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
         await asyncio.sleep(0.01)
     latencies: list[float] = []
     gate = asyncio.Semaphore(16)
@@ -188,16 +189,28 @@ async def _record_rate(store: DeliveryStore, count: int) -> float:
 
 async def dedupe(count: int) -> list[dict[str, Any]]:
     """record() throughput of the memory store and, when redis-server exists, the Redis one."""
-    rows = [{"store": "MemoryDeliveryStore", "records_per_s": round(
-        await _record_rate(MemoryDeliveryStore(), count))}]
+    rows = [
+        {
+            "store": "MemoryDeliveryStore",
+            "records_per_s": round(await _record_rate(MemoryDeliveryStore(), count)),
+        }
+    ]
     binary = shutil.which("redis-server")
     if binary is None:
         rows.append({"store": "RedisDeliveryStore", "records_per_s": "no redis-server"})
         return rows
     port = _port()
-    redis = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
+    redis = await asyncio.create_subprocess_exec(
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.DEVNULL,
     )
     try:
         for _ in range(200):
@@ -210,7 +223,7 @@ async def dedupe(count: int) -> list[dict[str, Any]]:
         await store.aclose()
     finally:
         redis.terminate()
-        redis.wait(timeout=10)
+        await redis.wait()
     rows.append({"store": "RedisDeliveryStore (local redis-server)", "records_per_s": round(rate)})
     return rows
 
@@ -226,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(stores, ["store", "records_per_s"])
     path = write_results(
-        "webhooks-smoke" if args.smoke else "webhooks", acks, stores=stores,
+        "webhooks-smoke" if args.smoke else "webhooks",
+        acks,
+        stores=stores,
         simulated={"lookup_s": LOOKUP_S, "handler_s": HANDLER_S, "rate": RATE},
     )
     print(f"\nwrote {path}")
