@@ -32,6 +32,7 @@ from .errors import (
     DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
+    InvalidWebhookError,
     JobFailed,
     MachineFailed,
     ModelInputError,
@@ -52,6 +53,8 @@ from .errors import (
     UploadError,
     ValidationError,
     WaitTimeoutError,
+    WebhookError,
+    WebhookSecretError,
     WrongEventLoopError,
 )
 from .progress import AnyProgressEvent, ProgressLog, progress_bars
@@ -109,6 +112,7 @@ from .types.uploads import (
     UploadPlanned,
     UploadReport,
 )
+from .types.webhooks import WebhookEvent, WebhookStatus
 
 __all__ = [
     "ARTIFACT_KINDS",
@@ -167,6 +171,7 @@ __all__ = [
     "GPUType",
     "Hardware",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "JobResult",
     "JobState",
@@ -227,6 +232,10 @@ __all__ = [
     "UploadReport",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookSecretError",
+    "WebhookStatus",
     "Workflow",
     "WrongEventLoopError",
     "__version__",

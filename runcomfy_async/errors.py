@@ -41,6 +41,9 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
     +-- ComfyUIWarning                a warning: ComfyUI runs a prompt without some of its outputs
+    +-- WebhookError                  a webhook delivery was refused
+        +-- InvalidWebhookError       the body is not a delivery (not JSON, no request id/status)
+        +-- WebhookSecretError        the delivery's shared secret is missing or wrong
 
 Messages name the problem and the fix. Where the fix is advice for Python code (an argument,
 an environment variable, another call), it is kept apart in ``fix`` and ``problem`` holds the
@@ -73,6 +76,7 @@ __all__ = [
     "DeploymentUnavailableError",
     "DownloadError",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "MachineFailed",
     "ModelInputError",
@@ -93,6 +97,8 @@ __all__ = [
     "UploadError",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookSecretError",
     "WrongEventLoopError",
 ]
 
@@ -467,3 +473,15 @@ class ComfyUIWarning(RunComfyError, UserWarning):
         self.prompt_id = prompt_id
         self.node_errors = dict(node_errors)
         super().__init__(message)
+
+
+class WebhookError(RunComfyError):
+    """A webhook delivery was refused before any of it was acted on."""
+
+
+class InvalidWebhookError(WebhookError, ValueError):
+    """The body is not a delivery: not a JSON object, or no request id or status in it."""
+
+
+class WebhookSecretError(WebhookError):
+    """The delivery did not carry the shared secret the receiver was configured with."""

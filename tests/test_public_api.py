@@ -161,3 +161,28 @@ def test_to_jsonable_refuses_what_has_no_json_form() -> None:
     """A handle or any other object is a TypeError, not a silently unserialisable value."""
     with pytest.raises(TypeError, match="no JSON form"):
         runcomfy_async.to_jsonable({"client": object()})
+
+
+def test_examples_import_only_public_names() -> None:
+    """examples/ imports from public modules only, and only names in their ``__all__``."""
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    private = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules = [(alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in modules:
+                if module.split(".")[0] != "runcomfy_async":
+                    continue
+                where = f"{path.relative_to(root)}:{node.lineno}"
+                if any(part.startswith("_") for part in module.split(".")):
+                    private.append(f"{where} imports private module {module}")
+                elif name is not None and name not in importlib.import_module(module).__all__:
+                    private.append(f"{where} imports {name}, not in {module}.__all__")
+    assert private == []
