@@ -169,6 +169,18 @@ def test_relative_links_in_the_docs_resolve() -> None:
     )
 
 
+def test_the_readme_lists_every_docs_page() -> None:
+    """README's "Documentation" section links each docs/*.md page, so no page is left unfound."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        page.name
+        for page in sorted((REPO_ROOT / "docs").glob("*.md"))
+        if f"](docs/{page.name})" not in section
+    ]
+    assert not missing, "README's Documentation list lacks: " + ", ".join(missing)
+
+
 async def run_block(block: Block, workdir: Path) -> str | None:
     """Run one block as a script in ``workdir`` against a fresh emulator; None, or what failed."""
     shutil.copytree(
