@@ -72,8 +72,8 @@ async def _path_uri(path: Path, where: str) -> str:
         size = (await aiofiles.os.stat(path)).st_size
     except OSError as exc:
         raise errors.ValidationError(
-            f"{where}: cannot read {os.fspath(path)!r} ({exc.strerror or exc}); pass an existing "
-            "file, its bytes, or an https URL"
+            f"{where}: cannot read {os.fspath(path)!r} ({exc.strerror or exc})",
+            fix="pass an existing file, its bytes, or an https URL",
         ) from None
     if size > MAX_INLINE_MEDIA:
         raise errors.ValidationError(

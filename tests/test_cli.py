@@ -401,6 +401,9 @@ def test_deployments_lifecycle_and_run(invoke: Callable[..., Result], tmp_path: 
     no_progress_drawn(result.stderr)
     line = one_error_line(invoke("deployments", "run", dep_id, "--set", "6.txt=x", code=1))
     assert "its inputs are clip, text" in line
+    missing = f"7.text=@{tmp_path / 'missing.png'}"
+    line = one_error_line(invoke("deployments", "run", dep_id, "--set", missing, code=1))
+    assert "path after `@`" in line and "its bytes" not in line  # shell words, not Python's
     updated = json.loads(invoke("--json", "deployments", "update", dep_id, "--disable").stdout)
     assert updated["is_enabled"] is False
     line = one_error_line(invoke("deployments", "run", dep_id, code=3))
@@ -626,6 +629,9 @@ def test_json_errors_are_json_on_stdout(invoke: Callable[..., Result]) -> None:
     usage = json.loads(invoke("models", "run", "owner/model/v1", "--json", code=2).stdout)
     assert usage["error"]["type"] == "UsageError"
     assert "no inputs" in usage["error"]["message"]
+    for argv in (["jobs", "watch", "--no-such-option"], ["jobs", "watch"]):
+        clicks = json.loads(invoke("--json", *argv, code=2).stdout)["error"]
+        assert clicks["type"] == "UsageError", argv
     unset = json.loads(
         invoke("--json", "datasets", "list", code=2, env={"RUNCOMFY_API_TOKEN": ""}).stdout
     )
@@ -642,6 +648,8 @@ def test_errors_are_worded_for_the_shell(invoke: Callable[..., Result], tmp_path
     assert "--exist-ok" in taken
     first = json.loads(invoke("--json", "datasets", "create", "cli-taken", "--exist-ok").stdout)
     assert first["name"] == "cli-taken"
+    shown = invoke("datasets", "create", "cli-taken", "--exist-ok").stdout
+    assert "dataset created" not in shown and "filename" not in shown  # files as a count
     wrong = one_error_line(
         invoke("datasets", "list", code=3, env={"RUNCOMFY_API_TOKEN": "rc_wrong_token"})
     )

@@ -123,9 +123,13 @@ class CliError(click.ClickException):
 def error_json(exc: click.ClickException) -> dict[str, Any]:
     """A failure as the ``{"error": {...}}`` object ``--json`` prints on stdout."""
     cause = exc.error if isinstance(exc, CliError) else None
+    if cause is not None:
+        kind = type(cause).__name__
+    else:  # click's NoSuchOption, MissingParameter, ... are all one kind to a script
+        kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__
     return {
         "error": {
-            "type": type(cause).__name__ if cause is not None else type(exc).__name__,
+            "type": kind,
             "message": exc.format_message(),
             "hint": exc.hint if isinstance(exc, CliError) else "",
             "status": getattr(cause, "status", None),
@@ -298,6 +302,9 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
         return "check the model id; `runcomfy models list --search TEXT` shows the ones there are"
     if isinstance(exc, errors.BadRequestError | errors.PermissionDeniedError):
         return "fix the request as the message says"
+    unreadable = isinstance(exc, errors.ValidationError) and "cannot read" in exc.problem
+    if group == "deployments" and unreadable:
+        return "check the path after `@` (relative to the current directory), or give an https URL"
     if isinstance(exc, errors.TransportError):
         return "check the network and the RUNCOMFY_*_URL variables, then try again"
     return ""

@@ -61,7 +61,12 @@ def create(name: str, exist_ok: bool) -> None:
     async def work(rc: RunComfy) -> DatasetInfo:
         return await (await rc.datasets.create(name, exist_ok=exist_ok)).status()
 
-    fields_table(run_with_client(work), title="dataset created")
+    info = run_with_client(work)
+    if settings().json:
+        emit(info)
+        return
+    # With --exist-ok the dataset may have been there already: the title does not claim it new.
+    fields_table(_summary(info), title="dataset" if exist_ok else "dataset created")
 
 
 @group.command("list")

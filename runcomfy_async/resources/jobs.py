@@ -451,7 +451,10 @@ class Jobs:
             raise errors.ConfigError(
                 "the training config mounts datasets the job could not use:\n  - "
                 + "\n  - ".join(problems),
-                fix="await rc.datasets.get(id) waits until a dataset is READY",
+                fix=(
+                    "build the config with `await rc.jobs.config_for(dataset, template)`, which "
+                    "points it at that dataset; `await rc.datasets.get(id)` waits until it is READY"
+                ),
             )
 
     @awaitable("rc.jobs.submit(...)")
