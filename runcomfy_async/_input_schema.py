@@ -43,9 +43,12 @@ def require_jsonschema() -> ModuleType:
         import jsonschema
     except ModuleNotFoundError as exc:
         raise errors.ConfigurationError(
-            "validate=True checks inputs with the jsonschema package, which is not installed; "
-            "install the schema extra (pip install 'runcomfy-async[schema]') or pass "
-            "validate=False"
+            "checking inputs against a schema needs the jsonschema package, which is not "
+            "installed",
+            fix=(
+                "install the schema extra (pip install 'runcomfy-async[schema]', or "
+                "pip install -e '.[schema]' in a checkout) or pass validate=False"
+            ),
         ) from exc
     return jsonschema
 

@@ -190,7 +190,7 @@ def _import_redis() -> Any:
     except ImportError as exc:
         raise errors.ConfigurationError(
             "RedisTokenBucket needs the 'redis' package; install it with "
-            "pip install 'runcomfy-async[redis]'"
+            "pip install 'runcomfy-async[redis]' (or pip install -e '.[redis]' in a checkout)"
         ) from exc
     return redis.asyncio
 

@@ -249,7 +249,8 @@ def progress_bars(
             raise
         raise ImportError(
             "progress_bars needs rich, which comes with the progress extra: "
-            "pip install 'runcomfy-async[progress]' (ProgressLog needs nothing)"
+            "pip install 'runcomfy-async[progress]' (or pip install -e '.[progress]' in a "
+            "checkout); ProgressLog needs nothing"
         ) from exc
     reporter = _bars.Reporter(console)
     if not reporter.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -89,3 +90,13 @@ def test_models_run_validate_refuses_bad_inputs(invoke: Callable[..., Result]) -
     assert "promt: not an input of this model (did you mean 'prompt'?)" in line
     assert "Valid inputs: image_url (string, required); prompt (string, required)" in line
     assert "drop --validate" in line and "validate=False" not in line
+
+
+def test_models_run_validate_without_jsonschema_gives_shell_advice(
+    invoke: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without jsonschema, `--validate` names the extra and the flag, not Python's argument."""
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    line = invoke("models", "run", FLUX, "-i", "prompt=a cat", "--validate", code=2).stderr
+    assert "'.[schema]'" in line and "drop --validate" in line
+    assert "validate=" not in line and "environment variables" not in line

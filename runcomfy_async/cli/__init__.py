@@ -14,7 +14,7 @@ except ModuleNotFoundError as exc:  # click and rich come with the cli extra onl
         raise
     raise ImportError(
         f"the runcomfy command needs {exc.name!r}, which comes with the cli extra: "
-        "pip install 'runcomfy-async[cli]'"
+        "pip install 'runcomfy-async[cli]' (or pip install -e '.[cli]' in a checkout)"
     ) from exc
 
 __all__ = ["cli", "main"]

@@ -258,6 +258,11 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
             return (
                 "set RUNCOMFY_API_TOKEN (or pass --token); it is on your runcomfy.com Profile page"
             )
+        if "jsonschema" in exc.problem:
+            return (
+                "install the schema extra (pip install -e '.[schema]' in a checkout of "
+                "runcomfy-async) or drop --validate"
+            )
         if "user id" in exc.problem:
             return "set RUNCOMFY_USER_ID (or pass --user-id)"
         return "fix the setting named above (see the environment variables in `runcomfy --help`)"

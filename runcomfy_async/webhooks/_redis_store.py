@@ -75,7 +75,7 @@ class RedisDeliveryStore:
         except ImportError as exc:
             raise errors.ConfigurationError(
                 "RedisDeliveryStore needs the 'redis' package; install it with "
-                "pip install 'runcomfy-async[redis]'"
+                "pip install 'runcomfy-async[redis]' (or pip install -e '.[redis]' in a checkout)"
             ) from exc
         self.prefix = prefix
         self.ttl = int(ttl)
