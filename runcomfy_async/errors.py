@@ -292,7 +292,9 @@ class PermissionDeniedError(APIError):
     """403: the token may not access this resource."""
 
     api_fix = (
-        "the token may not access this resource: use the token of the account that owns it"
+        "the token may not access this resource: use the token of the account that owns it "
+        "(machine calls also need that account's user id: RunComfy(user_id=...) or "
+        "RUNCOMFY_USER_ID)"
     )
 
 

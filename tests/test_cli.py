@@ -370,6 +370,8 @@ def test_machines_errors(invoke: Callable[..., Result]) -> None:
     invoke("machines", "launch", "v1", "--server-type", "huge", code=2)
     line = one_error_line(invoke("machines", "list", code=2, env={"RUNCOMFY_USER_ID": ""}))
     assert "RUNCOMFY_USER_ID" in line
+    line = one_error_line(invoke("machines", "list", code=3, env={"RUNCOMFY_USER_ID": "other"}))
+    assert "RUNCOMFY_USER_ID (or --user-id) is the user id" in line
 
 
 # -- deployments -----------------------------------------------------------------------------

@@ -305,6 +305,8 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
         return "the service failed; try again later"
     if isinstance(exc, errors.BadRequestError) and exc.code == 400001 and group == "models":
         return "check the model id; `runcomfy models list --search TEXT` shows the ones there are"
+    if isinstance(exc, errors.PermissionDeniedError) and group == "machines":
+        return "check that RUNCOMFY_USER_ID (or --user-id) is the user id of the token's account"
     if isinstance(exc, errors.BadRequestError | errors.PermissionDeniedError):
         return "fix the request as the message says"
     unreadable = isinstance(exc, errors.ValidationError) and "cannot read" in exc.problem
