@@ -300,7 +300,7 @@ def test_jobs_submit_refuses_a_dataset_that_is_not_ready(
     line = one_error_line(
         invoke("jobs", "submit", str(config), "--dataset", "cli-nowhere", code=1)
     )
-    assert "cli-nowhere" in line
+    assert "cli-nowhere" in line and "runcomfy datasets upload NAME FOLDER" in line
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -368,6 +368,8 @@ def test_machines_errors(invoke: Callable[..., Result]) -> None:
     assert "HTTP 404" in one_error_line(invoke("machines", "status", "nope", code=3))
     invoke("machines", "extend", "some-id", "soon", code=2)
     invoke("machines", "launch", "v1", "--server-type", "huge", code=2)
+    line = one_error_line(invoke("machines", "launch", "no-such-version", code=3))
+    assert "runcomfy machines workflows" in line
     line = one_error_line(invoke("machines", "list", code=2, env={"RUNCOMFY_USER_ID": ""}))
     assert "RUNCOMFY_USER_ID" in line
     line = one_error_line(invoke("machines", "list", code=3, env={"RUNCOMFY_USER_ID": "other"}))

@@ -282,13 +282,14 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
             )
         return "check its state with the matching `status` command"
     if isinstance(exc, errors.ConfigError):
-        if "folder_path" in exc.problem or "training_folder" in exc.problem:
-            return "`runcomfy jobs submit CONFIG --dataset NAME` fills in the fixed paths"
         if "not READY" in exc.problem or "no dataset named" in exc.problem:
             return (
-                "`runcomfy datasets upload NAME FOLDER --wait` uploads and waits for READY; "
-                "`runcomfy datasets list` shows the datasets"
+                "`runcomfy datasets upload NAME FOLDER --wait` uploads and waits for READY, "
+                "`--dataset NAME` points the config at it; `runcomfy datasets list` shows the "
+                "datasets"
             )
+        if "folder_path" in exc.problem or "training_folder" in exc.problem:
+            return "`runcomfy jobs submit CONFIG --dataset NAME` fills in the fixed paths"
         return "fix the config file as the message says"
     if isinstance(exc, errors.JobFailed):
         return (
@@ -305,6 +306,8 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
         return "the service failed; try again later"
     if isinstance(exc, errors.BadRequestError) and exc.code == 400001 and group == "models":
         return "check the model id; `runcomfy models list --search TEXT` shows the ones there are"
+    if group == "machines" and "workflow_version_id" in exc.problem:
+        return "`runcomfy machines workflows` lists the version ids you can launch"
     if isinstance(exc, errors.PermissionDeniedError) and group == "machines":
         return "check that RUNCOMFY_USER_ID (or --user-id) is the user id of the token's account"
     if isinstance(exc, errors.BadRequestError | errors.PermissionDeniedError):
