@@ -1,16 +1,20 @@
 """Streamed upload bodies: a file re-opened for every attempt and sent in MiB chunks.
 
 The body is an aiohttp payload with an exact ``Content-Length`` that opens the file, streams it
-(reads in a worker thread) and closes it, all inside ``write()``, so memory stays flat whatever
-the size and a retry replays from disk, never from a consumed iterator. A file whose size changes
-is caught before and during each send and stops that file for good. Progress is only queued
-here (:class:`~runcomfy_async._progress.ProgressRelay`): no user code runs inside the body writer.
+and closes it, all inside ``write()``, so memory stays flat whatever the size and a retry replays
+from disk, never from a consumed iterator. On a plain TCP connection the kernel copies the file
+to the socket itself (``loop.sendfile``: no read into Python, no copy); on TLS the file is read
+in 4 MiB steps in a worker thread, the next step read while the current one is written. A file
+whose size changes is caught before and during each send and stops that file for good. Progress
+is only queued here (:class:`~runcomfy_async._progress.ProgressRelay`), once per step: no user
+code runs inside the body writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import os
+from typing import BinaryIO, Final, TypeGuard
 
 import aiohttp
 import attrs
@@ -25,8 +29,8 @@ from .types.uploads import BytesSent, FileStarted, UploadEvent, UploadMethod
 
 __all__ = ["CHUNK_SIZE", "FileChanged", "FilePayload", "FileState", "UploadProgress", "multipart"]
 
-#: Bytes read from disk and written to the socket per step.
-CHUNK_SIZE: Final = 1 << 20
+#: Bytes per step (a read and a write, or one ``sendfile``), and per progress event.
+CHUNK_SIZE: Final = 4 << 20
 
 
 class FileChanged(Exception):
@@ -52,10 +56,10 @@ class FileState:
 
 
 class FilePayload(Payload):
-    """A file's bytes for one attempt: opened, streamed in MiB chunks, closed, all in write().
+    """A file's bytes for one attempt: opened, streamed in steps, closed, all in write().
 
     The declared size is the planned one, so the request carries an exact Content-Length. A file
-    that shrinks stops the send; one that grew is caught before its last chunk goes out, so
+    that shrinks stops the send; one that grew is caught before its last step goes out, so
     storage never keeps a cut version.
     """
 
@@ -80,9 +84,7 @@ class FilePayload(Payload):
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         source = self._state.source
-        progress = self._progress
-        emit = progress.relay.emit
-        emit(
+        self._progress.relay.emit(
             FileStarted(
                 filename=source.filename,
                 size=source.size,
@@ -91,29 +93,100 @@ class FilePayload(Payload):
             )
         )
         total = source.size if content_length is None else min(content_length, source.size)
-        sent = 0
         fh = await open_file(source.path, "rb")
         try:
-            while sent < total:
-                want = min(CHUNK_SIZE, total - sent)
-                last = want == total - sent
-                # On the last chunk read one byte more: a file that grew must not be stored cut.
-                chunk = await asyncio.to_thread(fh.read, want + 1 if last else want)
-                if len(chunk) > want:
-                    self._changed(f"more than {source.size} bytes")
-                if not chunk:
-                    self._changed(f"{sent} bytes")
-                await writer.write(chunk)
-                sent += len(chunk)
-                progress.bytes_sent += len(chunk)
-                emit(BytesSent(filename=source.filename, size=source.size, sent=sent,
-                               delta=len(chunk)))
+            sent = 0
+            transport = getattr(writer, "transport", None)
+            if _plain_tcp(transport):
+                sent = await self._send_file(writer, transport, fh, total)
+            if sent < total:
+                await self._send_chunks(writer, fh, sent, total)
         finally:
-            fh.close()  # closing a read-only file does not block; it must happen even if cancelled
+            # Closing waits for a read still running in its thread (the buffered file's lock):
+            # it must happen even if cancelled, and no read outlives the file.
+            fh.close()
+
+    def _sent(self, sent: int, delta: int) -> None:
+        """Count a step's bytes and queue its progress event."""
+        source = self._state.source
+        self._progress.bytes_sent += delta
+        self._progress.relay.emit(
+            BytesSent(filename=source.filename, size=source.size, sent=sent, delta=delta)
+        )
+
+    async def _send_file(
+        self, writer: AbstractStreamWriter, transport: asyncio.Transport, fh: BinaryIO, total: int
+    ) -> int:
+        """Let the kernel copy the file to the socket; the bytes sent (0: sendfile unavailable,
+        e.g. on an event loop without it, and the caller streams instead)."""
+        loop = asyncio.get_running_loop()
+        send_headers = getattr(writer, "send_headers", None)
+        if send_headers is not None:
+            send_headers()  # aiohttp holds the head back to join it with the first body write
+        sent = 0
+        while sent < total:
+            want = min(CHUNK_SIZE, total - sent)
+            if want == total - sent:  # a file that grew must not be stored cut
+                now = os.fstat(fh.fileno()).st_size
+                if now != self._state.source.size:
+                    self._changed(f"{now} bytes")
+            try:
+                done = await loop.sendfile(transport, fh, sent, want, fallback=False)
+            except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                if sent:
+                    raise
+                return 0
+            sent += done
+            self._sent(sent, done)
+            if done < want:
+                self._changed(f"{sent} bytes")
+        return sent
+
+    async def _send_chunks(
+        self, writer: AbstractStreamWriter, fh: BinaryIO, sent: int, total: int
+    ) -> None:
+        """Read in a worker thread and write, the next step read while this one is written."""
+        loop = asyncio.get_running_loop()
+        fh.seek(sent)
+
+        def read_next() -> asyncio.Future[bytes]:
+            want = min(CHUNK_SIZE, total - sent)
+            # On the last step read one byte more: a file that grew must not be stored cut.
+            return loop.run_in_executor(None, fh.read, want + 1 if want == total - sent else want)
+
+        reading = read_next()
+        try:
+            while True:
+                want = min(CHUNK_SIZE, total - sent)
+                chunk = await reading
+                if len(chunk) > want:
+                    self._changed(f"more than {self._state.source.size} bytes")
+                if len(chunk) < want:
+                    self._changed(f"{sent + len(chunk)} bytes")
+                sent += len(chunk)
+                if sent < total:
+                    reading = read_next()
+                await writer.write(chunk)
+                self._sent(sent, len(chunk))
+                if sent >= total:
+                    return
+        finally:
+            if not reading.done():
+                # Abandoned (cancelled or failed): its result is not wanted, nor its error.
+                reading.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _changed(self, now: str) -> None:
         self._state.changed = changed_message(self._state.source, now)
         raise BodyAbort(FileChanged(self._state.changed))
+
+
+def _plain_tcp(transport: object) -> TypeGuard[asyncio.Transport]:
+    """Whether the connection is a plain TCP socket the kernel can ``sendfile`` into."""
+    return (
+        isinstance(transport, asyncio.Transport)
+        and transport.get_extra_info("sslcontext") is None
+        and transport.get_extra_info("socket") is not None
+    )
 
 
 def multipart(state: FileState, progress: UploadProgress) -> aiohttp.MultipartWriter:
