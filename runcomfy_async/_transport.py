@@ -77,7 +77,8 @@ class Credentials(enum.Enum):
 @attrs.frozen(kw_only=True)
 class Exchange:
     """One HTTP request as data; ``data`` builds a fresh body for each attempt (never a consumed
-    iterator replayed)."""
+    iterator replayed); ``read_bufsize`` sizes the answer's read buffer (a large download reads
+    in MiB, not aiohttp's default 64 KiB)."""
 
     method: str
     url: str
@@ -87,6 +88,7 @@ class Exchange:
     headers: Mapping[str, str] | None = None
     timeout: aiohttp.ClientTimeout | None = None
     credentials: Credentials = Credentials.BEARER
+    read_bufsize: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -233,6 +235,7 @@ class Transport:
                 data=exchange.data() if exchange.data is not None else None,
                 timeout=exchange.timeout or self._api_timeout,
                 allow_redirects=follow,
+                read_bufsize=exchange.read_bufsize,
             ) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(ERROR_BODY_LIMIT)
