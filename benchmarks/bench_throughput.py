@@ -22,7 +22,8 @@ time and every client verifies it through the CA file (ours: ``RunComfy(ssl=...)
 
 Files (sparse) and downloads live in ``/dev/shm`` when it exists, so the disk is not the pacing
 party either. Run: ``python -m benchmarks.bench_throughput [--smoke] [--only put|form|get]
-[--scheme http|https] [--repeats N]``. Writes ``results/throughput.json``.
+[--scheme http|https] [--repeats N]``. Writes ``results/throughput.json``. ``--profile`` instead
+records our client's transfers with py-spy into ``results/profiles/throughput-*.txt``.
 """
 
 from __future__ import annotations
@@ -34,19 +35,21 @@ import importlib.util
 import json
 import os
 import resource
+import shutil
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ._common import print_table, write_results
+from ._common import RESULTS, print_table, write_results
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -386,6 +389,58 @@ def _measure(scheme: str, op: str, size: int, base: str, sink_pid: int, work: Pa
     return rows
 
 
+def _aggregate(raw: Path, title: str) -> str:
+    """py-spy's folded stacks as text: the hottest frames by own and by inclusive samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    lines = [title, f"{total} samples (idle included: waiting shows as epoll/select)", "",
+             "own time:"]
+    lines += [f"  {n / total:6.1%}  {frame}" for frame, n in own.most_common(25)]
+    lines += ["", "inclusive time:"]
+    lines += [f"  {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(45)]
+    return "\n".join(lines) + "\n"
+
+
+def profile(work: Path, cert: Path, key: Path, size: int) -> list[Path]:
+    """Our client's transfers under py-spy, one text profile each in ``results/profiles``."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    folder = RESULTS / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for scheme in ("http", "https"):
+        sink_args = ["--tls", str(cert), str(key), "--threads"] if scheme == "https" else []
+        cafile = str(cert) if scheme == "https" else ""
+        with _sink(*sink_args) as (base, _):
+            for op in OPS:
+                dataset = _api(base, cafile, "POST", DATASETS)["id"]
+                target = _target(work, op, size if op != "form" else 150_000_000)
+                path = target / str(size) if op == "get" else target
+                raw = work / "profile.txt"
+                subprocess.run(
+                    [spy, "record", "--idle", "-r", "250", "-f", "raw", "-o", str(raw), "--",
+                     sys.executable, "-m", "benchmarks.bench_throughput", "--child", "ours", op,
+                     base, dataset, str(path), cafile],
+                    check=True, capture_output=True,
+                )
+                if op == "get":
+                    _clean_downloads(target)
+                out = folder / f"throughput-{scheme}-{op}.txt"
+                out.write_text(_aggregate(
+                    raw, f"runcomfy-async {OP_NAMES[op]} over {scheme.upper()}, py-spy"
+                ))
+                written.append(out)
+    return written
+
+
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours beside curl and raw aiohttp for each (scheme, transfer, size), with the targets."""
     out = []
@@ -429,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheme", action="append", choices=("http", "https"))
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop row")
+    parser.add_argument(
+        "--profile", action="store_true", help="write py-spy profiles of ours (256 MiB) instead"
+    )
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -446,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
                                      dir=shm if shm.is_dir() else None) as tmp:
         work = Path(tmp)
         cert, key = _certificate(work)
+        if args.profile:
+            for written in profile(work, cert, key, 256 * MIB):
+                print(f"wrote {written}")
+            return 0
         for scheme in args.scheme or ("http", "https"):
             sink_args = ["--tls", str(cert), str(key), "--threads"] if scheme == "https" else []
             cafile = str(cert) if scheme == "https" else ""
