@@ -233,7 +233,14 @@ class RunComfy:
             # the session we own, as aiohttp's own test client does. A borrowed session keeps it.
             self._session._retry_connection = False
         transport = Transport(
-            self._session, self.timeouts, token=self._token, token_bases=list(self._urls.values())
+            self._session,
+            self.timeouts,
+            token=self._token,
+            token_bases=list(self._urls.values()),
+            # A borrowed session may carry a proxy or TLS settings of its own: all its traffic
+            # stays on it.
+            threaded_tls=self._owns_session,
+            ssl=self._ssl,
         )
         # The guard holds the client weakly: no cycle, so an unclosed client is collected (and
         # warns) as soon as its last reference goes.

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections.abc import Callable
 from typing import BinaryIO, Final, TypeGuard
 
 import aiohttp
@@ -23,7 +25,7 @@ from aiohttp.payload import Payload
 
 from ._files import open_file
 from ._progress import ProgressRelay
-from ._transport import BodyAbort
+from ._transport import BodyAbort, ThreadedBody
 from ._upload_plan import UploadSource, changed_message
 from .types.uploads import BytesSent, FileStarted, UploadEvent, UploadMethod
 
@@ -55,7 +57,7 @@ class FileState:
     changed: str | None = None
 
 
-class FilePayload(Payload):
+class FilePayload(Payload, ThreadedBody):
     """A file's bytes for one attempt: opened, streamed in steps, closed, all in write().
 
     The declared size is the planned one, so the request carries an exact Content-Length. A file
@@ -73,16 +75,17 @@ class FilePayload(Payload):
         self._state = state
         self._progress = progress
         self._attempt = attempt
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file body cannot be decoded in memory")
 
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
+    @property
+    def size(self) -> int:
+        """The planned size: the Content-Length sent."""
+        return self._state.source.size
 
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
+    def _started(self) -> None:
         source = self._state.source
         self._progress.relay.emit(
             FileStarted(
@@ -92,6 +95,41 @@ class FilePayload(Payload):
                 attempt=self._attempt,
             )
         )
+
+    def started(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started()
+
+    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+        """From a worker thread: read 4 MiB steps into one buffer and ``send`` each; progress
+        goes to the event loop, which also learns of a changed file through the exception."""
+        loop = self._loop
+        assert loop is not None, "started() runs first, on the event loop"
+        source = self._state.source
+        total = source.size
+        step = memoryview(bytearray(CHUNK_SIZE + 1))
+        sent = 0
+        with source.path.open("rb", buffering=0) as fh:
+            while sent < total and not stop.is_set():
+                want = min(CHUNK_SIZE, total - sent)
+                # On the last step read one byte more: a file that grew must not be stored cut.
+                got = _read_into(fh, step[: want + 1 if want == total - sent else want])
+                if got > want:
+                    self._changed(f"more than {source.size} bytes")
+                if got < want:
+                    self._changed(f"{sent + got} bytes")
+                send(step[:got])
+                sent += got
+                loop.call_soon_threadsafe(self._sent, sent, got)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        source = self._state.source
+        self._started()
         total = source.size if content_length is None else min(content_length, source.size)
         fh = await open_file(source.path, "rb")
         try:
@@ -178,6 +216,17 @@ class FilePayload(Payload):
     def _changed(self, now: str) -> None:
         self._state.changed = changed_message(self._state.source, now)
         raise BodyAbort(FileChanged(self._state.changed))
+
+
+def _read_into(fh: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``fh`` unless the file ends first; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _plain_tcp(transport: object) -> TypeGuard[asyncio.Transport]:

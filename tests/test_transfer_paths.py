@@ -1,6 +1,7 @@
-"""The transfer paths besides the default one: the read-and-write path uploads take where the
-kernel cannot ``sendfile`` (TLS, or an event loop without it such as uvloop's), and the checks
-on a caller's own TLS context."""
+"""The transfer paths besides plain HTTP's: uploads over HTTPS (large files from a worker thread
+on a blocking TLS socket), the read-and-write path where the kernel cannot ``sendfile`` (uvloop),
+and the checks on a caller's own TLS context. HTTPS runs against the emulator behind TLS with a
+certificate from a throwaway CA (trustme) that the client verifies."""
 
 from __future__ import annotations
 
@@ -9,13 +10,32 @@ import hashlib
 import os
 import random
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 import uvloop
 
-from runcomfy_async import ConfigurationError, FailureReason, RunComfy, UploadError
+from runcomfy_async import (
+    ConfigurationError,
+    FailureReason,
+    RunComfy,
+    TransportError,
+    UnsentTransportError,
+    UploadError,
+)
+from runcomfy_async._transport import (
+    THREADED_MIN,
+    Credentials,
+    Exchange,
+    ThreadedBody,
+    Timeouts,
+    Transport,
+)
 from runcomfy_async._upload_body import CHUNK_SIZE
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.trainer_jobs import jobs_of
@@ -112,3 +132,141 @@ async def test_own_ssl_context_is_used_for_connections() -> None:
         assert isinstance(connector, aiohttp.TCPConnector)
         assert connector._ssl is context
     await asyncio.sleep(0)
+
+
+# -- HTTPS: the emulator behind TLS ---------------------------------------------------------------
+
+
+def _tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context that trusts only the throwaway CA)."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+@pytest.mark.asyncio
+async def test_https_uploads_and_download_arrive_intact(tmp_path: Path) -> None:
+    """A large signed PUT (worker thread), a small one and a direct upload (aiohttp) and a
+    download, all over verified HTTPS, byte for byte, with progress per 4 MiB step."""
+    server, client = _tls()
+    async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
+        rate=1000.0, burst=100, ssl=client
+    ) as rc:
+        assert emu.url.startswith("https://")
+        ds = await rc.datasets.create("tls")
+        big = tmp_path / "big.mp4"
+        big.write_bytes(os.urandom(2 * CHUNK_SIZE + 777))
+        small = tmp_path / "small.jpg"
+        small.write_bytes(os.urandom(3000))
+        events: list[UploadEvent] = []
+        await ds.upload(big, small, direct_limit=0, progress=events.append)
+        await ds.upload(small)
+        assert [e.delta for e in events if isinstance(e, BytesSent) and e.filename == "big.mp4"] \
+            == [CHUNK_SIZE, CHUNK_SIZE, 777]
+        stored = emu.stored_files(ds.id)
+        for path in (big, small):
+            assert stored[path.name] == (path.stat().st_size, _sha(path.read_bytes()))
+        put = next(r for r in emu.log if r.method == "PUT" and "big.mp4" in r.path)
+        assert put.headers["Connection"] == "close"  # the worker thread's own connection
+        assert "Authorization" not in put.headers
+        assert put.headers["Content-Length"] == str(big.stat().st_size)
+
+
+@pytest.mark.asyncio
+async def test_https_thread_upload_retries_refreshes_and_reports_changes(tmp_path: Path) -> None:
+    """The worker-thread PUT goes through the one retry loop: 503s and resets are retried, an
+    expired URL is re-signed, a file that grew fails as changed and is not stored."""
+    server, client = _tls()
+    async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
+        rate=1000.0, burst=100, ssl=client
+    ) as rc:
+        ds = await rc.datasets.create("tls-faults")
+        big = tmp_path / "big.mp4"
+        big.write_bytes(os.urandom(2 * CHUNK_SIZE + 5))
+        emu.inject("503", api="storage", count=1)
+        emu.inject("reset", api="storage", count=1)
+        emu.inject("expire_url", api="storage", count=1)
+        report = await ds.upload(big, direct_limit=0)
+        assert report.uploaded[0].attempts >= 4
+        assert emu.stored_files(ds.id)["big.mp4"][0] == big.stat().st_size
+
+        grows = tmp_path / "grows.mp4"
+        grows.write_bytes(os.urandom(3 * CHUNK_SIZE))
+
+        def grow(event: UploadEvent) -> None:
+            if isinstance(event, FileStarted):
+                with grows.open("ab") as fh:
+                    fh.write(b"more")
+
+        with pytest.raises(UploadError) as caught:
+            await ds.upload(grows, direct_limit=0, progress=grow)
+        assert caught.value.report.failed[0].reason is FailureReason.FILE_CHANGED
+        assert "grows.mp4" not in emu.stored_files(ds.id)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_an_https_thread_upload_stops_it_promptly(tmp_path: Path) -> None:
+    """Cancelling mid-file returns within a second; storage keeps no partial file."""
+    server, client = _tls()
+    async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
+        rate=1000.0, burst=100, ssl=client
+    ) as rc:
+        ds = await rc.datasets.create("tls-cancel")
+        big = tmp_path / "big.mp4"
+        with big.open("wb") as fh:
+            fh.truncate(1 << 30)
+        emu.inject("slow", api="storage", delay=0.02)
+        started = asyncio.Event()
+
+        def on_event(event: UploadEvent) -> None:
+            if isinstance(event, BytesSent) and event.sent >= 2 * CHUNK_SIZE:
+                started.set()
+
+        task = asyncio.create_task(ds.upload(big, direct_limit=0, progress=on_event))
+        await asyncio.wait_for(started.wait(), 30)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - t0 < 1.0
+        await asyncio.sleep(0.2)
+        assert "big.mp4" not in emu.stored_files(ds.id)
+
+
+class _MustNotSend(ThreadedBody):
+    """A body large enough for the worker thread that fails the test if any byte is sent."""
+
+    @property
+    def size(self) -> int:
+        return THREADED_MIN
+
+    def started(self) -> None:
+        pass
+
+    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+        raise AssertionError("the body was sent to a server that failed verification")
+
+
+@pytest.mark.asyncio
+async def test_untrusted_certificate_is_refused_on_both_paths() -> None:
+    """Verification is never off: a certificate the client's CA did not sign fails an API call
+    (aiohttp) and a worker-thread PUT before any byte of the body is sent."""
+    server, _ = _tls()
+    _, other_ca = _tls()
+    async with Emulator(rate_limit=None, ssl_context=server) as emu:
+        async with emu.client(rate=1000.0, burst=100, ssl=other_ca) as rc:
+            with pytest.raises(TransportError, match="certificate"):
+                await rc.datasets.list()
+        async with aiohttp.ClientSession() as session:
+            transport = Transport(session, Timeouts(), threaded_tls=True, ssl=other_ca)
+            put = Exchange(
+                method="PUT",
+                url=f"{emu.url}/storage/anything?sig=x",
+                data=_MustNotSend,
+                credentials=Credentials.NONE,
+            )
+            with pytest.raises(UnsentTransportError, match="certificate"):
+                await transport.exchange(put)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import ssl
 import tempfile
 import uuid
 from pathlib import Path
@@ -52,6 +53,7 @@ class Emulator:
         seed: seeds the fault injector's random choices, so runs replay.
         storage_dir: where uploaded files live; default a temporary directory removed on close.
         dataset_processing_seconds: simulated time from a dataset's last file to READY.
+        ssl_context: serve HTTPS with this server context (clients then need its CA).
 
     Raises:
         ValueError: a non-positive speed, rate or size.
@@ -72,6 +74,7 @@ class Emulator:
         seed: int = 0,
         storage_dir: Path | None = None,
         dataset_processing_seconds: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed}")
@@ -96,6 +99,7 @@ class Emulator:
             dataset_processing_seconds=dataset_processing_seconds,
         )
         self._storage_dir = storage_dir
+        self._ssl_context = ssl_context
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
@@ -127,7 +131,9 @@ class Emulator:
         )
         try:
             await runner.setup()
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = web.TCPSite(
+                runner, self.config.host, self.config.port, ssl_context=self._ssl_context
+            )
             await site.start()
         except BaseException:
             # cleanup that re-raises, cancellation included
@@ -135,7 +141,8 @@ class Emulator:
             self._cleanup_tempdir()
             raise
         port = runner.addresses[0][1]
-        self._url = f"http://{_url_host(self.config.host)}:{port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        self._url = f"{scheme}://{_url_host(self.config.host)}:{port}"
         state.listening_at(self._url)
         self._state = state
         self._runner = runner
