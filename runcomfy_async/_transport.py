@@ -7,9 +7,10 @@ object storage carries none (its URL's signature is the credential). aiohttp/asy
 mapped to :class:`~runcomfy_async.errors.TransportError` with ``raise ... from exc``; whether the
 request could have reached the server decides the error's class (``UnsentTransportError``).
 
-One kind of exchange takes another road: a large file PUT to object storage over HTTPS is sent by
-a worker thread on a blocking TLS socket (:class:`_ThreadedPut`), where OpenSSL encrypts straight
-from the read buffer into the socket; asyncio's TLS transport copies every byte three times more.
+One kind of exchange takes another road: a large file sent over HTTPS (a signed PUT to storage,
+a direct multipart upload) goes from a worker thread on a blocking TLS socket
+(:class:`_ThreadedPut`), where OpenSSL encrypts straight from the read buffer into the socket;
+asyncio's TLS transport copies every byte three times more.
 It is still one exchange of this seam, answered the same way, through the same retry loop.
 """
 
@@ -144,6 +145,11 @@ class ThreadedBody(abc.ABC):
     def size(self) -> int:
         """The exact number of bytes :meth:`send_blocking` sends (the Content-Length)."""
 
+    @property
+    @abc.abstractmethod
+    def content_type(self) -> str:
+        """The Content-Type sent unless the exchange's headers name one."""
+
     @abc.abstractmethod
     def started(self) -> None:
         """Called on the event loop just before the thread starts sending."""
@@ -272,7 +278,6 @@ class Transport:
             isinstance(body, ThreadedBody)
             and self._threaded_tls
             and body.size >= THREADED_MIN
-            and exchange.credentials is Credentials.NONE
             and url.startswith("https://")
         ):
             put = _ThreadedPut(
@@ -361,6 +366,8 @@ class _ThreadedPut:
             for k, v in headers.items()
             if k.lower() not in ("host", "content-length", "connection", "transfer-encoding")
         ]
+        if not any(k.lower() == "content-type" for k in headers):
+            lines.append(f"Content-Type: {body.content_type}")
         lines += [f"Content-Length: {body.size}", "Connection: close"]
         self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self._body = body

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from typing import BinaryIO, Final, TypeGuard
 
-import aiohttp
 import attrs
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import content_disposition_header
 from aiohttp.payload import Payload
 
 from ._files import open_file
@@ -29,7 +30,15 @@ from ._transport import BodyAbort, ThreadedBody
 from ._upload_plan import UploadSource, changed_message
 from .types.uploads import BytesSent, FileStarted, UploadEvent, UploadMethod
 
-__all__ = ["CHUNK_SIZE", "FileChanged", "FilePayload", "FileState", "UploadProgress", "multipart"]
+__all__ = [
+    "CHUNK_SIZE",
+    "FileChanged",
+    "FilePayload",
+    "FileState",
+    "FormPayload",
+    "UploadProgress",
+    "multipart",
+]
 
 #: Bytes per step (a read and a write, or one ``sendfile``), and per progress event.
 CHUNK_SIZE: Final = 4 << 20
@@ -87,6 +96,11 @@ class FilePayload(Payload, ThreadedBody):
     def size(self) -> int:
         """The planned size: the Content-Length sent."""
         return self._state.source.size
+
+    @property
+    def source(self) -> UploadSource:
+        """The file sent."""
+        return self._state.source
 
     def _started(self) -> None:
         source = self._state.source
@@ -244,16 +258,65 @@ def _plain_tcp(transport: object) -> TypeGuard[asyncio.Transport]:
     )
 
 
-def multipart(state: FileState, progress: UploadProgress) -> aiohttp.MultipartWriter:
-    """A fresh ``multipart/form-data`` body with the single field ``file`` (API.md 1.2)."""
+class FormPayload(Payload, ThreadedBody):
+    """A ``multipart/form-data`` body with the single field ``file``: a head, the file, a tail.
+
+    Its exact size is known, so it goes with a Content-Length; the file inside is sent like a
+    signed PUT's (``sendfile``, steps read ahead, or from a worker thread).
+    """
+
+    _autoclose = True
+
+    def __init__(self, file: FilePayload) -> None:
+        boundary = secrets.token_hex(16)
+        source = file.source
+        disposition = content_disposition_header(
+            "form-data", name="file", filename=source.filename
+        )
+        self._head = (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+            f"Content-Type: {file.content_type}\r\n\r\n"
+        ).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._file = file
+        super().__init__(
+            source.path, content_type=f"multipart/form-data; boundary={boundary}"
+        )
+        self._size = len(self._head) + file.size + len(self._tail)
+
+    @property
+    def size(self) -> int:
+        """Head, file and tail: the Content-Length sent."""
+        return len(self._head) + self._file.size + len(self._tail)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed file body cannot be decoded in memory")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        await writer.write(self._head)
+        await self._file.write_with_length(writer, None)
+        await writer.write(self._tail)
+
+    def started(self) -> None:
+        self._file.started()
+
+    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+        send(memoryview(self._head))
+        self._file.send_blocking(send, stop)
+        send(memoryview(self._tail))
+
+
+def multipart(state: FileState, progress: UploadProgress) -> FormPayload:
+    """A fresh ``multipart/form-data`` body with the single field ``file`` (the direct upload)."""
     if state.changed is not None:
         raise FileChanged(state.changed)
     state.attempts += 1
     source = state.source
-    payload = FilePayload(
-        state, progress, content_type=source.content_type, attempt=state.attempts
+    return FormPayload(
+        FilePayload(state, progress, content_type=source.content_type, attempt=state.attempts)
     )
-    payload.set_content_disposition("form-data", name="file", filename=source.filename)
-    writer = aiohttp.MultipartWriter("form-data")
-    writer.append_payload(payload)
-    return writer

@@ -24,7 +24,14 @@ from ._pipeline import Pipeline, storage_answer
 from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry
 from ._transport import Credentials, Exchange
-from ._upload_body import FileChanged, FilePayload, FileState, UploadProgress, multipart
+from ._upload_body import (
+    FileChanged,
+    FilePayload,
+    FileState,
+    FormPayload,
+    UploadProgress,
+    multipart,
+)
 from ._upload_plan import UploadSource
 from .types.progress import ProgressCallback
 from .types.uploads import (
@@ -47,7 +54,7 @@ _REFRESH_WINDOW: Final = 0.05
 #: ``{filename: size}`` -> the parsed ``get-upload-endpoint`` answer's targets.
 FetchTargets = Callable[[dict[str, int]], Awaitable[Mapping[str, UploadTarget]]]
 #: Sends one direct upload; the argument builds a fresh body for each attempt.
-SendDirect = Callable[[Callable[[], aiohttp.MultipartWriter]], Awaitable[Any]]
+SendDirect = Callable[[Callable[[], FormPayload]], Awaitable[Any]]
 
 
 class _NoTarget(Exception):

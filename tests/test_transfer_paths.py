@@ -149,8 +149,8 @@ def _tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 @pytest.mark.asyncio
 async def test_https_uploads_and_download_arrive_intact(tmp_path: Path) -> None:
-    """A large signed PUT (worker thread), a small one and a direct upload (aiohttp) and a
-    download, all over verified HTTPS, byte for byte, with progress per 4 MiB step."""
+    """Large uploads from the worker thread (a signed PUT, a direct multipart POST), small ones
+    through aiohttp, all over verified HTTPS, byte for byte, with progress per 4 MiB step."""
     server, client = _tls()
     async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
         rate=1000.0, burst=100, ssl=client
@@ -164,10 +164,17 @@ async def test_https_uploads_and_download_arrive_intact(tmp_path: Path) -> None:
         events: list[UploadEvent] = []
         await ds.upload(big, small, direct_limit=0, progress=events.append)
         await ds.upload(small)
+        mid = tmp_path / "mid.mp4"  # direct multipart, large enough for the worker thread
+        mid.write_bytes(os.urandom(THREADED_MIN + 1))
+        await ds.upload(mid)
+        posts = [r for r in emu.log if r.method == "POST" and r.path.endswith("/upload")]
+        assert "Connection" not in posts[0].headers  # the small one: aiohttp, kept alive
+        assert posts[-1].headers["Connection"] == "close"
+        assert "Authorization" in posts[-1].headers  # (the log masks its value)
         assert [e.delta for e in events if isinstance(e, BytesSent) and e.filename == "big.mp4"] \
             == [CHUNK_SIZE, CHUNK_SIZE, 777]
         stored = emu.stored_files(ds.id)
-        for path in (big, small):
+        for path in (big, small, mid):
             assert stored[path.name] == (path.stat().st_size, _sha(path.read_bytes()))
         put = next(r for r in emu.log if r.method == "PUT" and "big.mp4" in r.path)
         assert put.headers["Connection"] == "close"  # the worker thread's own connection
@@ -242,6 +249,10 @@ class _MustNotSend(ThreadedBody):
     @property
     def size(self) -> int:
         return THREADED_MIN
+
+    @property
+    def content_type(self) -> str:
+        return "application/octet-stream"
 
     def started(self) -> None:
         pass

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
-
 from .. import _upload_plan as _plan
 from .. import errors
 from .._converter import structure
@@ -19,6 +17,7 @@ from .._limiter import Priority
 from .._pipeline import counting_calls
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._upload_body import FormPayload
 from .._upload_engine import run_uploads
 from ..types.datasets import DatasetInfo, DatasetStatus
 from ..types.progress import ProgressCallback
@@ -386,7 +385,7 @@ class Dataset:
         )
         return structure(payload, UploadEndpoints, what="signed upload URLs").uploads
 
-    async def _send_direct(self, body: Callable[[], aiohttp.MultipartWriter]) -> Any:
+    async def _send_direct(self, body: Callable[[], FormPayload]) -> Any:
         """One direct multipart upload (API.md 1.2); ``body`` builds a fresh body per attempt."""
         # Retried like a GET: the same filename overwrites the earlier upload (API.md 1.2), so
         # a repeat after a lost answer leaves one copy of the file.
