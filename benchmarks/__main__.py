@@ -119,8 +119,9 @@ def _throughput(data: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_row(
             f"{v['scheme'].upper()} {v['transfer']} {_size(v['bytes'])} (fast receiver): "
             "MB/s, CPU s/GiB, RSS growth",
-            f"{v['ours_MB/s']:.0f} MB/s, {v['ours_cpu_s_per_GiB']:.2f} s/GiB, "
-            f"+{v['rss_growth_MiB']} MiB" + (f" (uvloop: {uv:.0f} MB/s)" if uv else ""),
+            f"{v['ours_MB/s']:.0f} MB/s, {v['ours_cpu_s_per_GiB']:.2f} s/GiB "
+            f"({v.get('cpu_vs_curl', '?')}x curl's CPU efficiency), +{v['rss_growth_MiB']} MiB"
+            + (f" (uvloop: {uv:.0f} MB/s)" if uv else ""),
             curl[v["transfer"]],
             f"{v['curl_MB/s']:.0f} MB/s, {v['curl_cpu_s_per_GiB']:.2f} s/GiB",
             v["vs_curl"],

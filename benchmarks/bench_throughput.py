@@ -465,6 +465,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "target": f">= {target}x",
             "raw_aiohttp_MB/s": raw["MB/s"],
             "ours_cpu_s_per_GiB": row["cpu_s_per_GiB"],
+            # curl's CPU / ours: the steadier figure on a shared machine (>1: we spend less).
+            "cpu_vs_curl": round(curl["cpu_s_per_GiB"] / row["cpu_s_per_GiB"], 2),
             "curl_cpu_s_per_GiB": curl["cpu_s_per_GiB"],
             "raw_cpu_s_per_GiB": raw["cpu_s_per_GiB"],
             "rss_growth_MiB": growth,
