@@ -82,7 +82,9 @@ async def run(n: int, rate: float) -> dict[str, Any]:
             offset = time.time() - time.monotonic()
 
             async def one(i: int) -> None:
-                req = await rc.models.submit("bench/flux/dev", {"prompt": f"cat {i}", "seed": i})
+                req = await rc.models.submit(
+                    "blackforestlabs/flux-2/flash/text-to-image", {"prompt": f"cat {i}", "seed": i}
+                )
                 submitted.append(time.monotonic())
                 result = await req.wait()
                 assert result.finished_at is not None

@@ -1,6 +1,6 @@
 """Client-side rate limiting: the ``Limiter`` protocol and the in-process ``TokenBucket``.
 
-The account limit (1 request/s, API.md section 0) is shared by every call of a client. Waiters are
+The account limit (1 request/s, docs/wire.md) is shared by every call of a client. Waiters are
 served by priority, then in arrival order, so a user's own call is not stuck behind hundreds of
 background polls. A 429 pauses the whole bucket, not just the caller that saw it. Capacity is taken
 only when a wait succeeds: a cancelled waiter gives its place (and any token granted to it) back.
