@@ -11,7 +11,8 @@ receives and serves downloads from memory, in its own process), each transfer is
 - **raw aiohttp**: a tuned loop (4 MiB reads in a worker thread, ``Content-Length``, a
   hand-built multipart body, a 4 MiB read buffer for downloads).
 
-Sizes: 16 MiB, 256 MiB and 1 GiB (multipart 150 MB; ``--smoke``: small sizes, one round).
+Sizes: 16 MiB, 256 MiB and 1 GiB (multipart 150 MB; ``--smoke``: small sizes, one round, the
+Python clients in the benchmark's own process: it checks the plumbing, not the figures).
 Every size runs ``repeats`` rounds; in each round every tool runs once, in reverse order every
 other round; the median time is quoted. Our client and raw aiohttp run in a child process each
 time, measuring themselves: wall time of the transfer (for ours including its API call), CPU
@@ -279,7 +280,14 @@ def _curl(op: str, base: str, dataset: str, path: Path, cafile: str) -> dict[str
             "peak_rss": usage.ru_maxrss * 1024, "bytes": moved}
 
 
-def _python(tool: str, op: str, base: str, dataset: str, path: Path, cafile: str) -> dict[str, Any]:
+def _python(tool: str, op: str, base: str, dataset: str, path: Path, cafile: str,
+            *, in_process: bool = False) -> dict[str, Any]:
+    """One measured transfer by ours or raw aiohttp, in a fresh child process (``in_process``:
+    in this one, for the smoke run, which checks the plumbing, not the figures)."""
+    if in_process:
+        run = _raw if tool == "aiohttp" else _ours
+        moved = asyncio.run(run(op, base, dataset, str(path), cafile))
+        return {**_MEASURE, "bytes": moved}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_throughput", "--child", tool, op, base, dataset,
          str(path), cafile],
@@ -335,7 +343,8 @@ def _api(base: str, cafile: str, method: str, path: str) -> Any:
 
 
 def _measure(scheme: str, op: str, size: int, base: str, sink_pid: int, work: Path,
-             cafile: str, repeats: int, tools: tuple[str, ...]) -> list[dict[str, Any]]:
+             cafile: str, repeats: int, tools: tuple[str, ...],
+             smoke: bool = False) -> list[dict[str, Any]]:
     """Every tool, ``repeats`` alternating rounds; one row per tool (medians)."""
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     datasets = {tool: _api(base, cafile, "POST", DATASETS)["id"] for tool in tools}
@@ -349,7 +358,7 @@ def _measure(scheme: str, op: str, size: int, base: str, sink_pid: int, work: Pa
             if tool == "curl":
                 run = _curl(op, base, datasets[tool], target if op != "get" else path, cafile)
             else:
-                run = _python(tool, op, base, datasets[tool], path, cafile)
+                run = _python(tool, op, base, datasets[tool], path, cafile, in_process=smoke)
             run["sink_cpu"] = _proc_cpu(sink_pid) - sink_before
             if run["bytes"] != size:
                 raise RuntimeError(f"{tool} {op} moved {run['bytes']} of {size} bytes")
@@ -517,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                 for op in args.only or OPS:
                     for size in sizes[op]:
                         rows += _measure(
-                            scheme, op, size, base, pid, work, cafile, repeats, tools
+                            scheme, op, size, base, pid, work, cafile, repeats, tools,
+                            smoke=args.smoke,
                         )
                         print(f"  {scheme} {op} {size}: done", flush=True)
     load = {"before": load_before, "after": os.getloadavg()}
