@@ -51,6 +51,7 @@ from typing import Any
 import aiohttp
 
 from ._common import RESULTS, print_table, write_results
+from .bench_uploads import _proc_status
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -87,13 +88,6 @@ READ = 4 * MIB
 
 
 # -- the measured clients, each in a child process ---------------------------------------------
-
-
-def _proc_status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def _cpu() -> float:
