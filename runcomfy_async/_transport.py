@@ -288,9 +288,10 @@ class Transport:
                 exchange.timeout or self._api_timeout,
             )
             return await put.run()
-        # Downloads may be redirected (model outputs often point at a CDN): they carry no token.
+        # Downloads (and a URL source's HEAD) may be redirected (model outputs often point at a
+        # CDN): they carry no token.
         # Anything else is answered where it was sent.
-        follow = method == "GET" and exchange.credentials is Credentials.NONE
+        follow = method in ("GET", "HEAD") and exchange.credentials is Credentials.NONE
         try:
             async with self.session.request(
                 method,

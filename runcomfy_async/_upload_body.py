@@ -1,4 +1,5 @@
-"""Streamed upload bodies: a file re-opened for every attempt and sent in MiB chunks.
+"""Streamed upload bodies: a file re-opened for every attempt and sent in MiB chunks (or
+in-memory bytes sent the same way).
 
 The body is an aiohttp payload with an exact ``Content-Length`` that opens the file, streams it
 and closes it, all inside ``write()``, so memory stays flat whatever the size and a retry replays
@@ -36,6 +37,8 @@ __all__ = [
     "FilePayload",
     "FileState",
     "FormPayload",
+    "MemoryPayload",
+    "SourcePayload",
     "UploadProgress",
     "multipart",
 ]
@@ -61,20 +64,21 @@ class UploadProgress:
 
 @attrs.define(kw_only=True)
 class FileState:
-    """One file's attempts, and the change a send noticed (shared by all its attempts)."""
+    """One file's attempts, and the change a send noticed (shared by all its attempts): a local
+    file that changed, or a URL source whose remote failed it for good."""
 
     source: UploadSource
     method: UploadMethod
     attempts: int = 0
     changed: str | None = None
+    source_failed: str | None = None
 
 
-class FilePayload(Payload, ThreadedBody):
-    """A file's bytes for one attempt: opened, streamed in steps, closed, all in write().
+class SourcePayload(Payload):
+    """One attempt's body for one upload source: its size, its start and its progress events.
 
-    The declared size is the planned one, so the request carries an exact Content-Length. A file
-    that shrinks stops the send; one that grew is caught before its last step goes out, so
-    storage never keeps a cut version.
+    The declared size is the planned one, so the request carries an exact Content-Length;
+    subclasses say where the bytes come from.
     """
 
     _autoclose = True  # nothing stays open outside write()
@@ -82,15 +86,16 @@ class FilePayload(Payload, ThreadedBody):
     def __init__(
         self, state: FileState, progress: UploadProgress, *, content_type: str, attempt: int
     ) -> None:
-        super().__init__(state.source.path, content_type=content_type)
-        self._size = state.source.size
+        source = state.source
+        super().__init__(source.path or source.filename, content_type=content_type)
+        self._size = source.size
         self._state = state
         self._progress = progress
         self._attempt = attempt
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("a streamed file body cannot be decoded in memory")
+        raise TypeError("a streamed upload body cannot be decoded in memory")
 
     @property
     def size(self) -> int:
@@ -113,6 +118,25 @@ class FilePayload(Payload, ThreadedBody):
             )
         )
 
+    def _sent(self, sent: int, delta: int) -> None:
+        """Count a step's bytes and queue its progress event."""
+        source = self._state.source
+        self._progress.bytes_sent += delta
+        self._progress.relay.emit(
+            BytesSent(filename=source.filename, size=source.size, sent=sent, delta=delta)
+        )
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+
+class FilePayload(SourcePayload, ThreadedBody):
+    """A file's bytes for one attempt: opened, streamed in steps, closed, all in write().
+
+    A file that shrinks stops the send; one that grew is caught before its last step goes out,
+    so storage never keeps a cut version.
+    """
+
     def started(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._started()
@@ -127,6 +151,7 @@ class FilePayload(Payload, ThreadedBody):
         total = source.size
         step = memoryview(bytearray(_THREAD_READ + 1))
         sent = reported = 0
+        assert source.path is not None, "a file body is built for a source with a path"
         with source.path.open("rb", buffering=0) as fh:
             while sent < total and not stop.is_set():
                 want = min(_THREAD_READ, total - sent)
@@ -142,13 +167,11 @@ class FilePayload(Payload, ThreadedBody):
                     loop.call_soon_threadsafe(self._sent, sent, sent - reported)
                     reported = sent
 
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         source = self._state.source
+        assert source.path is not None, "a file body is built for a source with a path"
         self._started()
         total = source.size if content_length is None else min(content_length, source.size)
         fh = await open_file(source.path, "rb")
@@ -163,14 +186,6 @@ class FilePayload(Payload, ThreadedBody):
             # Closing waits for a read still running in its thread (the buffered file's lock):
             # it must happen even if cancelled, and no read outlives the file.
             fh.close()
-
-    def _sent(self, sent: int, delta: int) -> None:
-        """Count a step's bytes and queue its progress event."""
-        source = self._state.source
-        self._progress.bytes_sent += delta
-        self._progress.relay.emit(
-            BytesSent(filename=source.filename, size=source.size, sent=sent, delta=delta)
-        )
 
     async def _send_file(
         self, writer: AbstractStreamWriter, transport: asyncio.Transport, fh: BinaryIO, total: int
@@ -258,6 +273,39 @@ def _plain_tcp(transport: object) -> TypeGuard[asyncio.Transport]:
     )
 
 
+class MemoryPayload(FilePayload):
+    """In-memory bytes for one attempt (a :class:`~runcomfy_async.BytesSource` or
+    ``TextSource``): sent in steps with progress, whole again on a retry. Nothing can change."""
+
+    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+        """From a worker thread: the bytes in 64 KiB slices, progress once per 4 MiB."""
+        loop = self._loop
+        assert loop is not None, "started() runs first, on the event loop"
+        view = memoryview(self._data())
+        sent = reported = 0
+        while sent < len(view) and not stop.is_set():
+            send(view[sent : sent + _THREAD_READ])
+            sent = min(sent + _THREAD_READ, len(view))
+            if sent - reported >= CHUNK_SIZE or sent == len(view):
+                loop.call_soon_threadsafe(self._sent, sent, sent - reported)
+                reported = sent
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        self._started()
+        view = memoryview(self._data())
+        for start in range(0, len(view), CHUNK_SIZE):
+            step = view[start : start + CHUNK_SIZE]
+            await writer.write(step)
+            self._sent(start + len(step), len(step))
+
+    def _data(self) -> bytes:
+        data = self._state.source.data
+        assert data is not None, "a memory body is built for a source with data"
+        return data
+
+
 class FormPayload(Payload, ThreadedBody):
     """A ``multipart/form-data`` body with the single field ``file``: a head, the file, a tail.
 
@@ -280,7 +328,7 @@ class FormPayload(Payload, ThreadedBody):
         self._tail = f"\r\n--{boundary}--\r\n".encode()
         self._file = file
         super().__init__(
-            source.path, content_type=f"multipart/form-data; boundary={boundary}"
+            source.filename, content_type=f"multipart/form-data; boundary={boundary}"
         )
         self._size = len(self._head) + file.size + len(self._tail)
 
@@ -317,6 +365,7 @@ def multipart(state: FileState, progress: UploadProgress) -> FormPayload:
         raise FileChanged(state.changed)
     state.attempts += 1
     source = state.source
+    kind = MemoryPayload if source.data is not None else FilePayload
     return FormPayload(
-        FilePayload(state, progress, content_type=source.content_type, attempt=state.attempts)
+        kind(state, progress, content_type=source.content_type, attempt=state.attempts)
     )
