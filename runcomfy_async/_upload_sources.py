@@ -336,9 +336,7 @@ class URLPayload(SourcePayload):
             answer = await self._transport.exchange(_fetch(url, self._timeout), pipe)
         except errors.TransportError as exc:
             raise BodyAbort(
-                SourceUnavailable(
-                    _remote_failed(url, exc), method="GET", url=redact_url(url)
-                )
+                SourceUnavailable(_remote_failed(url, exc), method="GET", url=redact_url(url))
             ) from None
         if answer.status >= 500 or answer.status == 429:
             raise BodyAbort(
