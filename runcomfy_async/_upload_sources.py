@@ -341,7 +341,8 @@ class URLPayload(SourcePayload):
         if answer.status >= 500 or answer.status == 429:
             raise BodyAbort(
                 SourceUnavailable(
-                    f"{redact_url(url)} answered {answer.status}; retrying the file",
+                    f"{redact_url(url)} answered {answer.status}; check the remote is up and "
+                    "run the upload again",
                     method="GET",
                     url=redact_url(url),
                 )

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import ssl
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import trustme
 from aiohttp import web
 
 from runcomfy_async import (
@@ -23,9 +25,11 @@ from runcomfy_async import (
     RunComfy,
     TextSource,
     UploadError,
+    UploadReport,
     URLSource,
 )
 from runcomfy_async._retry import RetryPolicy
+from runcomfy_async._transport import THREADED_MIN
 from runcomfy_async.resources.datasets import Dataset
 from runcomfy_async.testing import Emulator
 from runcomfy_async.types.uploads import FileFailed, FileRetrying, UploadEvent
@@ -309,10 +313,60 @@ async def test_cancelled_url_upload_stores_nothing(
 ) -> None:
     """Cancelling mid-stream drops both connections; storage keeps no cut file."""
     remote.big_size = 32 << 20
-    task = asyncio.create_task(ds.upload(URLSource(url=f"{remote.url}/big.mp4")))
+    task: asyncio.Task[UploadReport] = asyncio.create_task(
+        ds.upload(URLSource(url=f"{remote.url}/big.mp4"))
+    )
     assert remote.streaming is not None
     await remote.streaming.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert "big.mp4" not in emu.stored_files(ds.id)
+
+
+@pytest.mark.asyncio
+async def test_url_that_keeps_failing_fails_only_itself(
+    ds: Dataset, emu: Emulator, remote: Remote
+) -> None:
+    """5xx past the retries: that file fails as SOURCE_FAILED, the others land."""
+    remote.files["f.jpg"] = os.urandom(2000)
+    remote.flaky_left = 100
+    report = await ds.upload(
+        URLSource(url=f"{remote.url}/flaky/f.jpg"),
+        {"ok.txt": "fine"},
+        check=False,
+    )
+    (failed,) = report.failed
+    assert failed.reason is FailureReason.SOURCE_FAILED and "503" in (failed.message or "")
+    assert failed.attempts == FAST_RETRY.max_attempts
+    assert [r.filename for r in report.uploaded] == ["ok.txt"]
+    assert "f.jpg" not in emu.stored_files(ds.id)
+
+
+@pytest.mark.xdist_group("heavy")
+@pytest.mark.asyncio
+async def test_bytes_and_urls_over_https(remote: Remote) -> None:
+    """Over verified HTTPS, large bytes go from the worker thread (signed PUT and direct
+    multipart) and a URL streams through aiohttp's TLS, byte for byte."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    big = os.urandom(THREADED_MIN + 1)
+    remote.files["u.mp4"] = big[:5000]
+    async with (
+        Emulator(rate_limit=None, ssl_context=server) as emu,
+        emu.client(rate=1000.0, burst=100, ssl=client) as rc,
+    ):
+        ds = await rc.datasets.create("tls-sources")
+        await ds.upload(BytesSource(name="signed.mp4", data=big), direct_limit=0)
+        await ds.upload(
+            BytesSource(name="direct.mp4", data=big), URLSource(url=f"{remote.url}/files/u.mp4")
+        )
+        stored = emu.stored_files(ds.id)
+        assert stored["signed.mp4"] == (len(big), sha(big))
+        assert stored["direct.mp4"] == (len(big), sha(big))
+        assert stored["u.mp4"] == (5000, sha(big[:5000]))
+        threaded = [r for r in emu.log if r.headers.get("Connection") == "close"]
+        assert len(threaded) == 2
