@@ -249,6 +249,7 @@ async def test_url_sources_stream_through_redirects_without_the_token(
     (failed,) = report.failed
     assert failed.filename == "gone.png" and failed.reason is FailureReason.SOURCE_FAILED
     assert "404" in (failed.message or "") and "secret" not in str(report)
+    assert "secret" not in repr(URLSource(url=f"{remote.url}/files/c.txt?sig=secret"))
     assert any(isinstance(e, FileFailed) and e.filename == "gone.png" for e in events)
     assert remote.requests and all("Authorization" not in r.headers for r in remote.requests)
     assert emu.token not in str([dict(r.headers) for r in remote.requests])

@@ -129,7 +129,7 @@ UploadItem: TypeAlias = (
     | BytesSource
     | TextSource
     | URLSource
-    | Mapping[str, "str | bytes"]
+    | Mapping[str, str | bytes]
 )
 
 
