@@ -330,10 +330,13 @@ class URLPayload(SourcePayload):
                     reported = sent
             if sent < source.size:
                 self._fail(_mismatch(url, source.size, f"{sent} bytes"))
-            self._sent(sent, sent - reported)
+            if sent > reported:
+                self._sent(sent, sent - reported)
 
         try:
             answer = await self._transport.exchange(_fetch(url, self._timeout), pipe)
+        except SourceFailed as exc:
+            raise BodyAbort(exc) from None  # the remote's own exchange unwrapped it
         except errors.TransportError as exc:
             raise BodyAbort(
                 SourceUnavailable(_remote_failed(url, exc), method="GET", url=redact_url(url))
