@@ -105,6 +105,12 @@ def scan_items(items: Iterable[UploadItem]) -> tuple[list[ScannedFile], list[str
                     "instead, or an http:// or https:// address"
                 )
                 continue
+            if not item.filename:
+                problems.append(
+                    f"{redact_url(item.url)}: its path names no file; pass a name: "
+                    "URLSource(url=..., name='dog_01.jpg')"
+                )
+                continue
             scanned.append(ScannedFile(path=None, filename=item.filename, size=None, url=item.url))
         elif isinstance(item, str | os.PathLike):
             scanned.extend(scan_paths([item]))

@@ -236,7 +236,7 @@ async def test_bad_input_is_refused_before_any_request(ds: Dataset, emu: Emulato
     assert "empty.png: the file is empty" in text
     assert "'sub/dir.png': not a file name" in text
     assert "not an http(s) URL" in text
-    assert "'': not a file name" in text
+    assert "its path names no file; pass a name" in text
     assert "must be str (text) or bytes" in text
     assert "bytes is not something to upload" in text
     assert emu.log == []
