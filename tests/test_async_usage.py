@@ -89,3 +89,9 @@ async def test_sync_with_on_a_machine_says_async_with(rc: RunComfy) -> None:
         rc.machines.get("m-1"),
     ):
         pass
+
+
+def test_sync_with_on_an_emulator_says_async_with() -> None:
+    """`with Emulator()` is an AsyncUsageError naming `async with`, like `with RunComfy()`."""
+    with pytest.raises(AsyncUsageError, match=r"async with Emulator\(\) as emu:"), Emulator():
+        pass

@@ -285,7 +285,8 @@ class Machine:
     def __enter__(self) -> NoReturn:
         raise errors.AsyncUsageError(
             "a Machine is entered with `async with` (leaving it stops the machine): write "
-            "`async with await rc.machines.launch(...) as machine:`"
+            f"`async with await rc.machines.launch(...) as machine:`; if machine {self.id} was "
+            "launched, it runs (and is billed) until stopped: `await machine.stop()`"
         )
 
     def __exit__(self, *exc_info: object) -> None:

@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 from aiohttp import web
 
+from .. import errors
 from .._rules import DIRECT_UPLOAD_LIMIT
 from ._app import build_app
 from ._faults import FaultKind, FaultRule, RetryAfterForm
@@ -194,6 +195,15 @@ class Emulator:
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
+
+    def __enter__(self) -> NoReturn:
+        raise errors.AsyncUsageError(
+            "Emulator is async: use `async with Emulator() as emu:` inside an `async def` run by "
+            "asyncio.run(...) (in Jupyter, top-level `async with` works), not `with Emulator()`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` refuses; present so ``with`` reaches that message."""
 
     async def __aenter__(self) -> Self:
         """Start the emulator."""
