@@ -27,6 +27,7 @@ from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
 from .._retry import RetryPolicy
 from .._rules import is_model_id
+from .._schedule import claiming
 from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
 from ..types.models import (
@@ -186,6 +187,14 @@ def output_urls(output: Any) -> Iterator[str]:
             yield from output_urls(value)
 
 
+def _run_seconds(result: RequestResult) -> float | None:
+    """How long a successful run took from submit to finish, by the server's clock."""
+    start, end = result.created_at, result.finished_at
+    if result.status is not ResultStatus.SUCCEEDED or start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
 def _result_settled(result: RequestResult) -> bool:
     """Final, or a value we do not know (only asked after /status said finished)."""
     return result.finished or not result.status.known
@@ -214,6 +223,8 @@ class ModelRequest:
         self.id = request_id
         self.model_id = model_id
         self.include_cost = include_cost
+        # Event-loop time the submit was answered (None for a handle rebuilt from an id).
+        self._submitted_at: float | None = None
 
     def __repr__(self) -> str:
         return f"ModelRequest(id={self.id!r}, model_id={self.model_id!r})"
@@ -314,27 +325,39 @@ class ModelRequest:
         policy = poll or DEFAULT_POLL
         deadline = None if timeout is None else time.monotonic() + timeout
         what = f"model request {self.id}"
-        await poll_until(
-            lambda: self.status(priority=Priority.BACKGROUND),
-            lambda state: state.status.finished,
-            policy=policy,
-            timeout=timeout,
-            key=lambda state: state.status,
-            on_snapshot=on_status,
-            what=what,
-        )
-        result = await self.result(priority=Priority.FOLLOW_UP)
-        if not _result_settled(result):
-            # /status said finished but /result still lags behind: ask /result until it agrees.
-            remaining = None if deadline is None else deadline - time.monotonic()
-            result = await poll_until(
-                lambda: self.result(priority=Priority.BACKGROUND),
-                _result_settled,
+        # The client's record of this model's run times orders the polls (see _schedule).
+        run_times = self._client._run_times
+        since = self._submitted_at or asyncio.get_running_loop().time()
+        claim = run_times.open(self.model_id, since)
+        ran = None
+        try:
+            await poll_until(
+                lambda: self.status(priority=Priority.BACKGROUND),
+                lambda state: state.status.finished,
                 policy=policy,
-                timeout=remaining,
-                key=lambda r: r.status,
-                what=f"the result of {what}",
+                timeout=timeout,
+                key=lambda state: state.status,
+                on_snapshot=on_status,
+                what=what,
+                claim=claim,
             )
+            with claiming(claim):
+                result = await self.result(priority=Priority.FOLLOW_UP)
+            if not _result_settled(result):
+                # /status said finished but /result still lags: ask /result until it agrees.
+                remaining = None if deadline is None else deadline - time.monotonic()
+                result = await poll_until(
+                    lambda: self.result(priority=Priority.BACKGROUND),
+                    _result_settled,
+                    policy=policy,
+                    timeout=remaining,
+                    key=lambda r: r.status,
+                    what=f"the result of {what}",
+                    claim=claim,
+                )
+            ran = _run_seconds(result)
+        finally:
+            run_times.close(claim, ran)
         label = f"model request {self.id} ({result.model_id or self.model_id or 'model unknown'})"
         if result.failed or (not result.status.known and result.error is not None):
             raise errors.RequestFailed(
@@ -417,7 +440,11 @@ class Models:
             raise errors.UnexpectedResponseError(
                 "the submit answer has no request_id", status=200, method="POST", url=path
             )
-        return ModelRequest(self._client, request_id, model_id=model_id, include_cost=include_cost)
+        request = ModelRequest(
+            self._client, request_id, model_id=model_id, include_cost=include_cost
+        )
+        request._submitted_at = asyncio.get_running_loop().time()
+        return request
 
     def get(self, request_id: str, *, include_cost: bool = False) -> ModelRequest:
         """A handle on an existing request by id (no request is sent).
