@@ -2,7 +2,8 @@
 
 Like ``python -m runcomfy_async.testing`` (it prints the same ``export`` lines), plus
 ``--model ID=SECONDS`` (simulated run time of a model, repeatable) and ``--workers N`` (runs
-served at once), which the scheduling benchmark needs and the public command does not offer.
+served at once), which the scheduling benchmark needs and the public command does not offer;
+``--rate-limit 0`` switches the account limit off.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         model_id, _, seconds = spec.partition("=")
         models[model_id] = float(seconds)
     emulator = Emulator(
-        port=args.port, speed=args.speed, rate_limit=args.rate_limit, burst=args.burst
+        port=args.port, speed=args.speed, rate_limit=args.rate_limit or None, burst=args.burst
     )
 
     def configure_and_announce(emu: Emulator) -> None:
