@@ -67,7 +67,7 @@ class Scenario:
 FULL = (
     Scenario(name="20 runs, 2 s model", n=20, duration=2.0, scale=10.0, rounds=3),
     Scenario(name="20 runs, 60 s model", n=20, duration=60.0, scale=10.0, rounds=5),
-    Scenario(name="1,000-request batch, 4 s model", n=1000, duration=4.0, scale=40.0),
+    Scenario(name="1,000-request batch, 4 s model", n=1000, duration=4.0, scale=25.0),
 )
 SMOKE = (
     Scenario(name="8 runs, 2 s model", n=8, duration=2.0, scale=40.0),

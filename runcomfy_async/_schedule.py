@@ -32,7 +32,9 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from typing import Final, Literal
@@ -213,6 +215,14 @@ class _Waiter:
         self.fut = fut
         self.claim = claim
 
+    def __lt__(self, other: _Waiter) -> bool:
+        """Heap order: priority, then the claimed run's age (oldest first), then arrival."""
+        return self._rank() < other._rank()
+
+    def _rank(self) -> tuple[int, float, int]:
+        since = self.claim.since if self.claim is not None else -math.inf
+        return (self.priority, since, self.seq)
+
 
 # Classes of the latency order, lower first; the answer classes may go ahead of user calls.
 _CLEANUP, _FOLLOW_UP, _DUE, _PROBE, _USER, _LATER = range(6)
@@ -221,6 +231,10 @@ _ANSWERS: Final = (_FOLLOW_UP, _DUE, _PROBE)
 
 class WaitQueue:
     """The callers waiting for a token, and the choice of who gets the next one.
+
+    Cleanup calls, user calls and unclaimed polls wait in arrival order, result fetches by the
+    age of their run; only claimed polls, whose class changes with time, are looked at one by
+    one when a token is handed out (a few per run in flight).
 
     Args:
         order: ``"latency"`` (answers first, see the module) or ``"arrival"`` (priority, then
@@ -231,72 +245,125 @@ class WaitQueue:
         if order not in ("latency", "arrival"):
             raise ValueError(f"order must be 'latency' or 'arrival', got {order!r}")
         self.order: Order = order
-        self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
+        self._heap: list[_Waiter] = []  # arrival order: everybody; latency: result fetches
+        self._cleanup: deque[_Waiter] = deque()
+        self._user: deque[_Waiter] = deque()
+        self._later: deque[_Waiter] = deque()  # polls without a claim
+        self._claimed: list[_Waiter] = []  # polls with a claim
         self._streak = 0  # tokens in a row to answer classes while a user call waited
         self._since_probe = PROBE_GAP  # tokens handed out since the last probe
 
     def __len__(self) -> int:
         """Queued callers still waiting (cancelled ones are dropped lazily)."""
-        return sum(1 for w in self._waiters if not w.fut.done())
+        everyone = itertools.chain(
+            self._heap, self._cleanup, self._user, self._later, self._claimed
+        )
+        return sum(1 for w in everyone if not w.fut.done())
+
+    def __bool__(self) -> bool:
+        """Whether anyone still waits (cheap: drops cancelled waiters at the heads)."""
+        self._trim()
+        return bool(
+            self._heap or self._cleanup or self._user or self._later or self._claimed
+        )
 
     def push(self, priority: Priority, fut: asyncio.Future[None]) -> None:
         """Queue ``fut`` at ``priority``, with the claim of the current task if any."""
-        claim = current_claim() if self.order == "latency" else None
-        self._waiters.append(_Waiter(priority, next(self._seq), fut, claim))
+        if self.order == "arrival":
+            heapq.heappush(self._heap, _Waiter(priority, next(self._seq), fut, None))
+            return
+        waiter = _Waiter(priority, next(self._seq), fut, current_claim())
+        if priority <= Priority.CLEANUP:
+            self._cleanup.append(waiter)
+        elif priority == Priority.USER:
+            self._user.append(waiter)
+        elif priority == Priority.FOLLOW_UP:
+            heapq.heappush(self._heap, waiter)
+        elif waiter.claim is not None:
+            self._claimed.append(waiter)
+        else:
+            self._later.append(waiter)
 
     def pop(self, now: float) -> asyncio.Future[None] | None:
         """Take the best waiter at ``now`` (event-loop time) off the queue; None if empty."""
-        self._waiters = [w for w in self._waiters if not w.fut.done()]
-        if not self._waiters:
+        if not self:
             return None
         if self.order == "arrival":
-            best = min(self._waiters, key=lambda w: (w.priority, w.seq))
-        else:
-            best = self._pick(now)
-        self._waiters.remove(best)
-        return best.fut
+            return heapq.heappop(self._heap).fut
+        return self._pick(now).fut
+
+    def _trim(self) -> None:
+        """Drop cancelled waiters from the heads of the queues and from the claimed polls."""
+        for queue in (self._cleanup, self._user, self._later):
+            while queue and queue[0].fut.done():
+                queue.popleft()
+        while self._heap and self._heap[0].fut.done():
+            heapq.heappop(self._heap)
+        if any(w.fut.done() for w in self._claimed):
+            self._claimed = [w for w in self._claimed if not w.fut.done()]
 
     def _pick(self, now: float) -> _Waiter:
-        """The latency order with the user share (see the module docstring)."""
-        ranked = [(self._class(w, now), w) for w in self._waiters]
-        best_class, best = min(ranked, key=lambda cw: _key(cw[0], cw[1]))
-        users = [w for cls, w in ranked if cls == _USER]
-        if users and best_class in _ANSWERS:
-            rationed = best_class == _PROBE and self._since_probe < PROBE_GAP
+        """The latency order with the user share and probe ration (see the module)."""
+        if self._cleanup:
+            return self._cleanup.popleft()
+        answer: tuple[int, float, int] | None = None
+        chosen: _Waiter | None = None
+        if self._heap:
+            chosen = self._heap[0]
+            answer = (_FOLLOW_UP, *chosen._rank()[1:])
+        later: _Waiter | None = self._later[0] if self._later else None
+        for waiter in self._claimed:
+            assert waiter.claim is not None
+            urgency = waiter.claim.urgency(now)
+            if urgency:
+                rank = (_DUE if urgency == 2 else _PROBE, waiter.claim.since, waiter.seq)
+                if answer is None or rank < answer:
+                    answer, chosen = rank, waiter
+            elif later is None or waiter.seq < later.seq:
+                later = waiter
+        if answer is not None and self._user:
+            rationed = answer[0] == _PROBE and self._since_probe < PROBE_GAP
             if rationed or self._streak >= ANSWER_SHARE:
-                best_class, best = _USER, min(users, key=lambda w: w.seq)
-        if best_class == _USER:
+                answer = None  # this token goes to the oldest user call
+        if answer is not None:
+            assert chosen is not None
+            if self._user:
+                self._streak += 1
+            self._since_probe = 0 if answer[0] == _PROBE else self._since_probe + 1
+            self._remove(chosen)
+            return chosen
+        self._since_probe += 1
+        if self._user:
             self._streak = 0
-        elif users and best_class in _ANSWERS:
-            self._streak += 1
-        self._since_probe = 0 if best_class == _PROBE else self._since_probe + 1
-        return best
+            return self._user.popleft()
+        assert later is not None
+        self._remove(later)
+        return later
 
-    @staticmethod
-    def _class(waiter: _Waiter, now: float) -> int:
-        if waiter.priority <= Priority.CLEANUP:
-            return _CLEANUP
-        if waiter.priority == Priority.USER:
-            return _USER
-        if waiter.priority == Priority.FOLLOW_UP:
-            return _FOLLOW_UP
-        urgency = 0 if waiter.claim is None else waiter.claim.urgency(now)
-        return (_LATER, _PROBE, _DUE)[urgency]
+    def _remove(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of whichever queue holds it."""
+        if self._heap and self._heap[0] is waiter:
+            heapq.heappop(self._heap)
+        elif self._later and self._later[0] is waiter:
+            self._later.popleft()
+        else:
+            self._claimed.remove(waiter)
 
     def take(self, match: Callable[[Priority], bool]) -> list[asyncio.Future[None]]:
-        """Remove and return the waiting futures whose priority ``match``es, in queue order."""
-        taken = [w for w in self._waiters if match(w.priority) and not w.fut.done()]
-        self._waiters = [w for w in self._waiters if w not in taken and not w.fut.done()]
-        return [w.fut for w in taken]
+        """Remove and return the waiting futures whose priority ``match``es, in arrival order."""
+        taken: list[_Waiter] = []
+        for name in ("_heap", "_cleanup", "_user", "_later", "_claimed"):
+            queue = getattr(self, name)
+            keep = [w for w in queue if not w.fut.done() and not match(w.priority)]
+            taken += [w for w in queue if not w.fut.done() and match(w.priority)]
+            if name == "_heap":
+                heapq.heapify(keep)
+                setattr(self, name, keep)
+            else:
+                setattr(self, name, deque(keep) if isinstance(queue, deque) else keep)
+        return [w.fut for w in sorted(taken, key=lambda w: w.seq)]
 
     def drain(self) -> list[asyncio.Future[None]]:
         """Remove and return every waiting future."""
         return self.take(lambda _: True)
-
-
-def _key(cls: int, waiter: _Waiter) -> tuple[int, float, int]:
-    """Sort key within the latency order: class, then the run's age (oldest first), then arrival."""
-    if cls in _ANSWERS and waiter.claim is not None:
-        return (cls, waiter.claim.since, waiter.seq)
-    return (cls, 0.0, waiter.seq)
