@@ -10,6 +10,7 @@ sleeping (``tests._virtual_time.run_virtual``, see ``tests/test_schedule.py``).
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
 
+import pytest
 import pytest_asyncio
 
 from runcomfy_async import RunComfy
@@ -34,3 +35,29 @@ async def fast_rc(fast_emu: Emulator) -> AsyncIterator[RunComfy]:
     """A client of ``fast_emu`` at 1000 requests/s (burst 100): it never waits for a token."""
     async with fast_emu.client(rate=1000.0, burst=100) as client:
         yield client
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``--dist loadgroup`` working under pytest 9.
+
+    pytest-xdist (3.8) puts each ``xdist_group`` test on one worker by appending ``@group`` to
+    its node id through ``Item._nodeid``, which pytest 9 no longer reads (the id lives in
+    ``Item._id``), so the groups were silently ignored: a session fixture of a group ran once
+    per worker. This appends the suffix the way pytest 9 stores ids; it does nothing where
+    xdist's own suffix took effect.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest < 9: xdist's own suffix works
+        return
+
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
