@@ -1,5 +1,5 @@
 # Conveniences; the README's two commands are ./scripts/demo and ./scripts/test.
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench docs
 demo:
 	./scripts/demo
 test:
@@ -8,3 +8,5 @@ lint:
 	./scripts/test --co -q >/dev/null && .venv/bin/python -m ruff check runcomfy_async tests && .venv/bin/python -m mypy
 bench:
 	.venv/bin/python -m benchmarks
+docs:
+	.venv/bin/python -m mkdocs build --strict

@@ -21,7 +21,7 @@ from typing import Any
 from ._common import RESULTS, machine, print_table, write_results
 
 #: Benchmark modules, in the order they run.
-BENCHMARKS = ("uploads", "pipeline", "models", "limiter")
+BENCHMARKS = ("uploads", "pipeline", "models", "limiter", "validate")
 
 
 def _load(name: str, smoke: bool) -> dict[str, Any] | None:
@@ -150,11 +150,18 @@ def _limiter(data: dict[str, Any]) -> list[dict[str, Any]]:
                  None, "<= limit, zero 429", shared["requests_429"] == 0)]
 
 
+def _validate(data: dict[str, Any]) -> list[dict[str, Any]]:
+    r = data["rows"][0]
+    return [_row("validate=True input check, us", r["ours_us"], r["baseline"], r["baseline_us"],
+                 r["ratio"], r["target"], r["met"])]
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "uploads": _uploads,
     "pipeline": _pipeline,
     "models": _models,
     "limiter": _limiter,
+    "validate": _validate,
 }
 
 

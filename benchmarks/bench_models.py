@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 
 from runcomfy_async import PollPolicy, RunComfy, TokenBucket
-from runcomfy_async.resources.model_requests import DEFAULT_POLL
+from runcomfy_async.resources._queued import DEFAULT_POLL
 
 from ._common import emulator_process, print_table, write_results
 
@@ -122,7 +122,7 @@ def _figures(answers: list[float]) -> dict[str, float]:
     }
 
 
-MODEL = "bench/flux/dev"
+MODEL = "blackforestlabs/flux-2/flash/text-to-image"  # in the emulator's catalog
 
 
 async def _play(env: dict[str, str], scenario: Scenario, order: str) -> dict[str, Any]:

@@ -79,7 +79,9 @@ async def overhead(total: int, rounds: int) -> dict[str, Any]:
         async with RunComfy(
             env["RUNCOMFY_API_TOKEN"], model_url=env["RUNCOMFY_MODEL_URL"], rate=1e9, burst=10**6
         ) as rc:
-            req = await rc.models.submit("bench/flux/dev", {"prompt": "a cat"})
+            req = await rc.models.submit(
+                "blackforestlabs/flux-2/flash/text-to-image", {"prompt": "a cat"}
+            )
             path = f"/v1/requests/{req.id}/status"
             await _raw(env, path, 200, CONCURRENCY)  # warm-up
             await _client(rc, req.id, 200, CONCURRENCY)

@@ -321,7 +321,7 @@ async def _scenarios(
 
     # 1. the signed-URL PUT at each size of the sweep: ours, the naive read-it-all upload and
     # `curl -T`, alternating, `repeats` times each, each tool into its own dataset (the same
-    # name overwrites, API.md 1.2). Median time, largest memory figure.
+    # name overwrites, docs/wire.md). Median time, largest memory figure.
     ds_ours = await api.dataset("bench-signed-ours")
     ds_naive = await api.dataset("bench-signed-naive")
     ds_curl = await api.dataset("bench-signed-curl")

@@ -77,7 +77,9 @@ async def _pipeline(env: dict[str, str], total: int) -> None:
     async with RunComfy(
         env["RUNCOMFY_API_TOKEN"], model_url=env["RUNCOMFY_MODEL_URL"], rate=1e9, burst=10**6
     ) as rc:
-        req = await rc.models.submit("bench/flux/dev", {"prompt": "a cat"})
+        req = await rc.models.submit(
+            "blackforestlabs/flux-2/flash/text-to-image", {"prompt": "a cat"}
+        )
         handle = rc.models.get(req.id)
         for _ in range(200):  # warm-up: connections open, code paths hot
             await handle.status()

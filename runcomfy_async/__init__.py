@@ -16,19 +16,26 @@ from ._version import __version__
 from .errors import (
     APIError,
     APITimeoutError,
+    AsyncUsageError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
     ComfyUIError,
+    ComfyUIWarning,
     ConfigError,
     ConfigurationError,
     ConflictError,
     DatasetFailed,
     DatasetValidationError,
+    DeploymentDeletedError,
+    DeploymentDisabledError,
+    DeploymentUnavailableError,
     DownloadError,
     InsufficientBalanceError,
+    InvalidWebhookError,
     JobFailed,
     MachineFailed,
+    ModelInputError,
     NotFoundError,
     OperationFailed,
     OutcomeUnknownError,
@@ -46,17 +53,42 @@ from .errors import (
     UploadError,
     ValidationError,
     WaitTimeoutError,
+    WebhookError,
+    WebhookSecretError,
     WrongEventLoopError,
 )
+from .progress import AnyProgressEvent, ProgressLog, progress_bars
+from .resources.account import Account
 from .resources.comfyui import ComfyUI
 from .resources.datasets import Dataset, Datasets
+from .resources.deployments import Deployment, Deployments
 from .resources.jobs import Jobs, TrainingJob
 from .resources.machines import Machine, Machines
 from .resources.model_requests import ModelRequest, Models
+from .resources.serverless_requests import ServerlessRequest
+from .types.account import Balance
+from .types.catalog import ModelInfo
+from .types.comfyui import (
+    ComfyEvent,
+    ComfyFile,
+    ComfyNodeProgress,
+    ComfyPrompt,
+    ComfyQueue,
+    ComfyQueueItem,
+)
 from .types.datasets import DatasetFile, DatasetInfo, DatasetStatus
+from .types.deployments import (
+    DeploymentInfo,
+    DeploymentPayload,
+    Hardware,
+    OutputFile,
+    ServerlessCancelOutcome,
+    ServerlessResult,
+    ServerlessStatus,
+)
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import ARTIFACT_KINDS, Artifact, GPUType, JobResult, JobState, JobStatus, Progress
-from .types.machines import ComfyEvent, ComfyFile, MachineInfo, MachineStatus, ServerType, Workflow
+from .types.machines import MachineInfo, MachineStatus, ServerType, Workflow
 from .types.models import (
     CancelOutcome,
     Lora,
@@ -74,11 +106,13 @@ from .types.uploads import (
     FileResult,
     FileRetrying,
     FileStarted,
+    FolderCheck,
     UploadEvent,
     UploadMethod,
     UploadPlanned,
     UploadReport,
 )
+from .types.webhooks import WebhookEvent, WebhookStatus
 
 __all__ = [
     "ARTIFACT_KINDS",
@@ -86,17 +120,26 @@ __all__ = [
     "TRAINING_FOLDER",
     "APIError",
     "APITimeoutError",
+    "Account",
+    "AnyProgressEvent",
     "Artifact",
+    "AsyncUsageError",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BytesSent",
     "CancelOutcome",
     "ClientClosedError",
     "ClientState",
     "ComfyEvent",
     "ComfyFile",
+    "ComfyNodeProgress",
+    "ComfyPrompt",
+    "ComfyQueue",
+    "ComfyQueueItem",
     "ComfyUI",
     "ComfyUIError",
+    "ComfyUIWarning",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
@@ -107,6 +150,13 @@ __all__ = [
     "DatasetStatus",
     "DatasetValidationError",
     "Datasets",
+    "Deployment",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentInfo",
+    "DeploymentPayload",
+    "DeploymentUnavailableError",
+    "Deployments",
     "DownloadError",
     "DownloadProgress",
     "DownloadReport",
@@ -117,8 +167,11 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
+    "FolderCheck",
     "GPUType",
+    "Hardware",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "JobResult",
     "JobState",
@@ -132,17 +185,21 @@ __all__ = [
     "MachineInfo",
     "MachineStatus",
     "Machines",
+    "ModelInfo",
+    "ModelInputError",
     "ModelRequest",
     "Models",
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
+    "OutputFile",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PollPolicy",
     "Priority",
     "Progress",
     "ProgressCallback",
+    "ProgressLog",
     "RateLimitError",
     "RedisTokenBucket",
     "RequestCancelled",
@@ -156,6 +213,10 @@ __all__ = [
     "RunComfyError",
     "ServerError",
     "ServerType",
+    "ServerlessCancelOutcome",
+    "ServerlessRequest",
+    "ServerlessResult",
+    "ServerlessStatus",
     "SharedLimitState",
     "Timeouts",
     "TokenBucket",
@@ -171,8 +232,13 @@ __all__ = [
     "UploadReport",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookEvent",
+    "WebhookSecretError",
+    "WebhookStatus",
     "Workflow",
     "WrongEventLoopError",
     "__version__",
+    "progress_bars",
     "to_jsonable",
 ]

@@ -11,12 +11,13 @@ import asyncio
 import enum
 import functools
 import logging
+import math
 import os
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,7 +30,9 @@ from ._retry import RetryPolicy
 from ._schedule import RunTimes
 from ._transport import Exchange, Timeouts, Transport
 from ._version import __version__
+from .resources.account import Account
 from .resources.datasets import Datasets
+from .resources.deployments import Deployments
 from .resources.jobs import Jobs
 from .resources.machines import Machines
 from .resources.model_requests import Models
@@ -89,8 +92,9 @@ def _resolve_token(token: str | None) -> str:
         token = os.environ.get("RUNCOMFY_API_TOKEN")
     if not token:
         raise errors.ConfigurationError(
-            "no API token: pass RunComfy(token=...) or set RUNCOMFY_API_TOKEN "
-            "(find the token on your runcomfy.com Profile page)"
+            "no API token",
+            fix="pass RunComfy(token=...) or set RUNCOMFY_API_TOKEN (find the token on your "
+            "runcomfy.com Profile page)",
         )
     if token != token.strip() or any(c.isspace() for c in token):
         raise errors.ConfigurationError(
@@ -98,6 +102,25 @@ def _resolve_token(token: str | None) -> str:
             "`echo` into a file); strip it before passing it"
         )
     return token
+
+
+def _resolve_rate(rate: float | None) -> float:
+    """The built-in bucket's rate: the argument, else ``RUNCOMFY_RATE``, else the account's 1/s."""
+    if rate is not None:
+        return rate
+    text = os.environ.get("RUNCOMFY_RATE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise errors.ConfigurationError(
+            f"RUNCOMFY_RATE={text!r} is not a positive number of requests per second; "
+            "unset it (the default, 1, is the account limit) or set e.g. RUNCOMFY_RATE=1"
+        )
+    return value
 
 
 class RunComfy:
@@ -114,7 +137,8 @@ class RunComfy:
         trainer_url, model_url, server_url: base URLs of the three hosts; default to
             ``RUNCOMFY_TRAINER_URL`` / ``RUNCOMFY_MODEL_URL`` / ``RUNCOMFY_SERVER_URL`` or the
             production hosts.
-        rate: requests per second for the built-in token bucket (account limit: 1).
+        rate: requests per second for the built-in token bucket; defaults to ``RUNCOMFY_RATE``
+            or 1 (the account limit). Raise it only for an emulator started with a higher limit.
         burst: bucket capacity of the built-in token bucket.
         limiter: a :class:`Limiter` to use instead (e.g. a ``RedisTokenBucket`` that several
             processes share).
@@ -124,7 +148,8 @@ class RunComfy:
         retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
 
     Raises:
-        ConfigurationError: no token, a malformed token or an unsafe base URL.
+        ConfigurationError: no token, a malformed token, an unsafe base URL or a
+            ``RUNCOMFY_RATE`` that is not a positive number.
     """
 
     def __init__(
@@ -135,7 +160,7 @@ class RunComfy:
         trainer_url: str | None = None,
         model_url: str | None = None,
         server_url: str | None = None,
-        rate: float = 1.0,
+        rate: float | None = None,
         burst: int = 2,
         limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -150,7 +175,9 @@ class RunComfy:
             api: _check_base_url(api, given[api] or os.environ.get(_URL_ENV[api]) or default)
             for api, default in DEFAULT_URLS.items()
         }
-        self.limiter: Limiter = limiter if limiter is not None else TokenBucket(rate, burst)
+        self.limiter: Limiter = (
+            limiter if limiter is not None else TokenBucket(_resolve_rate(rate), burst)
+        )
         self._owns_limiter = limiter is None
         # Run times seen per model: orders the polls of waits (see _schedule).
         self._run_times = RunTimes()
@@ -177,6 +204,16 @@ class RunComfy:
         )
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> NoReturn:
+        raise errors.AsyncUsageError(
+            "RunComfy is an async client: use `async with RunComfy() as rc:` inside an "
+            "`async def` run by asyncio.run(...) (in Jupyter, top-level `async with` works), "
+            "not `with RunComfy()`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` refuses; present so ``with`` reaches that message."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -304,9 +341,9 @@ class RunComfy:
         """The account user id, or a clear error saying where to find it."""
         if not self.user_id:
             raise errors.ConfigurationError(
-                "the machine (Server) API needs your user id: pass RunComfy(user_id=...) or set "
-                "RUNCOMFY_USER_ID; it is the UUID in your dashboard URL "
-                "(https://www.runcomfy.com/comfyui/<user_id>/servers/...)"
+                "the machine (Server) API needs your user id; it is the UUID in your dashboard "
+                "URL (https://www.runcomfy.com/comfyui/<user_id>/servers/...)",
+                fix="pass RunComfy(user_id=...) or set RUNCOMFY_USER_ID",
             )
         return self.user_id
 
@@ -360,13 +397,29 @@ class RunComfy:
             method=spec.method, url=url, params=spec.params, json=spec.json, data=data,
             timeout=timeout,
         )
-        return await pipeline.call(
-            exchange,
-            functools.partial(json_answer, method=spec.method, url=url),
-            kind=spec.retry,
-            priority=priority,
-            trace=trace,
-            policy=policy,
+        try:
+            return await pipeline.call(
+                exchange,
+                functools.partial(json_answer, method=spec.method, url=url),
+                kind=spec.retry,
+                priority=priority,
+                trace=trace,
+                policy=policy,
+            )
+        except errors.APIError as exc:
+            exc.fix = exc.fix or exc.api_fix
+            raise
+        except errors.UnsentTransportError as exc:
+            if not isinstance(exc, errors.APITimeoutError):
+                exc.fix = self._url_fix(spec.api)
+            raise
+
+    def _url_fix(self, api: API) -> str:
+        """Where the base URL of ``api`` that could not be reached comes from."""
+        return (
+            f"check the network, and the {api.value} base URL {self._urls[api]!r}: it comes "
+            f"from RunComfy({api.value}_url=...) or the {_URL_ENV[api]} environment variable "
+            f"(default {DEFAULT_URLS[api]!r})"
         )
 
     def spawn_cleanup(self, cleanup: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
@@ -386,6 +439,11 @@ class RunComfy:
         return Datasets(self)
 
     @functools.cached_property
+    def deployments(self) -> Deployments:
+        """Serverless deployments: create, list, change, delete; submit and await requests."""
+        return Deployments(self)
+
+    @functools.cached_property
     def jobs(self) -> Jobs:
         """AI Toolkit training jobs: submit, rebuild by id, wait, watch and download artifacts."""
         return Jobs(self)
@@ -397,5 +455,10 @@ class RunComfy:
 
     @functools.cached_property
     def models(self) -> Models:
-        """Model API requests: submit, await the output, cancel while queued."""
+        """Model API: the catalog and schemas, submit, await the output, cancel while queued."""
         return Models(self)
+
+    @functools.cached_property
+    def account(self) -> Account:
+        """The account: its remaining balance."""
+        return Account(self)

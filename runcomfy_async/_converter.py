@@ -1,6 +1,6 @@
 """The single cattrs converter that turns API JSON into the frozen data classes.
 
-Lenient in production (unknown keys ignored, as API.md asks), strict on demand for our tests
+Lenient in production (unknown keys ignored, see docs/wire.md), strict on demand for our tests
 (``make_converter(strict=True)`` forbids extra keys, so a recorded sample with a field we do not
 model is noticed). Timestamps become timezone-aware datetimes; naive ones are taken as UTC.
 """

@@ -1,6 +1,6 @@
 """Artifact downloads: safe local names, streaming to disk, resume with ``Range``.
 
-Artifacts live on object storage behind signed URLs (API.md section 2.3). Downloads go through
+Artifacts live on object storage behind signed URLs (docs/wire.md). Downloads go through
 the client's aiohttp session directly: no rate-limit token and never the Authorization header
 (the URL's signature is the credential; DESIGN, rules of the pipeline). Each file streams in MiB
 chunks to ``<name>.part`` and is renamed into place only when complete, so a half-written file
@@ -226,7 +226,7 @@ class _Download:
         headers = (
             {"Range": f"bytes={offset}-", "If-Range": validator} if validator and offset else {}
         )
-        # No Authorization here, ever: the signed URL is the credential (API.md section 1.3).
+        # No Authorization here, ever: the signed URL is the credential (docs/wire.md).
         return Exchange(
             method="GET",
             url=self.artifact.url,

@@ -1,7 +1,7 @@
 """AI Toolkit configs: read (YAML text, file or mapping) and check before a job is submitted.
 
 The service accepts a job with a wrong fixed path or a dataset that is not READY and only fails
-it later, after the queue wait (API.md section 2, "Config constraints"), so these checks run on
+it later, after the queue wait (docs/wire.md, training jobs), so these checks run on
 the client, before anything is sent. Pure apart from reading a config file.
 """
 
@@ -83,7 +83,7 @@ def check_config(doc: Mapping[str, Any]) -> list[str]:
 
     Every ``config.process[i].training_folder`` must be ``/app/ai-toolkit/output`` and every
     ``config.process[i].datasets[j].folder_path`` must be ``/app/ai-toolkit/datasets/<name>``
-    (API.md section 2). Every problem is reported at once.
+    (docs/wire.md). Every problem is reported at once.
 
     Raises:
         ConfigError: the config breaks a rule; the message says what to change.
@@ -116,15 +116,14 @@ def check_config(doc: Mapping[str, Any]) -> list[str]:
                 or "/" in name.rstrip("/")
                 or name.strip() != name
             ):
-                problems.append(
-                    f"{at} is {path!r}; set it to '{DATASETS_ROOT}<dataset name>' "
-                    "(rc.jobs.config_for(dataset, template) fills it in)"
-                )
+                problems.append(f"{at} is {path!r}; set it to '{DATASETS_ROOT}<dataset name>'")
                 continue
             names.append(name.rstrip("/"))
     if problems:
         raise errors.ConfigError(
-            "the training config would be rejected by the service:\n  - " + "\n  - ".join(problems)
+            "the training config would be rejected by the service:\n  - "
+            + "\n  - ".join(problems),
+            fix="rc.jobs.config_for(dataset, template) fills in the fixed paths for a dataset",
         )
     return names
 

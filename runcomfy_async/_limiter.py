@@ -1,10 +1,10 @@
 """Client-side rate limiting: the ``Limiter`` protocol and the in-process ``TokenBucket``.
 
-The account limit (1 request/s) is shared by every call of a client. Waiters are served in the
-latency order of :mod:`._schedule` (calls that finish somebody's answer first, new work never
-starved), or by priority then arrival with ``order="arrival"``. A 429 pauses the whole bucket, not
-just the caller that saw it. Capacity is taken only when a wait succeeds: a cancelled waiter gives
-its place (and any token granted to it) back. Time is the event loop's clock.
+The account limit (1 request/s, docs/wire.md) is shared by every call of a client. Waiters are
+served in the latency order of :mod:`._schedule` (calls that finish somebody's answer first, new
+work never starved), or by priority then arrival with ``order="arrival"``. A 429 pauses the whole
+bucket, not just the caller that saw it. Capacity is taken only when a wait succeeds: a cancelled
+waiter gives its place (and any token granted to it) back. Time is the event loop's clock.
 """
 
 from __future__ import annotations

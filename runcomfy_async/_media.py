@@ -1,4 +1,4 @@
-"""The files a training dataset accepts (API.md 1.2): wire data shared by client and emulator.
+"""The files a training dataset accepts (docs/wire.md): wire data shared by client and emulator.
 
 Images and videos, each with a ``.txt`` caption of the same base name. Pure data: the client
 validates and labels uploads with it, the emulator enforces it, and the two cannot drift apart.
@@ -50,7 +50,7 @@ def suffix(filename: str) -> str:
 
 
 def stem(filename: str) -> str:
-    """The base name captions pair on: ``dog_01`` for ``dog_01.jpg`` (API.md 1.2)."""
+    """The base name captions pair on: ``dog_01`` for ``dog_01.jpg`` (docs/wire.md)."""
     return filename.rsplit(".", 1)[0] if suffix(filename) else filename
 
 
@@ -69,7 +69,7 @@ class Unpaired(NamedTuple):
 
 
 def unpaired_files(filenames: Iterable[str]) -> Unpaired:
-    """The caption rule both ways (API.md 1.2): every image/video needs a same-stem ``.txt``,
+    """The caption rule both ways (docs/wire.md): every image/video needs a same-stem ``.txt``,
     and every ``.txt`` needs an image or video; ``Unpaired((), ())`` when the set is sound.
 
     Names of other types are ignored here (the file-type rule refuses them). A pure function of

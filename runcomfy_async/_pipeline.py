@@ -260,7 +260,8 @@ def _outcome_unknown(
     """The error for a create that was sent but whose answer was lost."""
     url = redact_url(exchange.url)
     return errors.OutcomeUnknownError(
-        f"{exchange.method} {url} was sent but its answer was lost ({failure}); the server may "
+        f"{exchange.method} {url} was sent but its answer was lost ({failure.problem}); the "
+        "server may "
         "have acted on it (queued, started or billed something), so it was not repeated",
         method=exchange.method,
         url=url,

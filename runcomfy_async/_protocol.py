@@ -2,7 +2,7 @@
 
 Pure functions only (no aiohttp, no ``await``), so every decision about the wire -- what is an
 error, what may be retried, how long a server asked us to wait -- is tested without an event loop.
-References are to ../shared/API.md sections.
+Wire facts are described in the repository's docs/wire.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
     "redact_url",
 ]
 
-#: Status codes that mean "try again later" (API.md section 0, DESIGN "Rules of the pipeline").
+#: Status codes that mean "try again later" (docs/wire.md).
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: Fresh signed URLs one transfer (upload or download) may fetch after storage refused its URL
@@ -47,9 +47,22 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_URL_REFRESHES = 3
 
 #: Query keys whose values are harmless to log; every other value is masked.
-_SAFE_QUERY_KEYS = frozenset({"include_cost", "limit", "offset", "max_items", "size", "expires"})
+_SAFE_QUERY_KEYS = frozenset(
+    {
+        "include_cost",
+        "limit",
+        "offset",
+        "max_items",
+        "size",
+        "expires",
+        "search",
+        "category",
+        "kind",
+        "include_schema",
+    }
+)
 
-#: Numeric ``error_code`` -> the HTTP status it stands for (API.md section 0, suggested mapping).
+#: Numeric ``error_code`` -> the HTTP status it stands for (docs/wire.md, suggested mapping).
 _CODE_STATUS = {
     400001: 400,
     400002: 402,
@@ -63,6 +76,14 @@ _CODE_STATUS = {
     422001: 422,
     500001: 500,
     10001: 402,
+    10002: 403,
+    10003: 404,
+}
+
+#: Error codes with an exception of their own, whatever the HTTP status they come with.
+_CODE_ERRORS: dict[int, type[errors.APIError]] = {
+    10002: errors.DeploymentDisabledError,
+    10003: errors.DeploymentDeletedError,
 }
 
 _STATUS_ERRORS: dict[int, type[errors.APIError]] = {
@@ -276,7 +297,7 @@ def _excerpt(body: bytes) -> str:
 
 
 def _message_of(payload: Any) -> str | None:
-    """The human-readable message of an error body, whichever key the API used (API.md 0)."""
+    """The human-readable message of an error body, whichever key the API used (docs/wire.md)."""
     if not isinstance(payload, dict):
         return None
     for key in ("error_message", "message"):
@@ -338,11 +359,18 @@ def error_from_response(
     detail = payload.get("detail") if isinstance(payload, dict) else None
     effective = _status_for_code(code, status)
     message = _message_of(payload)
+    if message is not None and isinstance(detail, list) and detail:
+        # "Validation Error" alone does not say what to fix: the detail items do.
+        lines = "; ".join(_detail_line(item) for item in detail[:5])
+        if lines not in message:
+            message = f"{message}: {lines}"
     if message is None:
         kind = "an empty body" if not body else f"a body without a message: {_excerpt(body)!r}"
         message = f"the server answered with {kind}"
     fallback = errors.ServerError if effective >= 500 else errors.APIError
     cls = _STATUS_ERRORS.get(effective, fallback)
+    if isinstance(code, int) and code in _CODE_ERRORS:
+        cls = _CODE_ERRORS[code]
     common: dict[str, Any] = {
         "status": effective,
         "code": code,
@@ -379,8 +407,8 @@ def decode_response(
 ) -> Any:
     """Decoded JSON of a successful answer; raises the matching APIError otherwise.
 
-    A 2xx body with a non-null ``error_code`` is an error too (API.md section 0, "important
-    quirk"). An empty 2xx body decodes to None (DELETE answers may be empty, API.md 1.6).
+    A 2xx body with a non-null ``error_code`` is an error too (docs/wire.md:
+    errors in a 200). An empty 2xx body decodes to None (DELETE answers may be empty, docs/wire.md).
     """
     payload = _loads(body) if body.strip() else None
     if payload is _NOT_JSON:

@@ -1,7 +1,7 @@
 """``RedisTokenBucket``: one account rate limit shared by many processes through Redis.
 
 A FastAPI backend runs several worker processes (often on several machines) on one RunComfy
-account, whose limit (1 request/s, API.md section 0) holds for all of them together. Each process
+account, whose limit (1 request/s, docs/wire.md) holds for all of them together. Each process
 keeps the in-process semantics of :class:`~runcomfy_async.TokenBucket` (its latency order or
 arrival order, a cancelled waiter gives its place back) in a local queue, and only the best waiter
 of that queue asks Redis for a token (the order is per process: across processes, whichever asks

@@ -1,7 +1,8 @@
 """The one seam between the library and aiohttp: every HTTP exchange goes through here.
 
 API calls, signed-URL PUTs, artifact and output downloads and ComfyUI calls are all one
-:class:`Exchange` sent by :meth:`Transport.exchange`. Each call says which credentials it may
+:class:`Exchange` sent by :meth:`Transport.exchange`; ComfyUI's event stream is opened by
+:meth:`Transport.websocket` under the same credential rules. Each call says which credentials it may
 carry: the API token goes only to the base URLs the transport was given for it, and a call to
 object storage carries none (its URL's signature is the credential). aiohttp/asyncio failures are
 mapped to :class:`~runcomfy_async.errors.TransportError` with ``raise ... from exc``; whether the
@@ -140,8 +141,7 @@ def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportE
         )
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return errors.APITimeoutError(
-            f"timed out talking to {safe} ({method}); raise the client's timeout if the "
-            "network is slow",
+            f"timed out talking to {safe} ({method})",
             method=method,
             url=safe,
         )
@@ -256,6 +256,43 @@ class Transport:
             if isinstance(exc, RuntimeError):
                 raise
             raise map_error(exc, method=method, url=url) from exc
+
+
+    async def websocket(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str],
+        credentials: Credentials,
+        heartbeat: float,
+        max_message: int,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket (ComfyUI's event stream), carrying the token only where an exchange
+        to ``url`` would; the handshake is bounded by the connect timeout.
+
+        Raises:
+            TransportError: the handshake failed or was refused.
+            ClientClosedError: the session was closed meanwhile.
+        """
+        headers = self._headers(Exchange(method="GET", url=url, credentials=credentials))
+        try:
+            async with asyncio.timeout(self.timeouts.connect):
+                return await self.session.ws_connect(
+                    url,
+                    params=params,
+                    headers=headers,
+                    heartbeat=heartbeat,
+                    max_msg_size=max_message,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                )
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
+            if self.session.closed:
+                raise errors.ClientClosedError(
+                    f"the client was closed while opening {redact_url(url)}"
+                ) from exc
+            if isinstance(exc, RuntimeError):
+                raise
+            raise map_error(exc, method="GET", url=url) from exc
 
 
 class _AuthHeaders(dict[str, str]):

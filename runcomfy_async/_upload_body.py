@@ -117,7 +117,7 @@ class FilePayload(Payload):
 
 
 def multipart(state: FileState, progress: UploadProgress) -> aiohttp.MultipartWriter:
-    """A fresh ``multipart/form-data`` body with the single field ``file`` (API.md 1.2)."""
+    """A fresh ``multipart/form-data`` body with the single field ``file`` (docs/wire.md)."""
     if state.changed is not None:
         raise FileChanged(state.changed)
     state.attempts += 1

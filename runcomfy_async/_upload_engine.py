@@ -261,7 +261,7 @@ class _Engine:
                 self._fail(state, FailureReason.FILE_CHANGED, str(exc))
                 return
             except errors.PermissionDeniedError as exc:
-                # Expired or rejected signature: the URL is spent, the file is not (API.md 1.3).
+                # Expired or rejected signature: the URL is spent, the file is not (docs/wire.md).
                 refreshes += 1
                 if refreshes > MAX_URL_REFRESHES:
                     self._fail(
@@ -301,7 +301,7 @@ class _Engine:
         """One signed send: the returned method, URL and headers exactly, plus Content-Length.
 
         It carries no Authorization header and takes no rate-limit token: the URL's signature
-        is the credential (API.md 1.3).
+        is the credential (docs/wire.md).
         """
         source = state.source
         headers = {k: v for k, v in target.headers.items() if k.lower() != "content-length"}

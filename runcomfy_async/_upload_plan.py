@@ -190,7 +190,7 @@ def set_problems(files: Sequence[ScannedFile], *, captions: bool) -> list[str]:
 
 
 def _caption_problems(names: Sequence[str]) -> list[str]:
-    """The caption rule both ways (API.md 1.2), one line per file that breaks it."""
+    """The caption rule both ways (docs/wire.md), one line per file that breaks it."""
     unpaired = unpaired_files(names)
     problems = [
         f"{n}: no caption {stem(n)}.txt; write one (each image/video needs a .txt caption with "
@@ -238,7 +238,7 @@ def plan_uploads(
         sources: the validated files.
         existing: ``{filename: size}`` the dataset already lists (resume), or None to send all.
             A listed file with the same size is skipped; another size is sent again (the same
-            name overwrites, API.md 1.2).
+            name overwrites, docs/wire.md).
         direct_limit: files up to this many bytes go direct, larger by signed URL; None sends
             every file by signed URL (bulk: many files per API call).
     """

@@ -5,10 +5,12 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     RunComfyError
     +-- ConfigurationError            bad client setup: missing token or user id, bad URL
     +-- ClientClosedError             the client was closed, or never entered
+    +-- AsyncUsageError               `with` instead of `async with`, or a forgotten `await`
     +-- WrongEventLoopError           the client is used from another event loop than its own
     +-- ValidationError               input refused before any byte was sent
     |   +-- DatasetValidationError    a dataset folder breaks the upload rules (lists every problem)
     |   +-- ConfigError               an AI Toolkit config the service would reject
+    |   +-- ModelInputError           model inputs that fail the model's input schema
     +-- TransportError                connection failed, reset or timed out (no HTTP answer)
     |   +-- APITimeoutError           a connect/read/total timeout expired
     |   +-- UnsentTransportError      the connection never opened: the request provably never left
@@ -25,42 +27,59 @@ Every exception the library raises on purpose derives from :class:`RunComfyError
     |   +-- RateLimitError            429 after retries ran out
     |   +-- ServerError               5xx after retries ran out
     |   +-- UnexpectedResponseError   a body that is not the JSON the API documents
+    |   +-- DeploymentUnavailableError  a serverless deployment refuses inference
+    |       +-- DeploymentDisabledError   it is disabled (error code 10002)
+    |       +-- DeploymentDeletedError    it was deleted (error code 10003)
     +-- UploadError                   one or more files could not be uploaded
     +-- DownloadError                 one or more files could not be downloaded
     +-- OperationFailed               a remote operation ended badly
     |   +-- DatasetFailed             a dataset went FAILED
     |   +-- JobFailed                 a training job went FAILED
-    |   +-- RequestFailed             a model request finished as failed
-    |   +-- RequestCancelled          a model request was cancelled
+    |   +-- RequestFailed             a model or serverless request finished as failed
+    |   +-- RequestCancelled          a model or serverless request was cancelled
     |   +-- MachineFailed             a machine stopped or errored while starting
     +-- WaitTimeoutError              a client-side wait deadline passed
     +-- ComfyUIError                  a machine's ComfyUI refused a prompt or failed running it
+    +-- ComfyUIWarning                a warning: ComfyUI runs a prompt without some of its outputs
+    +-- WebhookError                  a webhook delivery was refused
+        +-- InvalidWebhookError       the body is not a delivery (not JSON, no request id/status)
+        +-- WebhookSecretError        the delivery's shared secret is missing or wrong
 
-Messages name the problem and the fix. None of them ever contains the API token.
+Messages name the problem and the fix. Where the fix is advice for Python code (an argument,
+an environment variable, another call), it is kept apart in ``fix`` and ``problem`` holds the
+rest: ``str(error)`` joins both, and the ``runcomfy`` command words its own advice for the shell.
+None of them ever contains the API token.
 """
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "APIError",
     "APITimeoutError",
+    "AsyncUsageError",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
     "ComfyUIError",
+    "ComfyUIWarning",
     "ConfigError",
     "ConfigurationError",
     "ConflictError",
     "DatasetFailed",
     "DatasetValidationError",
+    "DeploymentDeletedError",
+    "DeploymentDisabledError",
+    "DeploymentUnavailableError",
     "DownloadError",
     "InsufficientBalanceError",
+    "InvalidWebhookError",
     "JobFailed",
     "MachineFailed",
+    "ModelInputError",
     "NotFoundError",
     "OperationFailed",
     "OutcomeUnknownError",
@@ -78,12 +97,37 @@ __all__ = [
     "UploadError",
     "ValidationError",
     "WaitTimeoutError",
+    "WebhookError",
+    "WebhookSecretError",
     "WrongEventLoopError",
 ]
 
 
 class RunComfyError(Exception):
-    """Root of every error raised by runcomfy-async."""
+    """Root of every error raised by runcomfy-async.
+
+    Attributes:
+        fix: what to do about it, worded for Python code ("pass ``exist_ok=True``..."); empty
+            when the message already says it. ``str(error)`` ends with it.
+    """
+
+    fix: str = ""
+
+    def __init__(self, *args: Any, fix: str | None = None) -> None:
+        super().__init__(*args)
+        if fix is not None:
+            self.fix = fix
+
+    @property
+    def problem(self) -> str:
+        """The message without :attr:`fix`: what went wrong (a CLI adds its own advice)."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        problem = self.problem
+        if not self.fix:
+            return problem
+        return f"{problem}\n{self.fix}" if "\n" in problem else f"{problem}; {self.fix}"
 
 
 class ConfigurationError(RunComfyError):
@@ -92,6 +136,12 @@ class ConfigurationError(RunComfyError):
 
 class ClientClosedError(RunComfyError):
     """The client is closed (or was never opened) and cannot send requests."""
+
+
+class AsyncUsageError(RunComfyError, TypeError):
+    """An async API was used like a sync one: ``with RunComfy()`` instead of ``async with``, or
+    the result of a call used without ``await`` (iterated, entered, or asked for an attribute).
+    """
 
 
 class WrongEventLoopError(RunComfyError):
@@ -119,8 +169,33 @@ class ConfigError(ValidationError):
     """An AI Toolkit config that the training service would reject."""
 
 
+class ModelInputError(ValidationError):
+    """Model inputs fail the model's input schema (``validate=True``); nothing was sent.
+
+    Attributes:
+        model_id: the model whose schema refused them.
+        problems: one line per problem, ``"seed: 'abc' is not of type 'integer'"``.
+        valid: every input the schema lists, e.g. ``"prompt (string, required)"``.
+    """
+
+    def __init__(self, *, model_id: str, problems: list[str], valid: list[str]) -> None:
+        self.model_id = model_id
+        self.problems = list(problems)
+        self.valid = list(valid)
+        shown = "\n  - ".join(self.problems[:20])
+        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        listed = "; ".join(self.valid) if self.valid else "the schema lists none"
+        super().__init__(
+            f"{len(self.problems)} problem(s) in the inputs for model {model_id!r}; nothing was "
+            f"sent:\n  - {shown}{more}\nvalid inputs: {listed}\nfix the inputs, or pass "
+            "validate=False to let the service decide"
+        )
+
+
 class TransportError(RunComfyError):
     """No HTTP answer: the connection failed, was reset, or timed out."""
+
+    fix = "check the network and try again"
 
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         self.method = method
@@ -130,6 +205,8 @@ class TransportError(RunComfyError):
 
 class APITimeoutError(TransportError, builtins.TimeoutError):
     """A connect, read or total timeout expired."""
+
+    fix = "if the network is slow, give the client more time: RunComfy(timeout=...)"
 
 
 class UnsentTransportError(TransportError):
@@ -147,6 +224,8 @@ class OutcomeUnknownError(TransportError):
     ``check`` says where to look for what it made.
     """
 
+    fix = ""  # "try again" would be wrong: the message says what to check first
+
     def __init__(self, message: str, *, method: str = "", url: str = "", check: str = "") -> None:
         self.check = check
         super().__init__(message, method=method, url=url)
@@ -163,7 +242,12 @@ class APIError(RunComfyError):
         method: the HTTP method of the failed request.
         url: the request URL with any query secrets masked.
         request_id: the server's request id header when given.
+        api_fix: the advice for this kind of answer from the API itself, worded for Python
+            (a class attribute); the client makes it the ``fix`` of an API call's error. The
+            same status from object storage or ComfyUI means something else and gets none.
     """
+
+    api_fix: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -192,33 +276,70 @@ class APIError(RunComfyError):
 class BadRequestError(APIError):
     """400 or 422: the server found the request invalid."""
 
+    api_fix = "fix the request as the message says"
+
 
 class AuthenticationError(APIError):
     """401: the token is missing, wrong or expired; check RUNCOMFY_API_TOKEN."""
+
+    api_fix = (
+        "the token comes from RunComfy(token=...) or the RUNCOMFY_API_TOKEN environment "
+        "variable; copy it from your runcomfy.com Profile page"
+    )
 
 
 class PermissionDeniedError(APIError):
     """403: the token may not access this resource."""
 
+    api_fix = (
+        "the token may not access this resource: use the token of the account that owns it"
+    )
+
 
 class InsufficientBalanceError(APIError):
-    """402: the account balance is too low; top it up on runcomfy.com."""
+    """402: the account balance is too low for a paid call; top it up on runcomfy.com."""
+
+    #: What to do, added to the message.
+    FIX = (
+        "the account balance is too low for this call: add funds on runcomfy.com, then try "
+        "again (await rc.account.balance() shows what is left)"
+    )
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.args = (f"{self.args[0]}; {self.FIX}",)
+
+    api_fix = "top up the account balance on runcomfy.com, then try again"
 
 
 class NotFoundError(APIError):
     """404: the resource does not exist (or expired)."""
 
+    api_fix = (
+        "check the id (rc.datasets.list() and rc.machines.list() show what exists; ids of "
+        "finished work may have expired)"
+    )
+
 
 class ConflictError(APIError):
     """409: the request conflicts with existing state (e.g. a dataset name in use)."""
+
+    api_fix = "check the resource's current status; it does not allow this now"
 
 
 class PayloadTooLargeError(APIError):
     """413: the body is larger than the endpoint accepts."""
 
+    api_fix = "send less in one request (Dataset.upload sends large files by signed URL)"
+
 
 class RateLimitError(APIError):
     """429 after every retry: the account's request rate limit was exceeded."""
+
+    api_fix = (
+        "lower RunComfy(rate=...), or share one limiter between the processes using this "
+        "account (RedisTokenBucket)"
+    )
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         self.retry_after = retry_after
@@ -228,9 +349,30 @@ class RateLimitError(APIError):
 class ServerError(APIError):
     """5xx after every retry: the service failed."""
 
+    api_fix = "the service failed; try again later (RunComfy(max_retries=...) retries longer)"
+
 
 class UnexpectedResponseError(APIError):
     """The body is not the JSON the API documents (an HTML proxy page, a cut body)."""
+
+    api_fix = (
+        "check that the base URL points at the RunComfy API (a proxy or another host answers "
+        "HTML): RunComfy(trainer_url=..., model_url=..., server_url=...) or "
+        "RUNCOMFY_TRAINER_URL / RUNCOMFY_MODEL_URL / RUNCOMFY_SERVER_URL"
+    )
+
+
+class DeploymentUnavailableError(APIError):
+    """A serverless deployment refused inference: disabled or deleted (whatever the HTTP status)."""
+
+
+class DeploymentDisabledError(DeploymentUnavailableError):
+    """The deployment is disabled (10002): enable it with
+    ``rc.deployments.update(deployment_id, is_enabled=True)`` before running requests."""
+
+
+class DeploymentDeletedError(DeploymentUnavailableError):
+    """The deployment was deleted (10003): create a new one and use its id."""
 
 
 class UploadError(RunComfyError):
@@ -257,10 +399,12 @@ class DownloadError(RunComfyError):
 class OperationFailed(RunComfyError):
     """A remote operation reached a failed terminal state."""
 
-    def __init__(self, message: str, *, error: Any = None, snapshot: Any = None) -> None:
+    def __init__(
+        self, message: str, *, error: Any = None, snapshot: Any = None, fix: str | None = None
+    ) -> None:
         self.error = error
         self.snapshot = snapshot
-        super().__init__(message)
+        super().__init__(message, fix=fix)
 
 
 class DatasetFailed(OperationFailed):
@@ -272,11 +416,11 @@ class JobFailed(OperationFailed):
 
 
 class RequestFailed(OperationFailed):
-    """The model request finished as failed; ``error`` holds the server's reason."""
+    """The model or serverless request finished as failed; ``error`` holds the server's reason."""
 
 
 class RequestCancelled(OperationFailed):
-    """The model request was cancelled before it produced output."""
+    """The model or serverless request was cancelled before it produced output."""
 
 
 class MachineFailed(OperationFailed):
@@ -311,3 +455,33 @@ class ComfyUIError(RunComfyError):
         self.prompt_id = prompt_id
         self.status = status
         super().__init__(message)
+
+
+class ComfyUIWarning(RunComfyError, UserWarning):
+    """ComfyUI accepted a prompt but refused some of its output nodes (a partly valid prompt).
+
+    The valid outputs run; ``node_errors`` says which nodes were left out and why. Issued by
+    ``ComfyUI.queue_prompt`` through :mod:`warnings`; ``ComfyUI.submit`` returns the same
+    errors as data instead.
+
+    Attributes:
+        prompt_id: the prompt that runs.
+        node_errors: ``{node_id: {"errors": [...], "dependent_outputs": [...], ...}}``.
+    """
+
+    def __init__(self, message: str, *, prompt_id: str, node_errors: Mapping[str, Any]) -> None:
+        self.prompt_id = prompt_id
+        self.node_errors = dict(node_errors)
+        super().__init__(message)
+
+
+class WebhookError(RunComfyError):
+    """A webhook delivery was refused before any of it was acted on."""
+
+
+class InvalidWebhookError(WebhookError, ValueError):
+    """The body is not a delivery: not a JSON object, or no request id or status in it."""
+
+
+class WebhookSecretError(WebhookError):
+    """The delivery did not carry the shared secret the receiver was configured with."""

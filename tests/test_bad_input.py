@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import attrs
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import errors
+from runcomfy_async import Deployment, DeploymentInfo, DeploymentPayload, errors
 from runcomfy_async._client import RunComfy
 from runcomfy_async.resources.datasets import Dataset
 from runcomfy_async.testing import Emulator
+from runcomfy_async.testing._deployments import serverless_workflow
 from runcomfy_async.types.uploads import FailureReason, FileStarted, UploadEvent
 
 API_HOSTS = ("trainer", "model", "server")
@@ -170,6 +172,61 @@ async def _unopened(ctx: Ctx) -> None:
     await ctx.emu.client().datasets.list()
 
 
+@case("wrong token", "RunComfy(token='rc_wrong')", errors.AuthenticationError,
+      "HTTP 401", "RunComfy(token=...)", "RUNCOMFY_API_TOKEN",
+      allowed=("GET /prod/v1/trainers/datasets",))
+async def _wrong_token(ctx: Ctx) -> None:
+    async with ctx.emu.client(token="rc_wrong") as rc:
+        await rc.datasets.list()
+
+
+@case("unreachable host", "RUNCOMFY_TRAINER_URL pointing where nothing listens",
+      errors.UnsentTransportError, "could not connect", "trainer_url=", "RUNCOMFY_TRAINER_URL")
+async def _unreachable(ctx: Ctx) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    ctx.monkeypatch.setenv("RUNCOMFY_TRAINER_URL", closed)
+    async with ctx.emu.client(trainer_url=None, max_retries=0) as rc:
+        await rc.datasets.list()
+
+
+@case("sync with", "with RunComfy() as rc:", errors.AsyncUsageError,
+      "use `async with RunComfy() as rc:`", "asyncio.run")
+async def _sync_with(ctx: Ctx) -> None:
+    with ctx.emu.client():
+        pass
+
+
+@case("forgotten await", "ds = rc.datasets.create('dogs'); ds.upload_folder(...)",
+      errors.AsyncUsageError, "asked for .upload_folder without `await`",
+      "write `await rc.datasets.create(...)`")
+async def _forgotten_await(ctx: Ctx) -> None:
+    ds = ctx.rc.datasets.create("dogs")
+    await ds.upload_folder(ctx.tmp)
+
+
+@case("iterating an un-awaited list", "for info in rc.datasets.list():", errors.AsyncUsageError,
+      "iterated without `await`", "`await rc.datasets.list()`")
+async def _iterate_unawaited(ctx: Ctx) -> None:
+    for _ in ctx.rc.datasets.list():
+        pass
+
+
+@case("async with an un-awaited launch", "async with rc.machines.launch(v) as machine:",
+      errors.AsyncUsageError, "entered with `async with` without `await`",
+      "`await rc.machines.launch(...)`")
+async def _enter_unawaited(ctx: Ctx) -> None:
+    async with ctx.rc.machines.launch("v-1"):
+        pass
+
+
+@case("an un-awaited result tested for truth", "if rc.datasets.find('dogs'):",
+      errors.AsyncUsageError, "tested for truth", "`await rc.datasets.find(...)`")
+async def _truth_unawaited(ctx: Ctx) -> None:
+    assert not ctx.rc.datasets.find("dogs")
+
+
 # -- dataset files -----------------------------------------------------------------------------
 
 
@@ -234,6 +291,13 @@ async def _subfolder(ctx: Ctx) -> None:
       "concurrency must be an int >= 1", "files in flight")
 async def _zero_concurrency(ctx: Ctx) -> None:
     await ctx.kept.upload_folder(files(ctx.tmp / "d", a__jpg=b"1", a__txt="a"), concurrency=0)
+
+
+@case("dataset name already taken", "rc.datasets.create('kept') a second time",
+      errors.ConflictError, "already exists", "exist_ok=True", "rc.datasets.find('kept')",
+      allowed=("POST /prod/v1/trainers/datasets",))
+async def _name_taken(ctx: Ctx) -> None:
+    await ctx.rc.datasets.create("kept")
 
 
 @case("dataset name with surrounding whitespace", "rc.datasets.create(' dogs ')",
@@ -305,6 +369,27 @@ async def _nan_inputs(ctx: Ctx) -> None:
     await ctx.rc.models.submit("acme/flux/dev", {"seed": float("nan")})
 
 
+@case("model inputs failing their schema", "submit(id, {'promt': 'a dog'}, validate=True)",
+      errors.ModelInputError, "promt: not an input of this model (did you mean 'prompt'?)",
+      "prompt: required input missing", "valid inputs: image_url (string, required)",
+      allowed=("GET /v1/models/blackforestlabs/flux-1-kontext/pro/edit",))
+async def _schema_inputs(ctx: Ctx) -> None:
+    flux = "blackforestlabs/flux-1-kontext/pro/edit"
+    await ctx.rc.models.submit(flux, {"promt": "a dog"}, validate=True)
+
+
+@case("blank catalog filter", "rc.models.catalog(search='')", errors.ValidationError,
+      "search must be a non-blank string or None")
+async def _blank_search(ctx: Ctx) -> None:
+    ctx.rc.models.catalog(search="")
+
+
+@case("blank gpu_id", "rc.jobs.submit(config, gpu_id=' ')", errors.ValidationError,
+      "gpu_id must be a non-blank string", "or None")
+async def _blank_gpu_id(ctx: Ctx) -> None:
+    await ctx.rc.jobs.submit(CONFIG, gpu_id=" ")
+
+
 # -- machines ----------------------------------------------------------------------------------
 
 
@@ -324,6 +409,64 @@ async def _zero_duration(ctx: Ctx) -> None:
       "unknown server_type 'huge'", "use one of 'medium'")
 async def _bad_server_type(ctx: Ctx) -> None:
     await ctx.rc.machines.launch("v-1", server_type="huge")
+
+
+# -- serverless deployments ----------------------------------------------------------------------
+
+
+def _known_deployment(ctx: Ctx) -> Deployment:
+    """A deployment handle whose deployed workflow is known (as after fetch(includes=payload))."""
+    info = DeploymentInfo(
+        id="dep-1", payload=DeploymentPayload(workflow_api_json=serverless_workflow())
+    )
+    return Deployment(ctx.rc, "dep-1", info=info)
+
+
+@case("override naming an unknown node", "dep.submit({'99': {'inputs': {'text': 'x'}}})",
+      errors.ValidationError, "node 99 is not in the deployment's workflow",
+      "6 (CLIPTextEncode)")
+async def _unknown_node(ctx: Ctx) -> None:
+    await _known_deployment(ctx).submit({"99": {"inputs": {"text": "x"}}})
+
+
+@case("override naming an unknown input", "dep.submit({'6': {'inputs': {'prompt': 'x'}}})",
+      errors.ValidationError, "has no input 'prompt'", "its inputs are clip, text")
+async def _unknown_input(ctx: Ctx) -> None:
+    await _known_deployment(ctx).submit({"6": {"inputs": {"prompt": "x"}}})
+
+
+@case("inline media file too large", "dep.submit({'10': {'inputs': {'image': Path('big.png')}}})",
+      errors.ValidationError, "too large to send inline", "pass its https URL")
+async def _media_too_large(ctx: Ctx) -> None:
+    big = ctx.tmp / "big.png"
+    with big.open("wb") as handle:
+        handle.truncate(21 * 1024 * 1024)
+    await ctx.rc.deployments.get("dep-1").submit({"10": {"inputs": {"image": big}}})
+
+
+@case("more than one hardware SKU", "deployments.create(..., hardware=['AMPERE_48', 'AMPERE_24'])",
+      errors.ValidationError, "exactly one SKU", "hardware='AMPERE_48'")
+async def _two_skus(ctx: Ctx) -> None:
+    await ctx.rc.deployments.create(
+        name="d", workflow_id="w", workflow_version="v1", hardware=["AMPERE_48", "AMPERE_24"]
+    )
+
+
+@case("min_instances above max_instances", "deployments.create(..., min_instances=3, "
+      "max_instances=2)", errors.ValidationError, "is above max_instances",
+      "raise max_instances")
+async def _min_above_max(ctx: Ctx) -> None:
+    await ctx.rc.deployments.create(
+        name="d", workflow_id="w", workflow_version="v1", hardware="AMPERE_48",
+        min_instances=3, max_instances=2,
+    )
+
+
+@case("negative keep-warm", "deployments.update(id, keep_warm_duration_in_seconds=-1)",
+      errors.ValidationError, "keep_warm_duration_in_seconds must be an integer from 0",
+      "0 shuts an idle instance down")
+async def _negative_keep_warm(ctx: Ctx) -> None:
+    await ctx.rc.deployments.update("dep-1", keep_warm_duration_in_seconds=-1)
 
 
 # -- the runner --------------------------------------------------------------------------------

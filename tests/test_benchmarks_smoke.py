@@ -97,6 +97,12 @@ def test_limiter_smoke_compares_the_buckets(smoke_run: tuple[str, Path]) -> None
     assert limiters == {"per-process TokenBucket", "shared RedisTokenBucket"}
 
 
+def test_validate_smoke_compares_cached_and_compiled_checks(smoke_run: tuple[str, Path]) -> None:
+    """Validate: a check with the cached validator beside one that compiles the schema."""
+    (row,) = _rows(smoke_run[1], "validate")
+    assert 0 < row["ours_us"] < row["baseline_us"]
+
+
 def test_summary_table_names_every_target(smoke_run: tuple[str, Path]) -> None:
     """The summary puts each figure beside its baseline and target, and is written as JSON."""
     stdout, results = smoke_run
@@ -104,7 +110,7 @@ def test_summary_table_names_every_target(smoke_run: tuple[str, Path]) -> None:
     rows = json.loads((results / "summary-smoke.json").read_text())["rows"]
     figures = " ".join(row["figure"] for row in rows)
     for needle in ("signed PUT", "direct multipart", "folder", "client overhead",
-                   "rate budget", "2 s model", "processes"):
+                   "rate budget", "2 s model", "processes", "validate=True"):
         assert needle in figures
     assert all(row["target"] for row in rows)
 

@@ -28,6 +28,7 @@ from runcomfy_async._polling import PollPolicy
 from runcomfy_async._retry import RetryPolicy
 from runcomfy_async._transport import Timeouts
 from runcomfy_async.resources.datasets import Dataset
+from runcomfy_async.resources.deployments import Deployment
 from runcomfy_async.resources.machines import Machine
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing._faults import FAULT_KINDS, FaultRule, FaultSet, request_key
@@ -352,7 +353,7 @@ JOB_CONFIG: dict[str, Any] = {
         ],
     },
 }
-GOOD = "acme/chaos/good"
+GOOD = "google/nano-banana-2-lite/text-to-image"  # in the emulator's built-in catalog
 BAD = "acme/chaos/bad"
 RUNS = 100
 
@@ -491,6 +492,19 @@ async def _launch_machine(rc: RunComfy) -> object:
     return await rc.machines.launch(version)
 
 
+async def _create_deployment(rc: RunComfy) -> object:
+    workflow_id = (await rc.machines.workflows())[0].workflow_id
+    return await rc.deployments.create(
+        name="once", workflow_id=workflow_id, workflow_version="v1", hardware="AMPERE_24"
+    )
+
+
+async def _submit_serverless(rc: RunComfy) -> object:
+    deployment = await _create_deployment(rc)
+    assert isinstance(deployment, Deployment)
+    return await deployment.submit({"6": {"inputs": {"text": "once"}}})
+
+
 def _created(emu: Emulator, what: str) -> int:
     """How many resources of a kind the emulator holds."""
     state = emu.state
@@ -500,6 +514,10 @@ def _created(emu: Emulator, what: str) -> int:
         return len(jobs_of(state)._jobs)
     if what == "model":
         return len(state.model_requests._records)
+    if what == "deployment":
+        return len(state.deployments.deployments)
+    if what == "serverless":
+        return len(state.deployments.requests)
     return len(machine_store(state)._machines)
 
 
@@ -509,6 +527,8 @@ CREATES = {
     "job": (_submit_job, "POST", r"^/prod/v1/trainers/ai-toolkit/jobs$"),
     "model": (_submit_model, "POST", r"^/v1/models/"),
     "machine": (_launch_machine, "POST", r"/servers$"),
+    "deployment": (_create_deployment, "POST", r"^/prod/v2/deployments$"),
+    "serverless": (_submit_serverless, "POST", r"/inference$"),
 }
 
 

@@ -137,7 +137,7 @@ def ready_dataset(invoke: Callable[..., Result], name: str, folder: Path) -> dic
 def test_help_lists_every_group_and_exit_codes(invoke: Callable[..., Result]) -> None:
     """`runcomfy --help` names each command group and documents the exit codes."""
     out = invoke("--help").stdout
-    for name in ("datasets", "jobs", "models", "machines", "emulator", "demo"):
+    for name in ("datasets", "jobs", "models", "machines", "deployments", "emulator", "demo"):
         assert name in out
     assert "130 interrupted" in out
 
@@ -202,7 +202,9 @@ def test_datasets_upload_folder_resumes(
     files = make_dataset(folder, count=4)
     first = invoke("--json", "datasets", "upload", "cli-dogs", str(folder), "--wait")
     answer = json.loads(first.stdout)
-    assert sorted(answer["upload"]["uploaded"]) == sorted(p.name for p in files)
+    assert sorted(f["filename"] for f in answer["upload"]["uploaded"]) == sorted(
+        p.name for p in files
+    )
     assert answer["dataset"]["status"] == "READY"
     stored = server.run(lambda: server.emu.stored_files(answer["upload"]["dataset_id"]))
     assert {name: size for name, (size, _) in stored.items()} == {
@@ -213,7 +215,7 @@ def test_datasets_upload_folder_resumes(
     assert again["upload"]["uploaded"] == []
     assert len(again["upload"]["skipped"]) == len(files)
     table = invoke("datasets", "upload", "cli-dogs", str(folder))
-    assert "0 uploaded, 8 already there, 0 failed" in table.stdout
+    assert "0 uploaded, 8 skipped, 0 failed" in table.stdout
 
 
 def test_datasets_upload_refuses_a_bad_folder(
@@ -252,8 +254,7 @@ def test_jobs_submit_watch_result_download(invoke: Callable[..., Result], tmp_pa
     )
     job = watched["job"]
     assert job["status"] == "STOPPED"
-    assert job["completed"] is True
-    assert job["step"] == "60/60"
+    assert job["progress"]["current_step"] == job["progress"]["total_steps"] == 60
     kinds = sorted({a["kind"] for a in watched["artifacts"]})
     assert kinds == ["checkpoints", "config", "samples"]
     status = json.loads(invoke("jobs", "status", job["id"], "--json").stdout)
@@ -305,8 +306,11 @@ def test_jobs_submit_refuses_a_dataset_that_is_not_ready(
 # -- models ----------------------------------------------------------------------------------
 
 
-def test_models_run_with_inputs_and_download(invoke: Callable[..., Result], tmp_path: Path) -> None:
+def test_models_run_with_inputs_and_download(
+    server: ThreadedEmulator, invoke: Callable[..., Result], tmp_path: Path
+) -> None:
     """`models run` sends typed inputs, waits, prints the output and downloads its files."""
+    server.run(lambda: server.emu.add_model("owner/model/v1"))
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps({"prompt": "from file", "seed": 1}), encoding="utf-8")
     result = invoke(
@@ -366,6 +370,54 @@ def test_machines_errors(invoke: Callable[..., Result]) -> None:
     invoke("machines", "launch", "v1", "--server-type", "huge", code=2)
     line = one_error_line(invoke("machines", "list", code=2, env={"RUNCOMFY_USER_ID": ""}))
     assert "RUNCOMFY_USER_ID" in line
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+def test_deployments_lifecycle_and_run(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """create, list, get (with the workflow), run with overrides and a file, update, delete."""
+    workflow_id = json.loads(invoke("--json", "machines", "workflows").stdout)[0]["workflow_id"]
+    created = json.loads(invoke(
+        "--json", "deployments", "create", "--name", "cli", "--workflow-id", workflow_id,
+        "--workflow-version", "v1", "--hardware", "AMPERE_48", "--max-instances", "2",
+    ).stdout)
+    dep_id = created["id"]
+    assert created["max_instances"] == 2 and created["hardware"] == ["AMPERE_48"]
+    assert dep_id in invoke("deployments", "list").stdout
+    shown = invoke("deployments", "get", dep_id, "--include", "payload").stdout
+    assert "6 (CLIPTextEncode)" in shown
+    image = tmp_path / "in.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    result = invoke(
+        "--json", "deployments", "run", dep_id, "--set", "6.text=a red fox",
+        "--set", "7.text=@" + str(image), "--download", str(tmp_path / "out"),
+    )
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "succeeded"
+    assert answer["outputs"]["12"] == {"text": [["a red fox"]]}
+    (path,) = answer["files"]
+    assert Path(path).read_bytes().startswith(b"\x89PNG")
+    no_progress_drawn(result.stderr)
+    line = one_error_line(invoke("deployments", "run", dep_id, "--set", "6.txt=x", code=1))
+    assert "its inputs are clip, text" in line
+    updated = json.loads(invoke("--json", "deployments", "update", dep_id, "--disable").stdout)
+    assert updated["is_enabled"] is False
+    line = one_error_line(invoke("deployments", "run", dep_id, code=3))
+    assert "--enable" in line
+    assert "deleted" in invoke("deployments", "delete", dep_id).stdout
+    assert "create" in one_error_line(invoke("deployments", "run", dep_id, code=3))
+
+
+def test_deployments_usage_errors(invoke: Callable[..., Result]) -> None:
+    """A bad --set pair or an update with nothing to change is a usage error (2)."""
+    assert "NODE.INPUT=VALUE" in invoke("deployments", "run", "d", "--set", "6=x", code=2).stderr
+    assert "nothing to change" in invoke("deployments", "update", "d", code=2).stderr
+    line = one_error_line(invoke(
+        "deployments", "create", "--name", "x", "--workflow-id", "w", "--workflow-version",
+        "v1", "--hardware", "AMPERE_48", "--min-instances", "99", code=1,
+    ))
+    assert "0 to 30" in line
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -512,7 +564,8 @@ def test_ctrl_c_during_upload_exits_130_and_resumes(
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)["upload"]
     assert len(report["skipped"]) >= 2
-    assert sorted(report["skipped"] + report["uploaded"]) == sorted(p.name for p in files)
+    names = [f["filename"] for f in report["skipped"] + report["uploaded"]]
+    assert sorted(names) == sorted(p.name for p in files)
 
 
 def test_unreachable_api_exits_4(invoke: Callable[..., Result]) -> None:
@@ -537,3 +590,114 @@ def test_missing_cli_extra_names_the_install_command() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'runcomfy-async[cli]'" in out.stdout
+
+
+# -- no dead ends, --json errors, watch commands -----------------------------------------------
+
+
+def test_bad_folder_creates_no_dataset_and_a_fixed_rerun_works(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A folder mistake is found before the dataset is created; fixing it and re-running works
+    (no 409 from a dataset the failed run left behind)."""
+    folder = tmp_path / "fixme"
+    make_dataset(folder, count=2)
+    caption = (folder / "dog_01.txt").read_text()
+    (folder / "dog_01.txt").unlink()
+    invoke("datasets", "upload", "cli-fixme", str(folder), code=1)
+    listed = json.loads(invoke("--json", "datasets", "list").stdout)
+    assert all(d["name"] != "cli-fixme" for d in listed)
+    (folder / "dog_01.txt").write_text(caption)
+    answer = json.loads(invoke("--json", "datasets", "upload", "cli-fixme", str(folder)).stdout)
+    assert len(answer["upload"]["uploaded"]) == 4
+
+
+def test_json_errors_are_json_on_stdout(invoke: Callable[..., Result]) -> None:
+    """With --json a failure prints {"error": {...}} on stdout (type, status, code, hint) and
+    exits non-zero; stderr stays free of the one-line message."""
+    result = invoke("--json", "datasets", "status", "no-such-dataset", code=3)
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "NotFoundError"
+    assert error["status"] == 404
+    assert error["code"] is not None
+    assert error["exit_code"] == 3
+    assert "runcomfy datasets list" in error["hint"]
+    assert "runcomfy: error" not in result.stderr
+    usage = json.loads(invoke("models", "run", "owner/model/v1", "--json", code=2).stdout)
+    assert usage["error"]["type"] == "UsageError"
+    assert "no inputs" in usage["error"]["message"]
+    unset = json.loads(
+        invoke("--json", "datasets", "list", code=2, env={"RUNCOMFY_API_TOKEN": ""}).stdout
+    )
+    assert unset["error"]["type"] == "ConfigurationError"
+    assert "--token" in unset["error"]["hint"]
+
+
+def test_errors_are_worded_for_the_shell(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """A taken name, a wrong token and a config with wrong fixed paths give shell advice
+    (commands and flags), never Python calls."""
+    invoke("datasets", "create", "cli-taken")
+    taken = one_error_line(invoke("datasets", "create", "cli-taken", code=3))
+    assert "runcomfy datasets upload NAME FOLDER" in taken
+    assert "--exist-ok" in taken
+    first = json.loads(invoke("--json", "datasets", "create", "cli-taken", "--exist-ok").stdout)
+    assert first["name"] == "cli-taken"
+    wrong = one_error_line(
+        invoke("datasets", "list", code=3, env={"RUNCOMFY_API_TOKEN": "rc_wrong_token"})
+    )
+    config = tmp_path / "paths.yaml"
+    config.write_text(
+        "job: extension\nconfig:\n  name: x\n  process:\n  - type: sd_trainer\n"
+        "    training_folder: /app/ai-toolkit/output\n    datasets:\n"
+        "    - folder_path: /data/dogs\n",
+        encoding="utf-8",
+    )
+    paths = one_error_line(invoke("jobs", "submit", str(config), code=1))
+    assert "--dataset NAME" in paths
+    for line in (taken, wrong, paths):
+        assert "rc." not in line and "exist_ok" not in line and "RunComfy(" not in line, line
+
+
+def test_datasets_list_shows_unknown_file_counts(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    """The list endpoint leaves files out: the table shows an en dash, not 0."""
+    ready_dataset(invoke, "cli-counted", tmp_path / "counted")
+    table = invoke("datasets", "list").stdout.splitlines()
+    (row,) = [line for line in table if "cli-counted" in line]
+    assert "\u2013" in row
+    assert " 0 " not in row
+
+
+def test_jobs_watch_follows_a_submitted_job(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    """`jobs watch ID` follows a job submitted earlier to its end; JSON as the Python type."""
+    ready_dataset(invoke, "cli-watch", tmp_path / "train")
+    config = tmp_path / "job.yaml"
+    config.write_text(TEMPLATE, encoding="utf-8")
+    submitted = json.loads(
+        invoke("--json", "jobs", "submit", str(config), "--dataset", "cli-watch").stdout
+    )
+    job_id = submitted["job"]["id"]
+    watched = json.loads(invoke("--json", "jobs", "watch", job_id).stdout)
+    assert watched["job"]["id"] == job_id
+    assert watched["job"]["status"] == "STOPPED"
+    assert isinstance(watched["job"]["progress"]["current_step"], int)
+    assert {a["kind"] for a in watched["artifacts"]} >= {"checkpoints"}
+    assert "HTTP 404" in one_error_line(invoke("jobs", "watch", "no-such-job", code=3))
+
+
+def test_requests_watch_follows_a_submitted_request(
+    invoke: Callable[..., Result], server: ThreadedEmulator
+) -> None:
+    """`requests watch ID` waits for a request submitted elsewhere and prints its result."""
+
+    async def submit() -> str:
+        async with server.emu.client() as rc:
+            return (await rc.models.submit("owner/model/v1", {"prompt": "a cat"})).id
+
+    request_id = server.call(submit())
+    answer = json.loads(invoke("--json", "requests", "watch", request_id).stdout)
+    assert answer["request_id"] == request_id
+    assert answer["status"] == "succeeded"
+    assert "succeeded" in invoke("requests", "result", request_id).stdout
+    assert "HTTP 404" in one_error_line(invoke("requests", "watch", "nope", code=3))

@@ -22,6 +22,7 @@ from runcomfy_async import (
     RetryPolicy,
     RunComfy,
     ServerError,
+    TokenBucket,
     TransportError,
     WrongEventLoopError,
 )
@@ -236,6 +237,22 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     rc = RunComfy(server_url="http://localhost:8080/")
     assert rc.base_url(API.SERVER) == "http://localhost:8080"
     assert "from_env_token" not in repr(rc)
+
+
+def test_rate_comes_from_the_argument_then_runcomfy_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RUNCOMFY_RATE sets the built-in bucket's rate unless rate= is given; junk is refused."""
+    monkeypatch.delenv("RUNCOMFY_RATE", raising=False)
+    assert isinstance(limiter := RunComfy(token="t").limiter, TokenBucket)
+    assert limiter.rate == 1.0
+    monkeypatch.setenv("RUNCOMFY_RATE", "25")
+    assert isinstance(limiter := RunComfy(token="t").limiter, TokenBucket)
+    assert limiter.rate == 25.0
+    assert isinstance(limiter := RunComfy(token="t", rate=3.0).limiter, TokenBucket)
+    assert limiter.rate == 3.0
+    for junk in ("fast", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv("RUNCOMFY_RATE", junk)
+        with pytest.raises(ConfigurationError, match="RUNCOMFY_RATE"):
+            RunComfy(token="t")
 
 
 @pytest.mark.asyncio

@@ -22,7 +22,7 @@ SAMPLE = {
 
 
 def test_recorded_sample_structures_strictly() -> None:
-    """The API.md sample structures with extra keys forbidden (every field is modelled)."""
+    """The documented sample structures with extra keys forbidden (every field is modelled)."""
     info = make_converter(strict=True).structure(SAMPLE, DatasetInfo)
     assert info.status is DatasetStatus.READY
     assert info.files[0].size_bytes == 183422

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from runcomfy_async import Dataset, RunComfy, ValidationError
+from runcomfy_async import (
+    ConflictError,
+    Dataset,
+    DatasetValidationError,
+    FolderCheck,
+    RunComfy,
+    ValidationError,
+)
 from runcomfy_async.testing import Emulator
 
 
@@ -59,3 +67,44 @@ async def test_find_refuses_an_empty_reference(emu: Emulator, rc: RunComfy) -> N
     with pytest.raises(ValidationError):
         await rc.datasets.find("")
     assert len(emu.log) == before
+
+
+@pytest.mark.asyncio
+async def test_create_exist_ok_returns_the_existing_dataset(emu: Emulator, rc: RunComfy) -> None:
+    """exist_ok=True hands back the dataset already called that (a script can run again);
+    without it the 409 says how to get that behaviour."""
+    first = await rc.datasets.create("again", exist_ok=True)
+    second = await rc.datasets.create("again", exist_ok=True)
+    assert (second.id, second.name) == (first.id, "again")
+    with pytest.raises(ConflictError) as caught:
+        await rc.datasets.create("again")
+    assert "exist_ok=True" in caught.value.fix
+    assert "rc.datasets.find('again')" in str(caught.value)
+    assert "exist_ok" not in caught.value.problem
+
+
+@pytest.mark.asyncio
+async def test_check_folder_validates_without_sending(
+    emu: Emulator, rc: RunComfy, tmp_path: Path
+) -> None:
+    """check_folder returns what would be sent, or raises upload_folder's own error; it sends
+    nothing, even from a client that was never opened."""
+    folder = tmp_path / "dogs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"jpeg")
+    (folder / "a.txt").write_text("a dog")
+    before = len(emu.log)
+    check = await rc.datasets.check_folder(folder)
+    assert check == FolderCheck(path=folder, files=("a.jpg", "a.txt"), total_bytes=9)
+    (folder / "b.jpg").write_bytes(b"jpeg")
+    with pytest.raises(DatasetValidationError) as checked:
+        await emu.client().datasets.check_folder(folder)
+    ds = await rc.datasets.create("checked")
+    mark = len(emu.log)
+    with pytest.raises(DatasetValidationError) as uploaded:
+        await ds.upload_folder(folder)
+    assert checked.value.problems == uploaded.value.problems
+    assert "exist_ok=True" in uploaded.value.fix and "check_folder" in str(uploaded.value)
+    assert "b.jpg: no caption b.txt" in checked.value.problems[0]
+    assert len(emu.log) == mark
+    assert [r.method for r in emu.log[before:]] == ["POST"]

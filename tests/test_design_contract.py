@@ -1,4 +1,4 @@
-"""DESIGN.md's public-surface snippet, run nearly verbatim against the emulator."""
+"""The design's public-surface snippet, run nearly verbatim against the emulator."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _dataset_folder(root: Path, n: int = 6) -> Path:
 
 @pytest.mark.asyncio
 async def test_design_public_surface(tmp_path: Path) -> None:
-    """Every call of DESIGN.md's public-surface snippet works as written, end to end."""
+    """Every call of the design's public-surface snippet works as written, end to end."""
     folder = _dataset_folder(tmp_path)
     events: list[Any] = []
     # The account limit at 10/s on both sides instead of 1/s: the same calls and order, and the
@@ -78,6 +78,7 @@ async def test_design_public_surface(tmp_path: Path) -> None:
             assert paths
             assert all(p.is_file() and p.resolve().is_relative_to(tmp_path / "out") for p in paths)
 
+            emu.add_model("owner/model/variant")  # the catalog refuses ids it does not know
             req = await rc.models.submit("owner/model/variant", {"prompt": "a dog"})
             assert isinstance(await req.status(), RequestStatus)
             output = await req
@@ -107,6 +108,23 @@ async def test_design_public_surface(tmp_path: Path) -> None:
     assert [r.status for r in deletes] == [200]
     assert any(type(e).__name__ == "FileDone" for e in events)
     assert {"method", "path", "status", "headers", "at", "api"} <= set(dir(emu.log[0]))
+
+
+@pytest.mark.asyncio
+async def test_design_serverless_lines() -> None:
+    """The snippet's serverless lines: create, submit on get(id) without await, await, disable,
+    delete."""
+    async with Emulator(rate_limit=None, speed=1000.0) as emu, emu.client(rate=100.0) as rc:
+        workflow_id = (await rc.machines.workflows())[0].workflow_id
+        dep = await rc.deployments.create(
+            name="txt2img", workflow_id=workflow_id, workflow_version="v1", hardware="AMPERE_48"
+        )
+        req = await rc.deployments.get(dep.id).submit(overrides={"6": {"inputs": {"text": "a"}}})
+        outputs = await req
+        assert outputs["12"] == {"text": [["a"]]}
+        await rc.deployments.update(dep.id, is_enabled=False)
+        await rc.deployments.delete(dep.id)
+        assert await rc.deployments.list() == []
 
 
 @pytest.mark.asyncio

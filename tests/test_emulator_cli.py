@@ -158,3 +158,9 @@ async def test_module_entry_point_serves_without_click() -> None:
         _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
+    banner = err.decode()  # the banner: URL, token, user id, rate limit, speed
+    assert f"serving on {url}" in banner
+    assert "token:      rc_no_click" in banner
+    assert "user id:    " in banner
+    assert "rate limit: off" in banner
+    assert "speed:      1000x" in banner

@@ -410,7 +410,14 @@ def test_public_names() -> None:
     """The package exports exactly its documented public names."""
     import runcomfy_async.testing as testing
 
-    assert sorted(testing.__all__) == ["Emulator", "FaultKind", "FaultRule", "RequestRecord"]
+    assert sorted(testing.__all__) == [
+        "Emulator",
+        "FaultKind",
+        "FaultRule",
+        "RequestRecord",
+        "WebhookDelivery",
+        "WebhookPolicy",
+    ]
     assert all(hasattr(testing, name) for name in testing.__all__)
 
 

@@ -1,4 +1,4 @@
-"""The emulator's Trainer datasets API (API.md section 1) and signed-URL storage."""
+"""The emulator's Trainer datasets API (docs/wire.md) and signed-URL storage."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ async def signed_put_url(api: aiohttp.ClientSession, data: bytes) -> tuple[str, 
         return dataset_id, (await resp.json())["uploads"]["a.jpg"]["upload_url"]
 
 
-# -- 200 with an error body (API.md section 0, "important quirk") -----------------------------
+# -- 200 with an error body (docs/wire.md: errors in a 200) -----------------------------
 
 
 @pytest.mark.asyncio

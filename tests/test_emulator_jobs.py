@@ -1,4 +1,4 @@
-"""The emulator's AI Toolkit jobs API (API.md section 2), spoken to over plain HTTP.
+"""The emulator's AI Toolkit jobs API (docs/wire.md), spoken to over plain HTTP.
 
 Time is driven with ``emu.advance`` at ``speed=1`` (queue 10 s, one step 3 s), so every state is
 reached deterministically without sleeping.

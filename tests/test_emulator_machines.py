@@ -230,7 +230,7 @@ async def test_websocket_messages_and_history(emu: Emulator, http: aiohttp.Clien
     assert kinds[:2] == ["execution_start", "execution_cached"]
     assert kinds[-2:] == ["execution_success", "executing"]
     executing = [e["data"]["node"] for e in events if e["type"] == "executing"]
-    assert executing[:-1] == ["4", "6", "7", "5", "3", "8", "9"]
+    assert executing[:-1] == ["4", "5", "7", "6", "3", "8", "9"]  # ComfyUI's node order
     assert [e["data"]["value"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     executed = next(e["data"] for e in events if e["type"] == "executed")
     image = executed["output"]["images"][0]
@@ -243,7 +243,7 @@ async def test_websocket_messages_and_history(emu: Emulator, http: aiohttp.Clien
 
 @pytest.mark.asyncio
 async def test_prompt_errors_have_comfyui_shape(emu: Emulator, http: aiohttp.ClientSession) -> None:
-    """/prompt answers no_prompt, missing_node_type and node_errors as ComfyUI does."""
+    """/prompt answers no_prompt, invalid_prompt and node_errors as ComfyUI does."""
     machine = await _launch(emu, http)
     base = (await _until_ready(emu, http, machine["server_id"]))["main_service_url"]
     status, empty = await _json(await http.post(base + "/prompt", json={}))
@@ -251,7 +251,8 @@ async def test_prompt_errors_have_comfyui_shape(emu: Emulator, http: aiohttp.Cli
     unknown = example_workflow()
     unknown["3"]["class_type"] = "Mystery"
     status, body = await _json(await http.post(base + "/prompt", json={"prompt": unknown}))
-    assert status == 400 and body["error"]["type"] == "missing_node_type"
+    assert status == 400 and body["error"]["type"] == "invalid_prompt"
+    assert body["error"]["message"] == "Cannot execute because node Mystery does not exist."
     missing = example_workflow()
     del missing["3"]["inputs"]["latent_image"]
     status, body = await _json(await http.post(base + "/prompt", json={"prompt": missing}))
@@ -267,13 +268,14 @@ async def test_prompt_errors_have_comfyui_shape(emu: Emulator, http: aiohttp.Cli
 async def test_view_refuses_escaping_names(
     emu: Emulator, http: aiohttp.ClientSession, name: str
 ) -> None:
-    """/view answers 400 for '..' or absolute names, 404 for a missing file."""
+    """/view answers 400 for '..' or absolute names, 403 for an escaping subfolder, 404 for a
+    missing file."""
     machine = await _launch(emu, http)
     base = (await _until_ready(emu, http, machine["server_id"]))["main_service_url"]
     bad = await http.get(base + "/view", params={"filename": name, "type": "output"})
     missing = await http.get(base + "/view", params={"filename": "none.png"})
     sub = await http.get(base + "/view", params={"filename": "x.png", "subfolder": name})
-    assert (bad.status, missing.status, sub.status) == (400, 404, 400)
+    assert (bad.status, missing.status, sub.status) == (400, 404, 403)
     for resp in (bad, missing, sub):
         resp.release()
 
@@ -299,7 +301,7 @@ def test_tiny_png_is_a_valid_png() -> None:
 
 @pytest.mark.asyncio
 async def test_duration_changes_only_once_ready(emu: Emulator, http: aiohttp.ClientSession) -> None:
-    """Changing the duration answers 409 while Initializing and works once Ready (API.md 4.5)."""
+    """Changing the duration answers 409 while Initializing and works once Ready (docs/wire.md)."""
     machine = await _launch(emu, http)
     url = f"{_users(emu)}/servers/{machine['server_id']}/update-estimated-duration"
     status, body = await _json(await http.post(url, json={"update_estimated_duration": 7200}))

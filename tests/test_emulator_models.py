@@ -1,4 +1,4 @@
-"""The emulator's Model API (API.md section 3): queue, lifecycle, results, cancel, behaviours."""
+"""The emulator's Model API (docs/wire.md): queue, lifecycle, results, cancel, behaviours."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 @pytest_asyncio.fixture
 async def emu() -> AsyncIterator[Emulator]:
     """An emulator without the rate limit, at speed 50 (a default 10 s run takes 0.2 s)."""
-    async with Emulator(rate_limit=None, speed=50.0) as emulator:
+    models = [{"model_id": m} for m in ("a/image-model", "a/video/pro", "a/multi")]
+    async with Emulator(rate_limit=None, speed=50.0, models=models) as emulator:
         yield emulator
 
 

@@ -136,6 +136,7 @@ async def test_every_lifecycle_finishes_in_scaled_time() -> None:
             "gpu_type": "ADA_80_PLUS",
         }
         job = await call(api, "POST", JOBS, json=job_body)
+        emu.add_model("owner/model/v1")
         run = await call(api, "POST", "/v1/models/owner/model/v1", json={"prompt": "x"})
         servers = f"/prod/api/users/{emu.user_id}/servers"
         version = emu.state.machines.workflows[0]["version_id"]

@@ -27,7 +27,7 @@ import redis.asyncio as redis_asyncio
 import uvicorn
 import yaml
 
-from runcomfy_async.testing import Emulator
+from runcomfy_async.testing import Emulator, WebhookPolicy
 from tests._services import (  # noqa: F401 (registers the redis_url and redis_server fixtures)
     RedisServer,
     free_port,
@@ -54,6 +54,8 @@ JOB_CONFIG: dict[str, Any] = {
 RATE = 1.0  # the emulator's (and the account's) limit, requests/s
 SERVER_BURST = 3  # the emulator's bucket capacity: what the service tolerates back to back
 WINDOW = 5.0  # seconds of the sliding windows checked
+WEBHOOK_SECRET = "example-webhook-secret"
+_RANK = {"in_queue": 0, "in_progress": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
 
 
 @pytest_asyncio.fixture
@@ -64,6 +66,7 @@ async def served(
     from examples.fastapi_app.main import app
 
     async with Emulator(rate_limit=None, speed=1000.0) as emu:
+        port = free_port()
         for name, value in {
             "RUNCOMFY_API_TOKEN": emu.token,
             "RUNCOMFY_USER_ID": emu.user_id,
@@ -72,10 +75,12 @@ async def served(
             "RUNCOMFY_SERVER_URL": emu.url,
             "RUNCOMFY_UPLOAD_ROOT": str(tmp_path),
             "RUNCOMFY_RATE": "1000",
+            "RUNCOMFY_WEBHOOK_URL": f"http://127.0.0.1:{port}/runcomfy/webhook",
+            "RUNCOMFY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "RUNCOMFY_WEBHOOK_POLL_AFTER": "0.3",
         }.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("RUNCOMFY_REDIS_URL", raising=False)
-        port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
@@ -119,10 +124,11 @@ async def test_endpoints_map_the_library(
     status, job_info = await call("GET", f"/jobs/{job['id']}")
     assert (status, job_info["id"]) == (200, job["id"])
 
+    emu.add_model("acme/fast/v1")
     status, out = await call("POST", "/generate", json={"model_id": "acme/fast/v1", "inputs": {}})
     assert status == 200
     assert "image" in out["output"]
-    emu.state.model_requests.set_behavior("acme/slow/v1", duration=1e6)
+    emu.set_model_behavior("acme/slow/v1", duration=1e6)
     body = {"model_id": "acme/slow/v1", "inputs": {"prompt": "x"}, "timeout": 0.3}
     status, slow = await call("POST", "/generate", json=body)
     assert (status, slow["error"]) == (504, "WaitTimeoutError")
@@ -136,6 +142,97 @@ async def test_endpoints_map_the_library(
     assert (status, error["error"]) == (409, "ConflictError")  # the name is taken
     status, error = await call("POST", "/jobs", json={"config": "job: [unclosed"})
     assert (status, error["error"]) == (422, "ConfigError")
+
+
+@pytest.mark.asyncio
+async def test_webhooks_hand_every_final_event_over_once(
+    served: tuple[aiohttp.ClientSession, str, Emulator],
+) -> None:
+    """The emulator duplicates, reorders and drops deliveries: each final is handled once.
+
+    Two deployments: on one every event may come twice and intermediate events late; on the
+    other every event is dropped, so only the app's recovery poll finds the finals.
+    """
+    session, url, emu = served
+    async with emu.client(rate=1000.0) as rc:
+        deployments = [
+            await rc.deployments.create(
+                name=f"hooks-{n}",
+                workflow_id=emu.state.machines.workflows[0]["workflow_id"],
+                workflow_version="v1",
+                hardware="AMPERE_48",
+                max_instances=4,
+            )
+            for n in range(2)
+        ]
+    noisy, silent = (d.id for d in deployments)
+    emu.set_webhook_policy(
+        WebhookPolicy(duplicate_rate=0.6, reorder_rate=0.6, backoff=0.0), deployment_id=noisy
+    )
+    emu.set_webhook_policy(WebhookPolicy(drop_rate=1.0), deployment_id=silent)
+
+    async def submit(deployment_id: str, text: str) -> str:
+        body = {
+            "deployment_id": deployment_id,
+            "overrides": {"6": {"inputs": {"text": text}}},
+            "intermediate": True,
+        }
+        async with session.post(f"{url}/runs", json=body) as response:
+            assert response.status == 202, await response.text()
+            return str((await response.json())["request_id"])
+
+    expected = {
+        await submit(noisy, "EMULATOR_FAIL" if n % 5 == 0 else f"a cat {n}"): noisy
+        for n in range(15)
+    }
+    expected |= {await submit(silent, f"a dog {n}"): silent for n in range(3)}
+
+    finals: list[dict[str, Any]] = []
+    for _ in range(500):
+        async with session.get(f"{url}/runs") as response:
+            events = await response.json()
+        finals = [e for e in events if e["status"] in ("succeeded", "failed", "cancelled")]
+        if len(finals) >= len(expected):
+            break
+        await asyncio.sleep(0.02)
+    await emu.webhooks_idle()
+    await asyncio.sleep(0.1)  # deliveries still in flight have been answered and handled
+    async with session.get(f"{url}/runs") as response:
+        events = await response.json()
+
+    finals = [e for e in events if e["status"] in ("succeeded", "failed", "cancelled")]
+    assert sorted(e["request_id"] for e in finals) == sorted(expected)  # each exactly once
+    assert all(e["verified"] for e in finals)
+    failed = {e["request_id"] for e in finals if e["status"] == "failed"}
+    assert len(failed) == 3
+    for event in finals:
+        if event["status"] == "succeeded":
+            assert event["outputs"]["9"]["images"][0]["url"].startswith("http")
+    pairs = [(e["request_id"], e["status"]) for e in events]
+    assert len(pairs) == len(set(pairs))  # no status of a run handled twice
+    for request_id in expected:
+        ranks = [_RANK[s] for r, s in pairs if r == request_id]
+        assert ranks == sorted(ranks), f"{request_id} went back: {ranks}"
+
+    deliveries = emu.webhook_deliveries
+    to_app = [d for d in deliveries if d.payload["deployment_id"] == noisy]
+    assert any(d.duplicate for d in to_app), "the emulator sent no duplicate"
+    assert not [d for d in deliveries if d.payload["deployment_id"] == silent]
+    assert all(d.ok for d in deliveries)
+    assert all("secret=" + WEBHOOK_SECRET in d.url for d in deliveries)
+    late = [
+        d for n, d in enumerate(to_app)
+        if d.payload["status"] == "in_progress"
+        and any(
+            e.payload["request_id"] == d.payload["request_id"]
+            and e.payload["status"] in ("succeeded", "failed")
+            for e in to_app[:n]
+        )
+    ]
+    assert late, "no intermediate event arrived after its final one"
+
+    async with session.post(f"{url}/runcomfy/webhook", json=to_app[0].payload) as response:
+        assert response.status == 403  # no secret: refused
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

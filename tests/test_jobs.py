@@ -456,7 +456,7 @@ STATUS_SAMPLE = {
 
 
 def test_status_sample_structures_strictly() -> None:
-    """The API.md status sample structures with extra keys forbidden."""
+    """The documented status sample structures with extra keys forbidden."""
     info = make_converter(strict=True).structure(STATUS_SAMPLE, JobStatus)
     assert info.status is JobState.RUNNING
     assert info.progress == Progress(percent=16, current_step=320, total_steps=2000)

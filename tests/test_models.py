@@ -1,4 +1,4 @@
-"""Model API requests through the client (API.md section 3): submit, await, result, cancel, LoRA."""
+"""Model API requests through the client (docs/wire.md): submit, await, result, cancel, LoRA."""
 
 from __future__ import annotations
 
@@ -41,12 +41,15 @@ from runcomfy_async.types.models import (
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 FAST = PollPolicy(initial=0.02, factor=1.5, max_interval=0.1)
+#: Models these tests run besides the built-in catalog (the id decides the output's shape).
+TEST_MODELS = ("acme/video-gen/v2", "acme/batch-images", "acme/video-x", "acme/flux-dev/lora")
 
 
 @pytest_asyncio.fixture
 async def emu() -> AsyncIterator[Emulator]:
     """An emulator without the rate limit where a default 10 s run takes 10 ms."""
-    async with Emulator(rate_limit=None, speed=1000.0) as emulator:
+    models = [{"model_id": m} for m in TEST_MODELS]
+    async with Emulator(rate_limit=None, speed=1000.0, models=models) as emulator:
         yield emulator
 
 
@@ -393,7 +396,7 @@ def test_cancel_outcome_without_either_field_is_unexpected(payload: Any) -> None
 
 
 def test_documented_samples_structure_strictly() -> None:
-    """The API.md samples of status and result structure with extra keys forbidden."""
+    """The documented samples of status and result structure with extra keys forbidden."""
     strict = make_converter(strict=True)
     state = strict.structure(
         {

@@ -263,8 +263,10 @@ def test_cli_upload_and_download_exit_non_zero(server: ThreadedEmulator, tmp_pat
     env = {"COLUMNS": "200", **server.env()}
     upload = runner.invoke(cli, ["--json", "datasets", "upload", "cli-loud", str(folder)], env=env)
     assert upload.exit_code == 1, upload.output
-    assert len(json.loads(upload.stdout)["upload"]["failed"]) == 2
-    assert "failed to upload" in upload.stderr
+    answer = json.loads(upload.stdout)  # with --json the failure is in the one JSON answer
+    assert len(answer["upload"]["failed"]) == 2
+    assert "failed to upload" in answer["error"]["message"]
+    assert answer["error"]["exit_code"] == 1
     download = runner.invoke(
         cli, ["jobs", "download", job_id, "--dest", str(tmp_path / "out")], env=env
     )

@@ -44,6 +44,7 @@ async def test_200_concurrent_runs_finish_without_429_and_a_user_submit_overtake
         store = emu.state.model_requests
         store.set_workers(8)
         emu.set_model_behavior("acme/model", duration=300.0)  # 0.3 s real: 7.5 s of queue
+        emu.add_model("acme/probe")
         started = time.monotonic()
         runs = [asyncio.ensure_future(rc.models.run("acme/model", {"i": i})) for i in range(n)]
         for _ in range(2000):  # until every submit is in and polls are under way
@@ -87,6 +88,7 @@ async def test_user_call_overtakes_queued_polls_at_the_account_rate() -> None:
         waits = [asyncio.ensure_future(rc.models.get(i).wait()) for i in ids]
         await asyncio.sleep(0.3)  # the burst went to two polls; 28 wait for tokens
         assert rc.limiter.waiting >= 25  # type: ignore[attr-defined]
+        emu.add_model("acme/probe")
         issued = time.monotonic()
         await rc.models.submit("acme/probe", {})
         between, delay = _records_between(emu.log, issued, "/v1/models/acme/probe")

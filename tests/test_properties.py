@@ -1,6 +1,6 @@
 """Property tests (hypothesis): the converter and download-name sanitising.
 
-The converter structures any shape API.md allows for each data class (unknown fields, unknown
+The converter structures any shape the wire allows for each data class (unknown fields, unknown
 status values, timestamps with or without offset, ``null`` for optional fields), and any other
 JSON raises our :class:`UnexpectedResponseError` -- never a raw KeyError or TypeError. File
 names from the server never escape the destination, are never absolute, never empty.
@@ -33,7 +33,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
-#: unknown fields the server may add (API.md: "unknown fields are ignored")
+#: unknown fields the server may add (docs/wire.md: "unknown fields are ignored")
 extras = st.dictionaries(st.text(min_size=1).map(lambda k: "x_" + k), json_values, max_size=3)
 ids = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=1, max_size=40)
 urls = st.builds(lambda p: f"https://storage.example/{p}?sig=abc", ids)
@@ -180,7 +180,7 @@ CLASSES = list(SHAPES)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_documented_shapes_structure(cls: type, data: st.DataObject) -> None:
-    """Any shape API.md allows structures; ids are kept; timestamps come out timezone-aware."""
+    """Any shape the wire allows structures; ids are kept; timestamps come out timezone-aware."""
     payload = data.draw(SHAPES[cls])
     value: Any = structure(payload, cls, what=cls.__name__)
     if cls in KEYS:

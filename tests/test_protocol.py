@@ -31,7 +31,7 @@ def test_empty_success_is_none() -> None:
 
 
 def test_error_code_on_200_is_an_error() -> None:
-    """A 2xx body with a non-null error_code raises (API.md section 0 quirk)."""
+    """A 2xx body with a non-null error_code raises (docs/wire.md: errors in a 200)."""
     with pytest.raises(errors.NotFoundError) as info:
         _decode(200, b'{"error_code": 404001, "error_message": "Request not found"}')
     assert info.value.status == 404
@@ -103,7 +103,7 @@ def test_empty_error_body_is_clear() -> None:
 
 
 def test_error_object_message_is_found() -> None:
-    """`error` given as an object with a message is read (API.md 2.3)."""
+    """`error` given as an object with a message is read (docs/wire.md)."""
     with pytest.raises(errors.BadRequestError) as info:
         _decode(400, b'{"error": {"message": "bad yaml", "code": "X"}}')
     assert "bad yaml" in str(info.value)

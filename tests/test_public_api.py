@@ -41,13 +41,14 @@ def test_error_tree_is_documented() -> None:
 
 
 def test_contract_names_exported() -> None:
-    """The names DESIGN.md promises are exported from the top level."""
+    """The public names the design promises are exported from the top level."""
     contract = {
         "RunComfy", "GPUType", "Dataset", "TrainingJob", "ModelRequest", "Machine",
         "DatasetInfo", "JobStatus", "JobResult", "Artifact", "RequestStatus", "RequestResult",
         "MachineInfo", "Workflow", "RunComfyError", "APIError", "DatasetFailed", "JobFailed",
         "RequestFailed", "MachineFailed", "TokenBucket", "Limiter", "ServerType", "Lora",
-        "__version__",
+        "Deployment", "Deployments", "DeploymentInfo", "ServerlessRequest", "Hardware",
+        "DeploymentDisabledError", "DeploymentDeletedError", "__version__",
     }
     assert contract <= set(runcomfy_async.__all__)
 
@@ -99,6 +100,9 @@ def test_cli_uses_only_the_public_library() -> None:
         "runcomfy_async.testing": {"Emulator"},
         # The emulator's one command line, shared with `python -m runcomfy_async.testing`.
         "runcomfy_async.testing._cli": None,
+        # The rich bars, shared with the public `progress_bars` (they need rich, an extra, so
+        # the package imports them only when asked).
+        "runcomfy_async._bars": None,
     }
     cli_dir = Path(runcomfy_async.__file__).parent / "cli"
     problems = []
@@ -157,3 +161,28 @@ def test_to_jsonable_refuses_what_has_no_json_form() -> None:
     """A handle or any other object is a TypeError, not a silently unserialisable value."""
     with pytest.raises(TypeError, match="no JSON form"):
         runcomfy_async.to_jsonable({"client": object()})
+
+
+def test_examples_import_only_public_names() -> None:
+    """examples/ imports from public modules only, and only names in their ``__all__``."""
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    private = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules = [(alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in modules:
+                if module.split(".")[0] != "runcomfy_async":
+                    continue
+                where = f"{path.relative_to(root)}:{node.lineno}"
+                if any(part.startswith("_") for part in module.split(".")):
+                    private.append(f"{where} imports private module {module}")
+                elif name is not None and name not in importlib.import_module(module).__all__:
+                    private.append(f"{where} imports {name}, not in {module}.__all__")
+    assert private == []

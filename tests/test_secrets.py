@@ -164,6 +164,7 @@ async def _full_flow(
         job.poll = FAST
         await job
         assert await job.download(tmp / "out")
+        emu.add_model("acme/secret/good")
         assert await rc.models.run("acme/secret/good", {"prompt": "a dog"}, poll=FAST)
         emu.set_model_behavior("acme/secret/bad", fail=True)
         with pytest.raises(errors.RequestFailed) as failed:

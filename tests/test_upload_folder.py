@@ -174,7 +174,7 @@ async def test_a_cancelled_upload_resumed_sends_only_the_missing_files(
     emu.clear_faults()
     emu.clear_log()
     # URLs handed out before the cancel but never used keep the dataset UPLOADING until they
-    # expire (API.md 1.3: short-lived); jump past that instead of waiting.
+    # expire (docs/wire.md: short-lived); jump past that instead of waiting.
     emu.advance(emu.config.url_ttl + 1)
     report = await ds.upload_folder(folder, concurrency=4)
     resent = {r.path.rsplit("/", 1)[1] for r in emu.log if r.method == "PUT"}

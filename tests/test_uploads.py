@@ -171,7 +171,7 @@ async def test_exactly_the_limit_goes_direct_and_one_byte_more_goes_signed(
 
 
 def test_default_limit_is_the_services_150_mb() -> None:
-    """The default threshold is the documented 150,000,000 bytes (decimal, API.md 1.2)."""
+    """The default threshold is the documented 150,000,000 bytes (decimal, docs/wire.md)."""
     assert DIRECT_UPLOAD_LIMIT == 150_000_000
 
 

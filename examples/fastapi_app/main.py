@@ -20,6 +20,8 @@ Environment:
     RUNCOMFY_REDIS_RETRY_FOR: seconds to hold callers while Redis is retried (default 5).
     RUNCOMFY_UPLOAD_ROOT: the only server-side directory ``POST /datasets`` may upload folders
         from (default: the working directory).
+    RUNCOMFY_WEBHOOK_URL, RUNCOMFY_WEBHOOK_SECRET, RUNCOMFY_WEBHOOK_POLL_AFTER: serverless runs
+        answered by webhook (``POST /runs``, ``POST /runcomfy/webhook``); see serverless_runs.py.
 
 Run: ``uvicorn examples.fastapi_app.main:app --workers 4`` (see README.md beside this file).
 """
@@ -49,24 +51,28 @@ from runcomfy_async import (
     APITimeoutError,
     BadRequestError,
     ConflictError,
+    Dataset,
     DatasetValidationError,
     Limiter,
     NotFoundError,
     OperationFailed,
     PayloadTooLargeError,
     RateLimitError,
+    RedisTokenBucket,
     RequestCancelled,
     RunComfy,
     RunComfyError,
     TokenBucket,
     TransportError,
     UploadError,
+    UploadReport,
     ValidationError,
     WaitTimeoutError,
 )
-from runcomfy_async._redis_limiter import RedisTokenBucket
-from runcomfy_async.resources.datasets import Dataset
-from runcomfy_async.types.uploads import UploadReport
+from runcomfy_async.webhooks.fastapi import webhook_router
+
+from .serverless_runs import open_runs
+from .serverless_runs import router as runs_router
 
 __all__ = ["app"]
 
@@ -95,17 +101,20 @@ def _limiter_from_env() -> Limiter:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open this worker's client (and shared limiter) at startup; close both at shutdown."""
+    """Open this worker's client, shared limiter and webhook receiver; close them at shutdown."""
     limiter = _limiter_from_env()
     try:
-        async with RunComfy(limiter=limiter) as client:
+        async with RunComfy(limiter=limiter) as client, open_runs(client) as runs:
             app.state.runcomfy = client
+            app.state.runs = runs
             yield
     finally:
         await limiter.aclose()  # passed in, so the client leaves closing it to us
 
 
 app = FastAPI(title="runcomfy-async FastAPI example", lifespan=lifespan)
+app.include_router(runs_router)
+app.include_router(webhook_router(lambda request: request.app.state.runs.receiver))
 
 
 def get_runcomfy(request: Request) -> RunComfy:

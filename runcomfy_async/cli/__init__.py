@@ -7,7 +7,7 @@ exit codes. ``main`` is the console script's entry point.
 from __future__ import annotations
 
 try:
-    from . import datasets, demo, emulator, jobs, machines, models
+    from . import account, datasets, demo, deployments, emulator, jobs, machines, models
     from ._app import cli
 except ModuleNotFoundError as exc:  # click and rich come with the cli extra only
     if exc.name not in ("click", "rich"):
@@ -22,7 +22,10 @@ __all__ = ["cli", "main"]
 cli.add_command(datasets.group)
 cli.add_command(jobs.group)
 cli.add_command(models.group)
+cli.add_command(models.requests_group)
 cli.add_command(machines.group)
+cli.add_command(deployments.group)
+cli.add_command(account.balance)
 cli.add_command(emulator.command)
 cli.add_command(demo.command)
 

@@ -11,7 +11,9 @@ Exit codes (also in ``runcomfy --help``):
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
 
-Every failure prints one line on stderr: what failed, why, and what to do.
+Every failure prints one line on stderr: what failed, why, and what to do (worded for the
+shell: flags, commands and environment variables). With ``--json`` it prints instead, on stdout,
+``{"error": {"type", "message", "hint", "status", "code", "exit_code"}}``.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 import attrs
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from runcomfy_async import RunComfy, errors, to_jsonable
 
@@ -43,6 +47,7 @@ __all__ = [
     "cli",
     "cli_error",
     "emit",
+    "error_json",
     "fields_table",
     "interrupted",
     "output_options",
@@ -87,16 +92,47 @@ class Settings:
 
 
 class CliError(click.ClickException):
-    """A failure shown as one line on stderr with a chosen exit code."""
+    """A failure shown as one line on stderr with a chosen exit code.
 
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
+    Args:
+        message: the line (what failed, why, what to do).
+        exit_code: the process exit code.
+        error: the library error behind it (its type, status and code go into ``--json``).
+        hint: the shell advice in ``message``, kept apart for ``--json``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int = EXIT_FAILED,
+        error: errors.RunComfyError | None = None,
+        hint: str = "",
+    ) -> None:
         super().__init__(message)
         # click declares exit_code a ClassVar, yet reads it per instance; one class serves all.
         self.exit_code = exit_code  # type: ignore[misc]
+        self.error = error
+        self.hint = hint
 
     def show(self, file: IO[Any] | None = None) -> None:
         """Print ``runcomfy: error: <message>`` on stderr."""
         click.echo(f"runcomfy: error: {self.format_message()}", file=file or sys.stderr)
+
+
+def error_json(exc: click.ClickException) -> dict[str, Any]:
+    """A failure as the ``{"error": {...}}`` object ``--json`` prints on stdout."""
+    cause = exc.error if isinstance(exc, CliError) else None
+    return {
+        "error": {
+            "type": type(cause).__name__ if cause is not None else type(exc).__name__,
+            "message": exc.format_message(),
+            "hint": exc.hint if isinstance(exc, CliError) else "",
+            "status": getattr(cause, "status", None),
+            "code": getattr(cause, "code", None),
+            "exit_code": exc.exit_code,
+        }
+    }
 
 
 def settings() -> Settings:
@@ -172,11 +208,12 @@ def emit(
         return
     console = stdout_console()
     if columns is not None:
-        table = Table(title=title, show_lines=False, title_justify="left")
+        shown = None if title is None else Text(title)
+        table = Table(title=shown, show_lines=False, title_justify="left")
         for name in columns:
             table.add_column(name, overflow="fold")
         for row in rows or ():
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(Text(_cell(v)) for v in row))  # values are not markup
         console.print(table)
     elif text is not None:
         console.print(text, markup=False)
@@ -189,25 +226,76 @@ def fields_table(data: Any, *, title: str | None = None) -> None:
     emit(data, columns=("field", "value"), rows=rows, title=title)
 
 
+def json_object_file(path: Path, example: str) -> dict[str, Any]:
+    """The JSON object a ``--json-file`` holds.
+
+    Raises:
+        click.UsageError: unreadable, not JSON, or not an object (``example`` shows one).
+    """
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"--json-file {path}: not readable JSON: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise click.UsageError(f"--json-file {path}: must hold a JSON object, like {example}")
+    return loaded
+
+
 # -- running work and mapping errors -----------------------------------------------------------
 
 
 def _hint(exc: errors.RunComfyError, group: str) -> str:
-    """What the user can do about an error, for the one-line message."""
+    """What the user can do about an error, worded for the shell (the library's ``fix`` is
+    worded for Python code)."""
     if isinstance(exc, errors.AuthenticationError):
         return "check RUNCOMFY_API_TOKEN or --token; the token is on your runcomfy.com Profile page"
+    if isinstance(exc, errors.ConfigurationError):
+        if exc.problem.startswith("no API token"):
+            return (
+                "set RUNCOMFY_API_TOKEN (or pass --token); it is on your runcomfy.com Profile page"
+            )
+        if "user id" in exc.problem:
+            return "set RUNCOMFY_USER_ID (or pass --user-id)"
+        return "fix the setting named above (see the environment variables in `runcomfy --help`)"
+    if isinstance(exc, errors.DeploymentDisabledError):
+        return "enable it first: `runcomfy deployments update DEPLOYMENT_ID --enable`"
+    if isinstance(exc, errors.DeploymentDeletedError):
+        return "it is gone: `runcomfy deployments create` makes a new one"
     if isinstance(exc, errors.NotFoundError):
-        if group in ("datasets", "machines"):
+        if group in ("datasets", "machines", "deployments"):
             return f"check the id; `runcomfy {group} list` shows what exists"
         return "check the id (ids of finished work may have expired)"
     if isinstance(exc, errors.ConflictError):
-        return "pick another name, or use the existing resource"
+        if group == "datasets":
+            return (
+                "pick another name, or use the existing dataset: `runcomfy datasets upload NAME "
+                "FOLDER` adds to it, `runcomfy datasets create NAME --exist-ok` shows it"
+            )
+        return "check its state with the matching `status` command"
+    if isinstance(exc, errors.ConfigError):
+        if "folder_path" in exc.problem or "training_folder" in exc.problem:
+            return "`runcomfy jobs submit CONFIG --dataset NAME` fills in the fixed paths"
+        if "not READY" in exc.problem or "no dataset named" in exc.problem:
+            return (
+                "`runcomfy datasets upload NAME FOLDER --wait` uploads and waits for READY; "
+                "`runcomfy datasets list` shows the datasets"
+            )
+        return "fix the config file as the message says"
+    if isinstance(exc, errors.JobFailed):
+        return (
+            "fix the cause, then `runcomfy jobs resume ID`, or submit the config again "
+            "(`runcomfy jobs result ID` lists what it made)"
+        )
+    if isinstance(exc, errors.APITimeoutError):
+        return "check the network and try again"
     if isinstance(exc, errors.InsufficientBalanceError):
         return "top up the account balance on runcomfy.com"
     if isinstance(exc, errors.RateLimitError):
         return "the account's request rate was exceeded; wait a moment and try again"
     if isinstance(exc, errors.ServerError | errors.UnexpectedResponseError):
         return "the service failed; try again later"
+    if isinstance(exc, errors.BadRequestError) and exc.code == 400001 and group == "models":
+        return "check the model id; `runcomfy models list --search TEXT` shows the ones there are"
     if isinstance(exc, errors.BadRequestError | errors.PermissionDeniedError):
         return "fix the request as the message says"
     if isinstance(exc, errors.TransportError):
@@ -215,11 +303,11 @@ def _hint(exc: errors.RunComfyError, group: str) -> str:
     return ""
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's message folded onto one line (multi-line messages list details)."""
-    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
+def _one_line(text: str) -> str:
+    """A message folded onto one line (multi-line messages list details)."""
+    lines = [line.strip(" -") for line in text.splitlines() if line.strip()]
     if not lines:
-        return type(exc).__name__
+        return "no details given"
     if len(lines) == 1:
         return lines[0]
     shown = "; ".join(lines[1:4])
@@ -228,8 +316,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
-    """The :class:`CliError` for a library error raised while doing ``what`` (a command path)."""
-    message = f"{what} failed: {_one_line(exc)}"
+    """The :class:`CliError` for a library error raised while doing ``what`` (a command path):
+    the error's problem, and advice for the shell instead of its Python ``fix``."""
+    error = exc
+    message = f"{what} failed: {_one_line(exc.problem)}"
     cause = exc.__cause__
     if isinstance(exc, errors.DownloadError) and isinstance(cause, errors.RunComfyError):
         exc = cause  # the exit code and hint of the first file's own failure
@@ -242,8 +332,9 @@ def cli_error(exc: errors.RunComfyError, what: str) -> CliError:
     else:
         code = EXIT_FAILED
     group = what.split()[0] if " " in what else ""
-    hint = _hint(exc, group if group in ("datasets", "jobs", "models", "machines") else "")
-    return CliError(message + (f"; {hint}" if hint else ""), exit_code=code)
+    groups = ("datasets", "jobs", "models", "machines", "deployments")
+    hint = _hint(exc, group if group in groups else "")
+    return CliError(message + (f"; {hint}" if hint else ""), exit_code=code, error=error, hint=hint)
 
 
 def _what() -> str:
@@ -281,11 +372,19 @@ class _Group(click.Group):
     """The root group: turns Ctrl-C into exit code 130 with the command's resume hint."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; Ctrl-C (KeyboardInterrupt) becomes a clean exit 130."""
+        """Run the command; Ctrl-C (KeyboardInterrupt) becomes a clean exit 130; with ``--json``
+        a failure is printed as JSON on stdout (see :func:`error_json`)."""
+        opts = ctx.ensure_object(Settings)
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            interrupted(ctx.ensure_object(Settings).interrupt_hint)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                interrupted(opts.interrupt_hint)
+        except click.ClickException as exc:
+            if not opts.json:
+                raise
+            click.echo(json.dumps(error_json(exc), indent=2))
+            raise click.exceptions.Exit(exc.exit_code) from exc
 
 
 @click.group(cls=_Group, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from ._app import (
     EXIT_FAILED,
     CliError,
     emit,
+    error_json,
     fields_table,
     output_options,
     run_with_client,
@@ -22,11 +23,14 @@ from .progress import Reporter
 __all__ = ["group"]
 
 _COLUMNS = ("id", "name", "status", "files", "created")
+#: The file count shown when the list endpoint does not say (an en dash).
+_UNKNOWN = "\u2013"
 
 
 def _row(info: DatasetInfo) -> tuple[object, ...]:
-    """A dataset as one table row."""
-    return (info.id, info.name, info.status, len(info.files), info.created_at)
+    """A dataset as one table row; the list endpoint leaves files out, so an empty list there
+    is shown as unknown (an en dash), never as 0 (`datasets status` counts them)."""
+    return (info.id, info.name, info.status, len(info.files) or _UNKNOWN, info.created_at)
 
 
 async def _status(rc: RunComfy, ref: str) -> DatasetInfo:
@@ -47,12 +51,15 @@ def group() -> None:
 
 @group.command("create")
 @click.argument("name")
+@click.option(
+    "--exist-ok", is_flag=True, help="Show the dataset already called NAME instead of failing."
+)
 @output_options
-def create(name: str) -> None:
+def create(name: str, exist_ok: bool) -> None:
     """Create an empty dataset called NAME (unique in the account)."""
 
     async def work(rc: RunComfy) -> DatasetInfo:
-        return await (await rc.datasets.create(name)).status()
+        return await (await rc.datasets.create(name, exist_ok=exist_ok)).status()
 
     fields_table(run_with_client(work), title="dataset created")
 
@@ -113,21 +120,17 @@ def delete(dataset: str) -> None:
     emit({"id": deleted, "deleted": True}, text=f"deleted dataset {deleted}")
 
 
-def _merge(reports: list[UploadReport]) -> dict[str, object]:
-    """Several upload reports (one per folder, one for loose files) as one summary."""
-    return {
-        "dataset_id": reports[0].dataset_id if reports else None,
-        "uploaded": [f.filename for r in reports for f in r.uploaded],
-        "skipped": [f.filename for r in reports for f in r.skipped],
-        "failed": [
-            {"filename": f.filename, "reason": f.reason, "message": f.message}
-            for r in reports
-            for f in r.failed
-        ],
-        "bytes_sent": sum(r.bytes_sent for r in reports),
-        "api_calls": sum(r.api_calls for r in reports),
-        "elapsed": round(sum(r.elapsed for r in reports), 3),
-    }
+def _merge(reports: list[UploadReport], dataset_id: str) -> UploadReport:
+    """The reports of one command (one per folder, one for loose files) as one report."""
+    return UploadReport(
+        dataset_id=dataset_id,
+        uploaded=tuple(f for r in reports for f in r.uploaded),
+        skipped=tuple(f for r in reports for f in r.skipped),
+        failed=tuple(f for r in reports for f in r.failed),
+        bytes_sent=sum(r.bytes_sent for r in reports),
+        api_calls=sum(r.api_calls for r in reports),
+        elapsed=sum(r.elapsed for r in reports),
+    )
 
 
 @group.command("upload")
@@ -166,7 +169,10 @@ def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) 
         "(folders resume, single files are sent again)"
     )
 
-    async def work(rc: RunComfy) -> tuple[list[UploadReport], DatasetInfo | None]:
+    async def work(rc: RunComfy) -> tuple[UploadReport, DatasetInfo | None]:
+        # Every folder is checked before a dataset is created: a mistake leaves nothing behind.
+        for folder in folders:
+            await rc.datasets.check_folder(folder)
         ds = await rc.datasets.find(dataset)
         if ds is None:
             ds = await rc.datasets.create(dataset)
@@ -184,32 +190,27 @@ def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) 
                 reports.append(
                     await ds.upload(*files, concurrency=concurrency, progress=bars, check=False)
                 )
-        for report in reports:
-            reporter.note(report.summary())
-        failed = any(r.failed for r in reports)
-        info = await ds.wait_ready() if wait and not failed else None
-        return reports, info
+        report = _merge(reports, ds.id)
+        info = await ds.wait_ready() if wait and report.ok else None
+        return report, info
 
-    reports, info = run_with_client(work)
-    merged = _merge(reports)
+    report, info = run_with_client(work)
+    failure = (
+        f"{len(report.failed)} file(s) failed to upload (first: {report.failed[0].filename}: "
+        f"{report.failed[0].message}); run the same command again to retry them"
+        if report.failed
+        else None
+    )
     if opts.json:
-        emit({"upload": merged, "dataset": to_jsonable(info) if info else None})
-    else:
-        kinds = ("uploaded", "skipped", "failed")
-        counts = [sum(len(getattr(r, kind)) for r in reports) for kind in kinds]
-        emit(
-            merged,
-            text=(
-                f"dataset {merged['dataset_id']}: {counts[0]} uploaded, "
-                f"{counts[1]} already there, {counts[2]} failed"
-                + (f"; {info.status.value} with {len(info.files)} files" if info else "")
-            ),
-        )
-    failures = [f for r in reports for f in r.failed]
-    if failures:
-        first = failures[0]
-        raise CliError(
-            f"{len(failures)} file(s) failed to upload (first: {first.filename}: "
-            f"{first.message}); run the same command again to retry them",
-            exit_code=EXIT_FAILED,
-        )
+        answer = {"upload": to_jsonable(report), "dataset": to_jsonable(info)}
+        if failure is None:
+            emit(answer)
+            return
+        # One JSON document: the report and the error together, then a non-zero exit.
+        error = CliError(failure, exit_code=EXIT_FAILED)
+        emit({**answer, **error_json(error)})
+        raise click.exceptions.Exit(EXIT_FAILED)
+    ready = f"; {info.status.value} with {len(info.files)} files" if info else ""
+    emit(report, text=f"dataset {report.dataset_id}: {report.summary()}{ready}")
+    if failure is not None:
+        raise CliError(failure, exit_code=EXIT_FAILED)

@@ -82,15 +82,30 @@ async def watch_job(job: TrainingJob, bar: JobBar) -> tuple[JobStatus, list[Arti
             bar.artifact(artifact)
 
     failed: JobFailed | None = None
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(collect())
-        try:
-            final = await job.wait(on_status=bar.status)
-        except JobFailed as exc:
-            failed = exc  # raised once the watcher has noted the final artifacts
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(collect())
+            try:
+                final = await job.wait(on_status=bar.status)
+            except JobFailed as exc:
+                failed = exc  # raised once the watcher has noted the final artifacts
+    except BaseExceptionGroup as group:
+        # Both sides fail alike (an unknown id, a wrong token): report the first as itself.
+        raise group.exceptions[0] from None
     if failed is not None:
         raise failed
     return final, seen
+
+
+def _show(info: JobStatus, artifacts: list[Artifact] | None = None) -> None:
+    """Print a job snapshot: a table of the fields a reader wants, or with ``--json`` the
+    snapshot as the Python type has it (numeric step fields), plus the artifacts seen."""
+    if settings().json:
+        emit(info if artifacts is None else {"job": info, "artifacts": artifacts})
+        return
+    fields_table(_job_view(info), title="training job")
+    if artifacts:
+        emit(None, columns=_ARTIFACT_COLUMNS, rows=artifact_rows(artifacts), title="artifacts")
 
 
 def _verdict(info: JobStatus) -> None:
@@ -119,7 +134,7 @@ def _verdict(info: JobStatus) -> None:
 
 @click.group("jobs")
 def group() -> None:
-    """AI Toolkit training jobs: submit, status, result, cancel, resume, download."""
+    """AI Toolkit training jobs: submit, watch, status, result, cancel, resume, download."""
 
 
 @group.command("submit")
@@ -161,14 +176,31 @@ def submit(config: Path, dataset: str | None, gpu: str, watch: bool) -> None:
             return await watch_job(job, bar)
 
     info, artifacts = run_with_client(work)
-    if opts.json:
-        emit({"job": _job_view(info), "artifacts": artifacts})
-    else:
-        fields_table(_job_view(info), title="training job")
-        if artifacts:
-            emit(None, columns=_ARTIFACT_COLUMNS, rows=artifact_rows(artifacts), title="artifacts")
+    _show(info, artifacts)
     if watch:
         _verdict(info)
+
+
+@group.command("watch")
+@click.argument("job_id")
+@output_options
+def watch(job_id: str) -> None:
+    """Follow a submitted job to its end (steps, new artifacts); exits 0 only when it
+    completed every step."""
+    reporter = Reporter()
+    settings().interrupt_hint = (
+        f"training job {job_id} keeps running on the server: `runcomfy jobs watch {job_id}` "
+        f"follows it again, `runcomfy jobs cancel {job_id}` stops it"
+    )
+
+    async def work(rc: RunComfy) -> tuple[JobStatus, list[Artifact]]:
+        job = rc.jobs.get(job_id)
+        with reporter.job(f"training {job_id}") as bar:
+            return await watch_job(job, bar)
+
+    info, artifacts = run_with_client(work)
+    _show(info, artifacts)
+    _verdict(info)
 
 
 @group.command("status")
@@ -176,8 +208,7 @@ def submit(config: Path, dataset: str | None, gpu: str, watch: bool) -> None:
 @output_options
 def status(job_id: str) -> None:
     """Show a job's status and step progress."""
-    info = run_with_client(lambda rc: rc.jobs.get(job_id).status())
-    fields_table(_job_view(info), title="training job")
+    _show(run_with_client(lambda rc: rc.jobs.get(job_id).status()))
 
 
 @group.command("result")
@@ -200,8 +231,7 @@ def result(job_id: str) -> None:
 @output_options
 def cancel(job_id: str) -> None:
     """Cancel a queued or running job (its artifacts so far stay available)."""
-    info = run_with_client(lambda rc: rc.jobs.get(job_id).cancel())
-    fields_table(_job_view(info), title="training job")
+    _show(run_with_client(lambda rc: rc.jobs.get(job_id).cancel()))
 
 
 @group.command("resume")
@@ -209,8 +239,7 @@ def cancel(job_id: str) -> None:
 @output_options
 def resume(job_id: str) -> None:
     """Queue a stopped job again; it continues from its latest checkpoint."""
-    info = run_with_client(lambda rc: rc.jobs.get(job_id).resume())
-    fields_table(_job_view(info), title="training job")
+    _show(run_with_client(lambda rc: rc.jobs.get(job_id).resume()))
 
 
 @group.command("download")

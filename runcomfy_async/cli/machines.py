@@ -13,7 +13,10 @@ from .progress import Reporter
 
 __all__ = ["group"]
 
-_COLUMNS = ("server_id", "status", "server_type", "comfyui_url", "stops_at")
+#: Named like the fields of ``MachineInfo``, as ``--json`` prints them.
+_COLUMNS = (
+    "server_id", "current_status", "server_type", "main_service_url", "estimated_stopping_at"
+)
 
 
 def _row(info: MachineInfo) -> tuple[Any, ...]:

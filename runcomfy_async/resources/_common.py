@@ -13,7 +13,8 @@ __all__ = ["check_concurrency", "describe_error", "unwrap_list"]
 def unwrap_list(payload: Any, key: str) -> list[Any]:
     """A list endpoint's items, whether the server sent a bare list or ``{key: [...]}``.
 
-    API.md asks for both: the real shape of several list answers is unconfirmed (1.5, 4.3).
+    RunComfy's own clients accept both: the shape of the dataset and machine lists is
+    unconfirmed (docs/wire.md).
     """
     if isinstance(payload, list):
         return payload

@@ -1,8 +1,9 @@
-"""A small async client for the ComfyUI a Ready machine exposes at ``main_service_url`` (API.md 6).
+"""An async client for the ComfyUI a Ready machine serves at ``main_service_url`` (docs/wire.md).
 
 ComfyUI is not one of RunComfy's API hosts: its calls go over the client's session without a
-rate-limit token, and without the API token unless the caller opts in (API.md 6 leaves open
-whether RunComfy's proxy wants it; by default the token never leaves the API hosts).
+rate-limit token, and without the API token unless the caller opts in (it is not known whether
+RunComfy's proxy in front of a machine wants it; by default the token never leaves the API
+hosts). Prompts are followed over one WebSocket per client id (``_comfy_socket``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import asyncio
 import contextlib
 import functools
 import json
-import logging
 import mimetypes
+import random
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,16 +32,19 @@ from .._progress import ProgressRelay, with_progress
 from .._protocol import Retry, is_loopback, redact_url
 from .._retry import RetryPolicy
 from .._transport import Answer, Credentials, Exchange, Timeouts, Transport
-from ..types.machines import ComfyEvent, ComfyFile
+from ..types.comfyui import ComfyEvent, ComfyFile, ComfyPrompt, ComfyQueue, ComfyQueueItem
 from ..types.progress import ProgressCallback
+from ._comfy_socket import CONNECTED, EventSocket, Signal, Subscription
 
 __all__ = ["ComfyUI", "ProgressCallback"]
 
-logger = logging.getLogger("runcomfy_async")
-
 _CHUNK = 1 << 20
-#: Seconds of WebSocket silence after which the history is checked, in case an event was missed.
+#: Seconds of WebSocket silence after which the history is checked, in case the events go
+#: elsewhere (another program connected with this client id and took them).
 HISTORY_CHECK = 5.0
+#: Largest WebSocket frame accepted: SaveImageWebsocket sends whole images as frames.
+MAX_FRAME = 256 << 20
+_rng = random.Random()
 
 
 def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
@@ -57,7 +62,7 @@ def _node_error_lines(node_errors: Mapping[str, Any]) -> list[str]:
 
 
 def _prompt_refused(status: int, payload: Any) -> errors.ComfyUIError:
-    """The exception for a 400 from ``/prompt`` (API.md 6.1 error + node_errors shape)."""
+    """The exception for a 400 from ``/prompt`` (its ``error`` object and ``node_errors``)."""
     payload = payload if isinstance(payload, Mapping) else {}
     error = payload.get("error")
     node_errors = payload.get("node_errors")
@@ -132,7 +137,7 @@ def _files_of(entry: Mapping[str, Any]) -> list[ComfyFile]:
 
 
 def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> errors.ComfyUIError:
-    """The exception for an ``execution_error`` / ``execution_interrupted`` (API.md 6.2)."""
+    """The exception for an ``execution_error`` / ``execution_interrupted`` event."""
     where = f"node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
     what = data.get("exception_message") or ("interrupted" if "interrupt" in kind else "failed")
     return errors.ComfyUIError(
@@ -143,7 +148,7 @@ def _execution_failed(prompt_id: str, data: Mapping[str, Any], kind: str) -> err
 
 
 def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> errors.ComfyUIError | None:
-    """The failure a finished history entry records, or None if it succeeded (API.md 6.1)."""
+    """The failure a finished history entry records, or None if it succeeded."""
     status = entry.get("status")
     status = status if isinstance(status, Mapping) else {}
     if status.get("status_str") != "error":
@@ -159,6 +164,25 @@ def _history_failure(prompt_id: str, entry: Mapping[str, Any]) -> errors.ComfyUI
     return errors.ComfyUIError(
         f"prompt {prompt_id} failed", error=dict(status), prompt_id=prompt_id
     )
+
+
+def _queue_items(items: Any) -> list[ComfyQueueItem]:
+    """``/queue`` entries ``[number, prompt_id, prompt, extra_data, outputs]`` as data."""
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if not (isinstance(item, list) and len(item) >= 2 and isinstance(item[1], str)):
+            continue
+        prompt, extra, outputs = [*item[2:5], None, None, None][:3]
+        found.append(
+            ComfyQueueItem(
+                number=item[0] if isinstance(item[0], int | float) else 0,
+                prompt_id=item[1],
+                prompt=prompt if isinstance(prompt, Mapping) else {},
+                extra_data=extra if isinstance(extra, Mapping) else {},
+                outputs=tuple(str(o) for o in outputs) if isinstance(outputs, list) else (),
+            )
+        )
+    return found
 
 
 def _safe_filename(name: str) -> str:
@@ -216,12 +240,14 @@ class ComfyUI:
         self.history_check = HISTORY_CHECK
         self._session = session
         self._timeouts = timeouts or Timeouts()
-        transport = Transport(session, self._timeouts, token=token, token_bases=[self.base_url])
-        self._pipeline = Pipeline(transport, limiter=None, policy=retry or RetryPolicy())
+        self._retry = retry or RetryPolicy()
+        self._transport = Transport(
+            session, self._timeouts, token=token, token_bases=[self.base_url]
+        )
+        self._pipeline = Pipeline(self._transport, limiter=None, policy=self._retry)
         self._credentials = Credentials.NONE if token is None else Credentials.BEARER
-        # The WebSocket is not an HTTP exchange: it carries the opt-in token itself.
-        self._ws_headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self._client_ids: dict[str, str] = {}
+        self._sockets: dict[str, EventSocket] = {}
 
     def __repr__(self) -> str:
         return f"ComfyUI(base_url={self.base_url!r}, client_id={self.client_id!r})"
@@ -263,10 +289,13 @@ class ComfyUI:
         assert answer is not None  # only a cleanup call delivers None
         return answer
 
-    async def queue_prompt(
+    async def submit(
         self, workflow: Mapping[str, Any], *, client_id: str | None = None
-    ) -> str:
-        """Queue a workflow (ComfyUI API format) and return its ``prompt_id``.
+    ) -> ComfyPrompt:
+        """Queue a workflow (ComfyUI API format); return the accepted prompt with any node errors.
+
+        ComfyUI runs a partly valid prompt: it leaves out the output nodes that failed
+        validation, runs the others, and says which it left out in ``node_errors``.
 
         Args:
             workflow: ``{node_id: {"class_type": ..., "inputs": {...}}}`` ("Save (API Format)").
@@ -275,7 +304,7 @@ class ComfyUI:
 
         Raises:
             ValidationError: the workflow is not in API format (nothing is sent).
-            ComfyUIError: ComfyUI refused it; ``node_errors`` names the nodes and reasons.
+            ComfyUIError: ComfyUI refused the whole prompt; ``node_errors`` names the nodes.
             APIError, TransportError: the server could not be reached or answered an error.
         """
         prompt = _check_workflow(workflow)
@@ -288,18 +317,57 @@ class ComfyUI:
             json_body={"prompt": prompt, "client_id": cid},
             keep_400=True,
         )
-        if status == 400 or (isinstance(payload, Mapping) and payload.get("node_errors")):
+        if status == 400:
             raise _prompt_refused(status, payload)
-        prompt_id = payload.get("prompt_id") if isinstance(payload, Mapping) else None
+        payload = payload if isinstance(payload, Mapping) else {}
+        prompt_id = payload.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
             raise errors.UnexpectedResponseError(
                 "ComfyUI's /prompt answer has no prompt_id", status=status
             )
+        number = payload.get("number")
+        node_errors = payload.get("node_errors")
         self._client_ids[prompt_id] = cid
-        return prompt_id
+        return ComfyPrompt(
+            prompt_id=prompt_id,
+            number=number if isinstance(number, int | float) else 0,
+            node_errors=node_errors if isinstance(node_errors, Mapping) else {},
+        )
+
+    async def queue_prompt(
+        self, workflow: Mapping[str, Any], *, client_id: str | None = None
+    ) -> str:
+        """Queue a workflow (ComfyUI API format) and return its ``prompt_id``.
+
+        A partly valid prompt runs its valid outputs; its id is returned and a
+        :class:`~runcomfy_async.ComfyUIWarning` carrying the node errors is issued (use
+        :meth:`submit` to get them as data).
+
+        Args:
+            workflow: ``{node_id: {"class_type": ..., "inputs": {...}}}`` ("Save (API Format)").
+            client_id: the ComfyUI client id to queue under (default: this client's).
+
+        Raises:
+            ValidationError: the workflow is not in API format (nothing is sent).
+            ComfyUIError: ComfyUI refused it; ``node_errors`` names the nodes and reasons.
+            APIError, TransportError: the server could not be reached or answered an error.
+        """
+        accepted = await self.submit(workflow, client_id=client_id)
+        if accepted.node_errors:
+            lines = "".join(f"\n  - {line}" for line in _node_error_lines(accepted.node_errors))
+            warnings.warn(
+                errors.ComfyUIWarning(
+                    f"ComfyUI runs prompt {accepted.prompt_id} without some of its outputs:"
+                    f"{lines}",
+                    prompt_id=accepted.prompt_id,
+                    node_errors=accepted.node_errors,
+                ),
+                stacklevel=2,
+            )
+        return accepted.prompt_id
 
     async def _history_entry(self, prompt_id: str) -> Mapping[str, Any] | None:
-        """The prompt's history entry, or None while it is unfinished (API.md 6.1)."""
+        """The prompt's history entry, or None while it is unfinished."""
         _, payload = await self._call("GET", f"/history/{prompt_id}", kind=Retry.SAFE)
         entry = payload.get(prompt_id) if isinstance(payload, Mapping) else None
         return entry if isinstance(entry, Mapping) else None
@@ -314,14 +382,17 @@ class ComfyUI:
     ) -> list[ComfyFile]:
         """Wait until a prompt has run and return its output files.
 
-        Follows the WebSocket events (API.md 6.2) and falls back to polling ``/history`` when
-        the socket cannot be opened or drops.
+        Follows the prompt over this client's one WebSocket (shared by every concurrent wait,
+        since ComfyUI feeds only the newest socket of a client id). When the socket cannot be
+        opened or drops, the wait asks ``/history`` at once and then on ``poll``'s schedule
+        while the socket reconnects with backoff.
 
         Args:
             prompt_id: what :meth:`queue_prompt` returned.
             timeout: client-side deadline in seconds (None: as long as it takes).
-            progress: called with each :class:`ComfyEvent` about this prompt (sync or async);
-                if it raises, the wait stops with that exception.
+            progress: called with each :class:`ComfyEvent` about this prompt (sync or async),
+                and with the ``status`` broadcasts (queue length) until it starts; if it
+                raises, the wait stops with that exception.
             poll: the schedule of the ``/history`` fallback.
 
         Raises:
@@ -342,18 +413,21 @@ class ComfyUI:
         poll: PollPolicy | None,
     ) -> list[ComfyFile]:
         """:meth:`wait` itself, its events going to ``relay``."""
+        policy = poll or PollPolicy(initial=0.25, max_interval=5.0)
+        socket = self._socket(self._client_ids.get(prompt_id, self.client_id))
+        subscription = socket.subscribe(prompt_id)
         try:
             async with asyncio.timeout(timeout) as scope:
-                await self._follow_socket(prompt_id, relay)
-                # After the socket (done, or failed): the history holds the outcome. ComfyUI
-                # sends execution_success just before it records the history, so poll for it.
-                entry = await poll_until(
-                    lambda: self._history_entry(prompt_id),
-                    lambda found: found is not None,
-                    policy=poll or PollPolicy(initial=0.25, max_interval=5.0),
-                    key=lambda found: found is not None,
-                    what=f"ComfyUI prompt {prompt_id}",
-                )
+                entry = await self._follow(prompt_id, subscription, relay, policy)
+                if entry is None:
+                    # ComfyUI sends execution_success just before it records the history.
+                    entry = await poll_until(
+                        lambda: self._history_entry(prompt_id),
+                        lambda found: found is not None,
+                        policy=policy,
+                        key=lambda found: found is not None,
+                        what=f"ComfyUI prompt {prompt_id}",
+                    )
         except TimeoutError as exc:
             if scope.expired():
                 raise errors.WaitTimeoutError(
@@ -361,6 +435,8 @@ class ComfyUI:
                     "pass a larger timeout= or check ComfyUI's queue"
                 ) from exc
             raise
+        finally:
+            socket.unsubscribe(subscription)
         self._client_ids.pop(prompt_id, None)
         assert entry is not None  # poll_until returned a snapshot that passed the check
         failure = _history_failure(prompt_id, entry)
@@ -368,48 +444,67 @@ class ComfyUI:
             raise failure
         return _files_of(entry)
 
-    async def _follow_socket(self, prompt_id: str, relay: ProgressRelay[ComfyEvent]) -> None:
-        """Follow the prompt's events until it finished, or until the socket fails (then the
-        caller's history polling takes over)."""
-        client_id = self._client_ids.get(prompt_id, self.client_id)
-        try:
-            ws = await self._session.ws_connect(
-                self.base_url + "/ws",
-                params={"clientId": client_id},
-                headers=self._ws_headers,
-                heartbeat=30.0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+    def _socket(self, client_id: str) -> EventSocket:
+        """The one WebSocket of a client id (ComfyUI feeds only the newest socket of an id)."""
+        socket = self._sockets.get(client_id)
+        if socket is None:
+            socket = EventSocket(
+                functools.partial(self._open_socket, client_id), backoff=self._retry
             )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            logger.debug("ComfyUI WebSocket unavailable (%s); polling /history instead", exc)
-            return
-        async with ws:
-            # The prompt may have finished before the socket opened: its events are gone.
-            if await self._history_entry(prompt_id) is not None:
-                return
-            while True:
-                try:
-                    message = await ws.receive(timeout=self.history_check)
-                except TimeoutError:
-                    # Quiet for a while: the events may go to another client id; ask the history.
-                    if await self._history_entry(prompt_id) is not None:
-                        return
-                    continue
-                if message.type is aiohttp.WSMsgType.BINARY:
-                    continue  # previews (API.md 6.2)
-                if message.type is not aiohttp.WSMsgType.TEXT:
-                    logger.debug("ComfyUI WebSocket closed (%s); polling /history", message.type)
-                    return
-                event = _parse_event(message.data)
-                if event is None or event.data.get("prompt_id") != prompt_id:
-                    continue
-                relay.emit(event)
-                if event.type in ("execution_error", "execution_interrupted"):
-                    raise _execution_failed(prompt_id, event.data, event.type)
-                if event.type == "execution_success" or (
-                    event.type == "executing" and event.data.get("node") is None
-                ):
-                    return
+            self._sockets[client_id] = socket
+        return socket
+
+    async def _open_socket(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
+        """Open ``/ws`` for a client id, with the credentials of every other ComfyUI call."""
+        return await self._transport.websocket(
+            self.base_url + "/ws",
+            params={"clientId": client_id},
+            credentials=self._credentials,
+            heartbeat=30.0,
+            max_message=MAX_FRAME,
+        )
+
+    async def _follow(
+        self,
+        prompt_id: str,
+        subscription: Subscription,
+        relay: ProgressRelay[ComfyEvent],
+        policy: PollPolicy,
+    ) -> Mapping[str, Any] | None:
+        """Follow the prompt's events until it is over: its history entry when the history
+        said so first, None when an event did (the history has it then, or soon will).
+
+        Whenever events may have been missed (the socket just opened, went away, or stayed
+        silent long) the history is asked at once; while the socket is away it is asked on
+        ``policy``'s schedule until the socket is back."""
+        interval: float | None = None
+        started = False
+        while True:
+            if subscription.connected:
+                wait = self.history_check
+            else:
+                interval = policy.next_interval(interval)
+                wait = policy.jittered(interval, _rng)
+            item = await subscription.next(wait)
+            if item is None or isinstance(item, Signal):
+                if item is CONNECTED:
+                    interval = None
+                entry = await self._history_entry(prompt_id)
+                if entry is not None:
+                    return entry
+                continue
+            if item.type == "status":
+                if not started:
+                    relay.emit(item)  # the queue moves while the prompt waits its turn
+                continue
+            started = True
+            relay.emit(item)
+            if item.type in ("execution_error", "execution_interrupted"):
+                raise _execution_failed(prompt_id, item.data, item.type)
+            if item.type == "execution_success" or (
+                item.type == "executing" and item.data.get("node") is None
+            ):
+                return None
 
     async def outputs(self, prompt_id: str) -> list[ComfyFile]:
         """The output files of a finished prompt, from ``/history/{prompt_id}``.
@@ -471,6 +566,44 @@ class ComfyUI:
         await aiofiles.os.replace(partial, target)
         return target
 
+    async def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the prompt that is running (its wait raises ComfyUIError, "interrupted").
+
+        Args:
+            prompt_id: interrupt only if this prompt is the one running (None: whatever runs).
+                A queued prompt that has not started is left alone.
+        """
+        body = {} if prompt_id is None else {"prompt_id": _check_prompt_id(prompt_id)}
+        # Repeating an interrupt is harmless: at worst it stops the same prompt again.
+        await self._call("POST", "/interrupt", kind=Retry.SAFE, json_body=body)
+
+    async def queue(self) -> ComfyQueue:
+        """ComfyUI's queue now: the prompt running and those pending, in the order they run."""
+        _, payload = await self._call("GET", "/queue", kind=Retry.SAFE)
+        payload = payload if isinstance(payload, Mapping) else {}
+        pending = sorted(_queue_items(payload.get("queue_pending")), key=lambda i: i.number)
+        return ComfyQueue(
+            running=tuple(_queue_items(payload.get("queue_running"))), pending=tuple(pending)
+        )
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """The node classes ComfyUI knows, with their inputs, outputs and categories.
+
+        Args:
+            node_class: only this class (the answer is empty when the server lacks it).
+
+        Returns:
+            ``{class_name: {"input": {...}, "output": [...], "output_node": bool, ...}}`` as
+            ComfyUI describes its nodes.
+        """
+        if node_class is not None and (not node_class or "/" in node_class):
+            raise errors.ValidationError(
+                f"node_class must be a node class name such as 'SaveImage', got {node_class!r}"
+            )
+        path = "/object_info" if node_class is None else f"/object_info/{node_class}"
+        _, payload = await self._call("GET", path, kind=Retry.SAFE)
+        return dict(payload) if isinstance(payload, Mapping) else {}
+
     async def upload_image(
         self, path: str | Path, *, subfolder: str = "", overwrite: bool = False
     ) -> ComfyFile:
@@ -482,8 +615,10 @@ class ComfyUI:
             overwrite: replace a file of the same name instead of getting a renamed copy.
 
         Returns:
-            The stored file (its name may differ: ComfyUI renames on collision); pass its
-            ``filename`` to a LoadImage node's ``image`` input.
+            The stored file (its name may differ: ComfyUI renames on collision, or keeps the
+            existing file when the bytes are the same). Give a LoadImage node's ``image``
+            input its :attr:`~ComfyFile.input_value`: ``subfolder/filename``, or the bare
+            name without a subfolder (ComfyUI refuses the bare name of a file in a subfolder).
 
         Raises:
             ValidationError: ``path`` is not a readable file (nothing is sent).
@@ -518,18 +653,6 @@ class ComfyUI:
             subfolder=str(payload.get("subfolder") or ""),
             type=str(payload.get("type") or "input"),
         )
-
-
-def _parse_event(text: str) -> ComfyEvent | None:
-    """A text frame as an event; None for anything that is not ``{"type", "data"}`` JSON."""
-    try:
-        message = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(message, Mapping) or not isinstance(message.get("type"), str):
-        return None
-    data = message.get("data")
-    return ComfyEvent(type=message["type"], data=data if isinstance(data, Mapping) else {})
 
 
 def _view_answer(answer: Answer[None], *, url: str) -> None:

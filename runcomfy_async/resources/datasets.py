@@ -1,4 +1,4 @@
-"""Trainer datasets (API.md section 1): the ``rc.datasets`` collection and ``Dataset`` handles."""
+"""Trainer datasets (docs/wire.md): the ``rc.datasets`` collection and ``Dataset`` handles."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import aiohttp
 
 from .. import _upload_plan as _plan
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._limiter import Priority
 from .._pipeline import counting_calls
@@ -24,6 +25,7 @@ from ..types.datasets import DatasetInfo, DatasetStatus
 from ..types.progress import ProgressCallback
 from ..types.uploads import (
     FileResult,
+    FolderCheck,
     UploadEndpoints,
     UploadEvent,
     UploadPlanned,
@@ -61,6 +63,7 @@ class Dataset:
     def __repr__(self) -> str:
         return f"Dataset(id={self.id!r}, name={self.name!r})"
 
+    @awaitable("ds.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> DatasetInfo:
         """Ask the server for the dataset's current state (never a cached one)."""
         payload = await self._client.request(
@@ -72,6 +75,7 @@ class Dataset:
             self.name = info.name
         return info
 
+    @awaitable("ds.wait_ready()")
     async def wait_ready(
         self,
         *,
@@ -120,20 +124,22 @@ class Dataset:
         if info.status is DatasetStatus.DRAFT:
             raise errors.ValidationError(
                 f"dataset {self.id} ({info.name}) is still an empty DRAFT after "
-                f"{draft_grace:g}s: nothing has been uploaded, so it will never become READY; "
-                "upload files first (ds.upload_folder(...))"
+                f"{draft_grace:g}s: nothing has been uploaded, so it will never become READY",
+                fix="upload files first: await ds.upload_folder(path)",
             )
         return info
 
     def __await__(self) -> Generator[Any, None, DatasetInfo]:
         return self.wait_ready().__await__()
 
+    @awaitable("ds.delete()")
     async def delete(self) -> None:
         """Delete this dataset."""
         await self._client.datasets.delete(self.id)
 
     # -- uploads -------------------------------------------------------------------------------
 
+    @awaitable("ds.upload(...)")
     async def upload(
         self,
         *paths: str | os.PathLike[str],
@@ -148,7 +154,7 @@ class Dataset:
         """Upload individual files, each by the route its size calls for.
 
         Files up to ``direct_limit`` bytes go by direct multipart upload (one API call each,
-        API.md 1.2); larger ones by signed URL (API.md 1.3), their URLs asked for together.
+        docs/wire.md); larger ones by signed URL (docs/wire.md), their URLs asked for together.
         Every file streams from disk. Caption pairs are not required here (you may add a caption
         to media already uploaded); use :meth:`upload_folder` for a whole training set.
 
@@ -203,6 +209,7 @@ class Dataset:
             timeout=timeout,
         )
 
+    @awaitable("ds.upload_folder(...)")
     async def upload_folder(
         self,
         path: str | os.PathLike[str],
@@ -254,10 +261,18 @@ class Dataset:
         """
         check_concurrency(concurrency, "files")
         _plan.check_batch_size(batch_size)
-        scanned, problems = await asyncio.to_thread(_plan.scan_folder, Path(path))
+        try:
+            scanned, _ = await asyncio.to_thread(_checked_folder, Path(path))
+        except errors.DatasetValidationError as exc:
+            exc.fix = (
+                "fix the folder and run again: rc.datasets.create(name, exist_ok=True) reuses "
+                "this dataset, and rc.datasets.check_folder(path) checks a folder before any "
+                "dataset is created"
+            )
+            raise
         return await self._upload(
             scanned,
-            problems,
+            [],
             captions=True,
             resume=resume,
             direct_limit=None,
@@ -372,9 +387,9 @@ class Dataset:
             )
 
     async def _upload_targets(self, sizes: dict[str, int]) -> Mapping[str, UploadTarget]:
-        """Signed PUT URLs for ``{filename: exact size}`` (API.md 1.3)."""
+        """Signed PUT URLs for ``{filename: exact size}`` (docs/wire.md)."""
         # A POST, yet retried like a GET: asking again only mints new short-lived URLs and
-        # changes nothing in the dataset (API.md 1.3: "re-request if expired").
+        # changes nothing in the dataset (docs/wire.md: ask again when one expired).
         payload = await self._client.request(
             RequestSpec(
                 api=API.TRAINER,
@@ -387,8 +402,8 @@ class Dataset:
         return structure(payload, UploadEndpoints, what="signed upload URLs").uploads
 
     async def _send_direct(self, body: Callable[[], aiohttp.MultipartWriter]) -> Any:
-        """One direct multipart upload (API.md 1.2); ``body`` builds a fresh body per attempt."""
-        # Retried like a GET: the same filename overwrites the earlier upload (API.md 1.2), so
+        """One direct multipart upload (docs/wire.md); ``body`` builds a fresh body per attempt."""
+        # Retried like a GET: the same filename overwrites the earlier upload (docs/wire.md), so
         # a repeat after a lost answer leaves one copy of the file.
         return await self._client.request(
             RequestSpec(
@@ -397,6 +412,24 @@ class Dataset:
             data=body,
             timeout=self._client.timeouts.for_transfer(),
         )
+
+
+def _checked_folder(folder: Path) -> tuple[list[_plan.ScannedFile], FolderCheck]:
+    """Scan a dataset folder and apply every upload rule; blocking (run it in a thread).
+
+    Raises:
+        DatasetValidationError: every problem found.
+    """
+    scanned, problems = _plan.scan_folder(folder)
+    problems += _plan.set_problems(scanned, captions=True)
+    if problems:
+        raise errors.DatasetValidationError(problems)
+    check = FolderCheck(
+        path=folder,
+        files=tuple(s.filename for s in scanned),
+        total_bytes=sum(s.size or 0 for s in scanned),
+    )
+    return scanned, check
 
 
 def _bullets(lines: Sequence[str], limit: int = 20) -> str:
@@ -411,14 +444,21 @@ class Datasets:
     def __init__(self, client: RunComfy) -> None:
         self._client = client
 
-    async def create(self, name: str | None = None) -> Dataset:
+    @awaitable("rc.datasets.create(...)")
+    async def create(self, name: str | None = None, *, exist_ok: bool = False) -> Dataset:
         """Create an empty dataset (status DRAFT); ``name`` must be unique in the account.
 
         With a name, an answer lost to a 5xx, a reset or a cut body is resolved by looking the
         name up: an empty DRAFT of that name made since this call began is the one it created.
 
+        Args:
+            name: the dataset's name (a training config mounts it by that name); None lets
+                the service pick one.
+            exist_ok: when a dataset of that name exists, return it instead of raising
+                (like ``os.makedirs(exist_ok=True)``), so a script can be run again as it is.
+
         Raises:
-            ConflictError: the name is taken.
+            ConflictError: the name is taken (and ``exist_ok`` is False).
             UnsentTransportError: the API could not be reached (nothing was sent).
             OutcomeUnknownError: without a name, the answer was lost after the request left:
                 a dataset may have been created (see ``rc.datasets.list()``).
@@ -428,6 +468,23 @@ class Datasets:
                 f"dataset name {name!r} is empty or has surrounding whitespace; pass a plain "
                 "name such as 'my-dog-dataset'"
             )
+        try:
+            return await self._create(name)
+        except errors.ConflictError as exc:
+            if name is None:
+                raise
+            if exist_ok:
+                existing = await self._named(name)
+                if existing is not None:
+                    return existing
+            exc.fix = (
+                f"rc.datasets.create({name!r}, exist_ok=True) returns the existing dataset, "
+                f"rc.datasets.find({name!r}) looks it up; or pick another name"
+            )
+            raise
+
+    async def _create(self, name: str | None) -> Dataset:
+        """One create, with a lost answer resolved by name (see :meth:`create`)."""
         body = {"name": name} if name else {}
         spec = RequestSpec(
             api=API.TRAINER, method="POST", path=_BASE, json=body, retry=Retry.UNSENT
@@ -435,7 +492,7 @@ class Datasets:
         # Not retried blindly: a lost answer could leave a second dataset. The pipeline repeats it
         # only when it never ran (a 429, a connection that never opened); that failure is final.
         # With a name, a 5xx or a lost answer is resolved by a look-up first: names are unique
-        # in the account (API.md 1.1), so the dataset either exists under that name (it ran) or
+        # in the account (docs/wire.md), so the dataset either exists under that name (it ran) or
         # a second try is safe.
         began = time.time() - _CLOCK_SKEW
         try:
@@ -474,19 +531,36 @@ class Datasets:
             ):
                 return Dataset(self._client, info.id, info.name)
             raise errors.ConflictError(
-                f"a dataset named {name!r} already exists ({info.id}); pick another name or "
-                "use rc.datasets.get(id)",
+                f"a dataset named {name!r} already exists ({info.id})",
                 status=409,
                 method="POST",
                 url=self._client.base_url(API.TRAINER) + _BASE,
             )
         return None
 
+    async def _named(self, name: str) -> Dataset | None:
+        """The dataset called ``name`` (names are unique in the account), or None."""
+        found = next((i for i in await self.list() if i.name == name), None)
+        return None if found is None else Dataset(self._client, found.id, found.name)
+
+    @awaitable("rc.datasets.check_folder(...)")
+    async def check_folder(self, path: str | os.PathLike[str]) -> FolderCheck:
+        """Check a folder against every rule :meth:`Dataset.upload_folder` applies, sending
+        nothing (no open client needed): run it before ``create`` so that a mistake leaves no
+        empty dataset behind.
+
+        Raises:
+            DatasetValidationError: the same error ``upload_folder`` would raise, listing every
+                problem.
+        """
+        return (await asyncio.to_thread(_checked_folder, Path(path)))[1]
+
     def get(self, dataset_id: str) -> Dataset:
         """A handle on an existing dataset by id (no request is sent)."""
         _path(dataset_id)
         return Dataset(self._client, dataset_id)
 
+    @awaitable("rc.datasets.find(...)")
     async def find(self, name_or_id: str) -> Dataset | None:
         """A handle on the dataset whose id or name is ``name_or_id``, or None (one list call).
 
@@ -509,6 +583,7 @@ class Datasets:
         )
         return None if found is None else Dataset(self._client, found.id, found.name)
 
+    @awaitable("rc.datasets.list()")
     async def list(self) -> list[DatasetInfo]:
         """Every dataset of the account."""
         payload = await self._client.request(RequestSpec(api=API.TRAINER, method="GET", path=_BASE))
@@ -517,6 +592,7 @@ class Datasets:
             for item in unwrap_list(payload, "datasets")
         ]
 
+    @awaitable("rc.datasets.delete(...)")
     async def delete(self, dataset_id: str) -> None:
         """Delete a dataset by id.
 

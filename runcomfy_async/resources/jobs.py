@@ -1,8 +1,8 @@
-"""AI Toolkit training jobs (API.md section 2): the ``rc.jobs`` collection, ``TrainingJob`` handles.
+"""AI Toolkit training jobs (docs/wire.md): the ``rc.jobs`` collection, ``TrainingJob`` handles.
 
 Configs are checked on the client before anything is sent: the service accepts a job with a
 wrong fixed path or a dataset that is not READY and only fails it later, after the queue wait
-(API.md section 2, "Config constraints"), so catching those here saves a queue slot and an hour.
+(docs/wire.md, training jobs), so catching those here saves a queue slot and an hour.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from urllib.parse import quote
 import attrs
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._downloads import DownloadProgress, download_artifacts
 from .._job_config import (
@@ -109,6 +110,7 @@ class TrainingJob:
     def __repr__(self) -> str:
         return f"TrainingJob(id={self.id!r}, name={self.name!r})"
 
+    @awaitable("job.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> JobStatus:
         """Ask the server for the job's current status and progress (never a cached one)."""
         payload = await self._client.request(
@@ -120,11 +122,12 @@ class TrainingJob:
             self.name = info.name
         return info
 
+    @awaitable("job.result()")
     async def result(self, *, priority: Priority = Priority.USER) -> JobResult:
         """The artifacts produced so far (checkpoints, samples, config) as hosted URLs.
 
         Works while the job runs (the list grows) and after it ends, FAILED and CANCELED
-        included (API.md section 2.3).
+        included (docs/wire.md).
         """
         payload = await self._client.request(
             RequestSpec(api=API.TRAINER, method="GET", path=_path(self.id, "/result")),
@@ -138,6 +141,7 @@ class TrainingJob:
             error=wire.error,
         )
 
+    @awaitable("job.cancel()")
     async def cancel(self) -> JobStatus:
         """Cancel a queued or running job; its artifacts so far stay available via ``result()``.
 
@@ -152,6 +156,7 @@ class TrainingJob:
         )
         return self._info(payload, "cancel answer")
 
+    @awaitable("job.resume()")
     async def resume(self) -> JobStatus:
         """Queue a stopped job again; it continues from its highest checkpoint, same job id.
 
@@ -201,6 +206,7 @@ class TrainingJob:
             payload = {**payload, "id": self.id}
         return structure(payload, JobStatus, what=what)
 
+    @awaitable("job.wait()")
     async def wait(
         self,
         *,
@@ -236,8 +242,8 @@ class TrainingJob:
         )
         if info.status is JobState.FAILED:
             raise errors.JobFailed(
-                f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}; "
-                "fix the cause, then job.edit(config) and job.resume(), or submit again",
+                f"training job {self.id} ({info.name}) FAILED: {describe_error(info.error)}",
+                fix="fix the cause, then job.edit(config) and job.resume(), or submit again",
                 error=info.error,
                 snapshot=info,
             )
@@ -439,20 +445,23 @@ class Jobs:
                 problems.append(
                     f"dataset {name!r} is {info.status.value}, not READY"
                     + (f" ({info.error})" if info.error else "")
-                    + "; wait for it (await rc.datasets.get(id).wait_ready()) or fix its files"
+                    + "; wait for it or fix its files"
                 )
         if problems:
             raise errors.ConfigError(
                 "the training config mounts datasets the job could not use:\n  - "
-                + "\n  - ".join(problems)
+                + "\n  - ".join(problems),
+                fix="await rc.datasets.get(id) waits until a dataset is READY",
             )
 
+    @awaitable("rc.jobs.submit(...)")
     async def submit(
         self,
         config: JobConfig,
         *,
         gpu_type: GPUType | str = GPUType.H100,
         gpu_count: int | None = None,
+        gpu_id: str | None = None,
         check_datasets: bool = True,
     ) -> TrainingJob:
         """Check a config and submit it as a training job (it starts IN_QUEUE).
@@ -462,22 +471,33 @@ class Jobs:
             gpu_type: ``GPUType.H100`` (``ADA_80_PLUS``), ``GPUType.H200`` (``HOPPER_141``) or
                 the raw string.
             gpu_count: number of GPUs, when not the service's default.
+            gpu_id: a specific GPU offering's id, sent as given (RunComfy's own client sends
+                this optional field; the service documents no values for it).
             check_datasets: check that every mounted dataset exists and is READY (one list
                 call) before submitting.
 
         Raises:
             ConfigError: the config would be rejected or fail (nothing is sent).
-            ValidationError: a bad ``gpu_type`` or ``gpu_count`` (nothing is sent).
+            ValidationError: a bad ``gpu_type``, ``gpu_count`` or ``gpu_id`` (nothing is sent).
         """
         gpu = _gpu_type(gpu_type)
         if gpu_count is not None and (
             isinstance(gpu_count, bool) or not isinstance(gpu_count, int) or gpu_count < 1
         ):
             raise errors.ValidationError(f"gpu_count must be an int >= 1, got {gpu_count!r}")
+        if gpu_id is not None and (
+            not isinstance(gpu_id, str) or not gpu_id.strip() or gpu_id != gpu_id.strip()
+        ):
+            raise errors.ValidationError(
+                f"gpu_id must be a non-blank string without surrounding spaces, or None (the "
+                f"service picks), got {gpu_id!r}"
+            )
         text = await self.checked_yaml(config, check_datasets=check_datasets)
         body: dict[str, Any] = {"config_file_format": "yaml", "config_file": text, "gpu_type": gpu}
         if gpu_count is not None:
             body["gpu_count"] = gpu_count
+        if gpu_id is not None:
+            body["gpu_id"] = gpu_id
         # Not retried after the request may have arrived: a lost answer could mean a job is
         # already queued (and billing), and the API has no idempotency key to make a repeat
         # harmless. 429 and refused connections prove it never ran, so those are repeated.
@@ -506,6 +526,7 @@ class Jobs:
         _path(job_id)
         return TrainingJob(self._client, job_id, poll=self.poll)
 
+    @awaitable("rc.jobs.config_for(...)")
     async def config_for(self, dataset: DatasetRef, template: JobConfig) -> dict[str, Any]:
         """A copy of ``template`` with the fixed paths filled in for ``dataset``.
 

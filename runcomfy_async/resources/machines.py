@@ -1,4 +1,4 @@
-"""Server API machines (API.md section 4): the ``rc.machines`` collection and ``Machine`` handles.
+"""Server API machines (docs/wire.md): the ``rc.machines`` collection and ``Machine`` handles.
 
 A machine bills from ``Ready`` until it is stopped, so a :class:`Machine` is both awaitable (wait
 until Ready) and an async context manager whose exit sends the stop request, also when the block
@@ -13,12 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 from urllib.parse import quote
 
 import attrs
 
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
 from .._limiter import Priority
 from .._pipeline import CallTrace
@@ -37,7 +38,7 @@ __all__ = ["Machine", "Machines"]
 logger = logging.getLogger("runcomfy_async")
 
 #: Seconds a launched machine may answer 404 before we stop calling it "not registered yet"
-#: (API.md 4.4: the status GET may 404 right after launch).
+#: (docs/wire.md: the status GET may 404 right after launch).
 NOT_FOUND_GRACE = 60.0
 #: Seconds the stop on leaving ``async with machine`` keeps trying, counted from when it is first
 #: sent (not while it waits for a rate-limit token or a server-set pause).
@@ -76,7 +77,7 @@ def _check_seconds(value: object, what: str) -> int:
 
 
 def _server_type(value: object) -> ServerType:
-    """A known server type, from the enum or its exact wire string (API.md 4.2)."""
+    """A known server type, from the enum or its exact wire string (docs/wire.md)."""
     valid = ", ".join(repr(t.value) for t in ServerType)
     if isinstance(value, str):
         try:
@@ -87,7 +88,7 @@ def _server_type(value: object) -> ServerType:
 
 
 def _workflow(item: Any) -> Workflow:
-    """The API names the field ``workflow_name`` (API.md 4.1); ours is ``name``."""
+    """The API names the field ``workflow_name`` (docs/wire.md); ours is ``name``."""
     if isinstance(item, dict) and "workflow_name" in item:
         item = {k: v for k, v in item.items() if k != "workflow_name"} | {
             "name": item["workflow_name"]
@@ -112,7 +113,7 @@ class Machine:
         self.id = server_id
         self.main_service_url: str | None = None
         self._stop_timeout = STOP_TIMEOUT
-        # A 404 is "not registered yet" only until the machine was seen once (API.md 4.4).
+        # A 404 is "not registered yet" only until the machine was seen once (docs/wire.md).
         self._seen = False
 
     def __repr__(self) -> str:
@@ -131,6 +132,7 @@ class Machine:
             )
         self._stop_timeout = float(value)
 
+    @awaitable("machine.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> MachineInfo:
         """Ask the server for the machine's current state (never a cached one).
 
@@ -151,6 +153,7 @@ class Machine:
             self.main_service_url = None
         return info
 
+    @awaitable("machine.wait_ready()")
     async def wait_ready(
         self,
         *,
@@ -212,8 +215,9 @@ class Machine:
     def __await__(self) -> Generator[Any, None, MachineInfo]:
         return self.wait_ready().__await__()
 
+    @awaitable("machine.extend(...)")
     async def extend(self, seconds: int) -> MachineInfo:
-        """Set the machine's estimated running duration to ``seconds`` (API.md 4.5).
+        """Set the machine's estimated running duration to ``seconds`` (docs/wire.md).
 
         The value is the machine's whole running time, as the API takes it, not an increment.
 
@@ -235,8 +239,9 @@ class Machine:
         )
         return structure(payload, MachineInfo, what="machine after the duration change")
 
+    @awaitable("machine.stop()")
     async def stop(self, *, priority: Priority = Priority.USER) -> MachineInfo | None:
-        """Stop the machine (billing stops when this returns, API.md 4.6).
+        """Stop the machine (billing stops when this returns, docs/wire.md).
 
         Repeated after a lost answer or a 5xx (a stop is idempotent); a 404, at once or on a
         repeat, means the machine is already gone, which is what was asked.
@@ -276,6 +281,15 @@ class Machine:
         if isinstance(payload, dict) and "server_id" in payload:
             return structure(payload, MachineInfo, what="stopped machine")
         return None
+
+    def __enter__(self) -> NoReturn:
+        raise errors.AsyncUsageError(
+            "a Machine is entered with `async with` (leaving it stops the machine): write "
+            "`async with await rc.machines.launch(...) as machine:`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` refuses; present so ``with`` reaches that message."""
 
     async def __aenter__(self) -> Self:
         """The machine itself; leaving the block stops it (it does not wait for Ready)."""
@@ -325,7 +339,7 @@ class Machine:
         raise errors.WaitTimeoutError(message) from failure
 
     def comfyui(self, *, send_token: bool = False) -> ComfyUI:
-        """A ComfyUI client for this machine's ``main_service_url`` (API.md section 6).
+        """A ComfyUI client for this machine's ``main_service_url`` (docs/wire.md).
 
         Args:
             send_token: also send the API bearer token to the ComfyUI URL. Off by default: it is
@@ -365,6 +379,7 @@ class Machines:
         #: Machines this client's launches returned: never taken for another lost answer.
         self._claimed: set[str] = set()
 
+    @awaitable("rc.machines.workflows()")
     async def workflows(self) -> list[Workflow]:
         """The account's workflows; launch a machine with a workflow's ``version_id``.
 
@@ -377,6 +392,7 @@ class Machines:
         )
         return [_workflow(item) for item in unwrap_list(payload, "workflows")]
 
+    @awaitable("rc.machines.list()")
     async def list(self) -> list[MachineInfo]:
         """The account's running machines.
 
@@ -400,6 +416,7 @@ class Machines:
         """
         return Machine(self._client, _check_id(server_id, "server_id"))
 
+    @awaitable("rc.machines.launch(...)")
     async def launch(
         self,
         version_id: str,
@@ -479,7 +496,7 @@ class Machines:
             payload = await self._client.request(spec, trace=trace)
         except errors.OutcomeUnknownError as exc:
             # The answer was lost after the POST left: the machine list says whether it started
-            # a machine (API.md 4.3).
+            # a machine (docs/wire.md).
             found = await self._launched_since(version_id, kind, duration, began)
             if found is None:
                 exc.check = (

@@ -1,8 +1,8 @@
-"""Model API (API.md section 3): the ``rc.models`` collection and awaitable ``ModelRequest``s.
+"""Model API (docs/wire.md): the ``rc.models`` collection and awaitable ``ModelRequest``s.
 
 Waiting polls ``/status`` (cheap, carries the queue position) through :func:`poll_until` at
 ``Priority.BACKGROUND``, then fetches ``/result`` once: ``completed`` in ``/status`` does not say
-whether the run succeeded, only the result does (API.md 3.2).
+whether the run succeeded, only the result does (docs/wire.md).
 """
 
 from __future__ import annotations
@@ -11,23 +11,20 @@ import asyncio
 import json
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
-
 from .. import errors
+from .._awaitable import awaitable
 from .._converter import structure
-from .._downloads import DownloadProgress, download_artifacts
+from .._downloads import DownloadProgress
 from .._limiter import Priority
-from .._polling import PollPolicy, poll_until
+from .._polling import PollPolicy
 from .._protocol import API, RequestSpec, Retry
-from .._retry import RetryPolicy
-from .._rules import is_model_id
-from .._schedule import claiming
+from .._schedule import RunTimes
+from ..types.catalog import ModelInfo
 from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
 from ..types.models import (
@@ -39,49 +36,29 @@ from ..types.models import (
     ResultStatus,
 )
 from ..types.progress import ProgressCallback
-from ._common import check_concurrency, describe_error
+from ._common import describe_error
+from ._queued import (
+    ABANDON_POLICY,
+    ABANDON_TIMEOUT,
+    download_outputs,
+    run_or_cancel,
+    wait_for_result,
+)
+from .model_catalog import ModelCatalog, model_path
 
 if TYPE_CHECKING:
     from .._client import RunComfy
 
-__all__ = ["ModelRequest", "Models"]
+__all__ = ["ModelRequest", "Models", "model_path"]
 
 logger = logging.getLogger("runcomfy_async")
 
-_MODELS: Final = "/v1/models"
 _REQUESTS: Final = "/v1/requests"
-_EXAMPLE_ID: Final = "blackforestlabs/flux-1-kontext/pro/edit"
-#: The official ComfyUI nodes refuse request bodies above 64 MiB (API.md 3.1); large media go
+#: The Model API's error code for a model id it does not know (InvalidResourceIdentifier).
+_UNKNOWN_MODEL: Final = 400001
+#: The official ComfyUI nodes refuse request bodies above 64 MiB (docs/wire.md); large media go
 #: by URL instead.
 MAX_INPUT_BYTES: Final = 64 * 1024 * 1024
-#: Bounds of cancelling a request nobody can await any more (its deadline passed or its caller
-#: was cancelled): this many seconds on the wire and in retry waits (not queued for a token),
-#: each attempt cut off at the same bound.
-_ABANDON_SECONDS: Final = 10.0
-_ABANDON_POLICY: Final = RetryPolicy(total_timeout=_ABANDON_SECONDS)
-_ABANDON_TIMEOUT: Final = aiohttp.ClientTimeout(total=_ABANDON_SECONDS)
-
-DEFAULT_POLL: Final = PollPolicy(initial=1.0, factor=1.5, max_interval=10.0)
-
-
-def model_path(model_id: str) -> str:
-    """``/v1/models/{model_id}`` with each segment quoted, after checking the id's shape.
-
-    Raises:
-        ValidationError: an empty or malformed model id.
-    """
-    if not isinstance(model_id, str) or not model_id:
-        raise errors.ValidationError(
-            f"model_id must be a non-empty string such as {_EXAMPLE_ID!r} (copy it from the "
-            "model's API page)"
-        )
-    if not is_model_id(model_id):
-        raise errors.ValidationError(
-            f"model_id {model_id!r} is malformed: it must be segments of letters, digits, '.', "
-            f"'_' and '-' joined by single slashes, without a leading or trailing slash or "
-            f"'..', e.g. {_EXAMPLE_ID!r}"
-        )
-    return _MODELS + "/" + "/".join(quote(s, safe="") for s in model_id.split("/"))
 
 
 def _request_path(request_id: str, suffix: str) -> str:
@@ -150,7 +127,7 @@ def _with_id(payload: Any, request_id: str) -> Any:
 
 
 def cancel_outcome(payload: Any) -> CancelOutcome:
-    """The outcome of a cancel answer: ``outcome``, falling back to ``status`` (API.md 3.4).
+    """The outcome of a cancel answer: ``outcome``, falling back to ``status`` (docs/wire.md).
 
     ``cancelled`` in either field wins: a repeated cancel of a cancelled request may be answered
     as a no-op, and the request is cancelled all the same.
@@ -195,11 +172,6 @@ def _run_seconds(result: RequestResult) -> float | None:
     return (end - start).total_seconds()
 
 
-def _result_settled(result: RequestResult) -> bool:
-    """Final, or a value we do not know (only asked after /status said finished)."""
-    return result.finished or not result.status.known
-
-
 class ModelRequest:
     """An awaitable handle on one Model API request: ``output = await req``.
 
@@ -229,6 +201,7 @@ class ModelRequest:
     def __repr__(self) -> str:
         return f"ModelRequest(id={self.id!r}, model_id={self.model_id!r})"
 
+    @awaitable("request.status()")
     async def status(self, *, priority: Priority = Priority.USER) -> RequestStatus:
         """Ask the server where the request is (never a cached answer).
 
@@ -245,6 +218,7 @@ class ModelRequest:
         )
         return structure(_with_id(payload, self.id), RequestStatus, what="request status")
 
+    @awaitable("request.result()")
     async def result(self, *, priority: Priority = Priority.USER) -> RequestResult:
         """Fetch the request's result; while it runs, the result carries the current status.
 
@@ -270,6 +244,7 @@ class ModelRequest:
             self.model_id = result.model_id
         return result
 
+    @awaitable("request.cancel()")
     async def cancel(self, *, priority: Priority = Priority.USER) -> CancelOutcome:
         """Ask the server to cancel the request; only a queued request can be cancelled.
 
@@ -285,7 +260,7 @@ class ModelRequest:
             APIError: any other error answer.
         """
         # Retried like an idempotent call: cancelling twice has the effect of cancelling once
-        # (the docs call a cancel of a terminated request a no-op, API.md 3.4).
+        # (RunComfy's docs call a cancel of a terminated request a no-op).
         payload = await self._client.request(
             RequestSpec(
                 api=API.MODEL,
@@ -294,11 +269,12 @@ class ModelRequest:
                 retry=Retry.SAFE,
             ),
             priority=priority,
-            policy=_ABANDON_POLICY if priority is Priority.CLEANUP else None,
-            timeout=_ABANDON_TIMEOUT if priority is Priority.CLEANUP else None,
+            policy=ABANDON_POLICY if priority is Priority.CLEANUP else None,
+            timeout=ABANDON_TIMEOUT if priority is Priority.CLEANUP else None,
         )
         return cancel_outcome(payload)
 
+    @awaitable("request.wait()")
     async def wait(
         self,
         *,
@@ -322,39 +298,21 @@ class ModelRequest:
             RequestCancelled: the request was cancelled.
             WaitTimeoutError: ``timeout`` passed first.
         """
-        policy = poll or DEFAULT_POLL
-        deadline = None if timeout is None else time.monotonic() + timeout
-        what = f"model request {self.id}"
         # The client's record of this model's run times orders the polls (see _schedule).
-        run_times = self._client._run_times
-        since = self._submitted_at or asyncio.get_running_loop().time()
-        claim = run_times.open(self.model_id, since)
+        run_times: RunTimes = self._client._run_times
+        claim = run_times.open(
+            self.model_id, self._submitted_at or asyncio.get_running_loop().time()
+        )
         ran = None
         try:
-            await poll_until(
-                lambda: self.status(priority=Priority.BACKGROUND),
-                lambda state: state.status.finished,
-                policy=policy,
+            result = await wait_for_result(
+                self,
+                what=f"model request {self.id}",
                 timeout=timeout,
-                key=lambda state: state.status,
-                on_snapshot=on_status,
-                what=what,
+                poll=poll,
+                on_status=on_status,
                 claim=claim,
             )
-            with claiming(claim):
-                result = await self.result(priority=Priority.FOLLOW_UP)
-            if not _result_settled(result):
-                # /status said finished but /result still lags: ask /result until it agrees.
-                remaining = None if deadline is None else deadline - time.monotonic()
-                result = await poll_until(
-                    lambda: self.result(priority=Priority.BACKGROUND),
-                    _result_settled,
-                    policy=policy,
-                    timeout=remaining,
-                    key=lambda r: r.status,
-                    what=f"the result of {what}",
-                    claim=claim,
-                )
             ran = _run_seconds(result)
         finally:
             run_times.close(claim, ran)
@@ -380,29 +338,72 @@ class ModelRequest:
         return (await self.wait()).output
 
 
-async def _cancel_abandoned(request: ModelRequest) -> None:
-    """Best-effort cancel of a request that ``run`` can no longer hand to anyone (stops billing).
-
-    A cleanup call: ahead of every queued call, its deadline counted from when it is sent.
-    """
-    try:
-        outcome = await request.cancel(priority=Priority.CLEANUP)
-    except errors.RunComfyError as exc:
-        logger.warning("could not cancel abandoned model request %s: %s", request.id, exc)
-    else:
-        logger.info("abandoned model request %s: cancel answered %s", request.id, outcome.value)
-
-
 class Models:
-    """``rc.models``: submit model requests, rebuild handles, or run and wait in one call."""
+    """``rc.models``: the catalog, submit model requests, rebuild handles, or run and wait."""
 
     def __init__(self, client: RunComfy) -> None:
         self._client = client
+        self._catalog = ModelCatalog(client)
 
+    def catalog(
+        self,
+        *,
+        search: str | None = None,
+        category: str | None = None,
+        kind: str | None = None,
+        include_schema: bool = False,
+        page_size: int = 50,
+    ) -> AsyncIterator[ModelInfo]:
+        """Every model of the catalog that matches, as an async iterator fetching page by page.
+
+        ``async for model in rc.models.catalog(search="flux"): print(model.model_id)``. Each
+        page is one API call; stop iterating early and no further page is asked for.
+
+        Args:
+            search: free text the service matches against model ids and names.
+            category: only models in this category (e.g. ``"text-to-image"``).
+            kind: only entries of this kind, as the catalog names kinds.
+            include_schema: have each entry carry its ``input_schema`` (bigger pages).
+            page_size: entries per page, 1 to 100.
+
+        Raises:
+            ValidationError: a blank filter or a bad ``page_size`` (raised at the call, before
+                anything is sent).
+        """
+        return self._catalog.iterate(
+            search=search,
+            category=category,
+            kind=kind,
+            include_schema=include_schema,
+            page_size=page_size,
+        )
+
+    async def schema(self, model_id: str) -> ModelInfo:
+        """One model's catalog entry with its input schema and price.
+
+        Args:
+            model_id: the model's id, slashes included.
+
+        Returns:
+            A :class:`~runcomfy_async.types.catalog.ModelInfo` whose ``input_schema`` is set;
+            ``price`` reads like ``"$0.04/output"``.
+
+        Raises:
+            ValidationError: a malformed model id (nothing is sent).
+            BadRequestError: the service knows no model by that id.
+        """
+        return await self._catalog.schema(model_id)
+
+    @awaitable("rc.models.submit(...)")
     async def submit(
-        self, model_id: str, inputs: Mapping[str, Any], *, include_cost: bool = False
+        self,
+        model_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        include_cost: bool = False,
+        validate: bool = False,
     ) -> ModelRequest:
-        """Submit a request to a model and return its handle at once (API.md 3.1).
+        """Submit a request to a model and return its handle at once (docs/wire.md).
 
         Args:
             model_id: the model's id, slashes included
@@ -410,9 +411,14 @@ class Models:
             inputs: the model's inputs, as its Input schema names them; a :class:`Lora` may be a
                 value (``{"lora": Lora("my_lora.safetensors")}``).
             include_cost: have the handle's :meth:`ModelRequest.result` report the cost.
+            validate: check the inputs against the model's input schema first (its schema is
+                fetched once per client); needs the ``schema`` extra (``jsonschema``). Names the
+                schema does not list are refused too: the model would ignore a typo silently.
 
         Raises:
             ValidationError: a malformed model id or inputs JSON cannot carry (nothing is sent).
+            ModelInputError: ``validate`` and the inputs fail the schema (nothing is submitted).
+            ConfigurationError: ``validate`` without ``jsonschema`` installed.
             BadRequestError: the server rejected the model id or inputs.
             InsufficientBalanceError: the account balance is too low.
             OutcomeUnknownError: the submit was sent but its answer was lost; it may have been
@@ -420,6 +426,8 @@ class Models:
         """
         path = model_path(model_id)
         body = encode_inputs(inputs)
+        if validate:
+            await self._catalog.check(model_id, body)
         # Not retried blindly: a submit whose answer was lost may have been queued, and a second
         # one would run (and bill) twice. Only a 429 or a connection that never opened -- the
         # request provably never ran -- is repeated (Retry.UNSENT). The API has no way to find a
@@ -428,6 +436,13 @@ class Models:
             payload = await self._client.request(
                 RequestSpec(api=API.MODEL, method="POST", path=path, json=body, retry=Retry.UNSENT)
             )
+        except errors.BadRequestError as exc:
+            if exc.code == _UNKNOWN_MODEL:
+                exc.add_note(
+                    f"check the model id {model_id!r}: rc.models.catalog(search=...) lists the "
+                    "models there are"
+                )
+            raise
         except errors.OutcomeUnknownError as exc:
             exc.check = (
                 f"your request history on runcomfy.com for a {model_id} request made just now "
@@ -525,23 +540,20 @@ class Models:
                 ``.report`` lists each outcome, the first file's error is the ``__cause__``,
                 and each failed file's ``.part`` is kept.
         """
-        check_concurrency(concurrency, "downloads")
         artifacts = [
             Artifact(kind="outputs", url=url, name=unquote(PurePosixPath(urlsplit(url).path).name))
             for url in output_urls(output)
         ]
-        client = self._client
-        report = await download_artifacts(
-            client.pipeline,
+        return await download_outputs(
+            self._client,
             artifacts,
-            Path(dest),
-            timeout=client.timeouts.for_transfer(),
-            concurrency=concurrency,
+            dest,
             progress=progress,
+            concurrency=concurrency,
             check=check,
         )
-        return list(report.paths) if check else report
 
+    @awaitable("rc.models.run(...)")
     async def run(
         self,
         model_id: str,
@@ -549,6 +561,7 @@ class Models:
         *,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        validate: bool = False,
     ) -> Any:
         """Submit and wait; return the output.
 
@@ -561,22 +574,17 @@ class Models:
             inputs: as for :meth:`submit`.
             timeout: client-side deadline in seconds for the wait.
             poll: the polling schedule.
+            validate: check the inputs against the model's input schema first (as for
+                :meth:`submit`).
 
         Raises:
-            ValidationError: a malformed model id or inputs (nothing is sent).
+            ValidationError: a malformed model id or inputs (nothing is sent);
+                ``ModelInputError`` when ``validate`` finds the inputs fail the schema.
             RequestFailed: the run failed; ``error`` holds the server's reason.
             RequestCancelled: the request was cancelled.
             WaitTimeoutError: ``timeout`` passed first.
         """
-        request = await self.submit(model_id, inputs)
-        try:
-            result = await request.wait(timeout=timeout, poll=poll)
-        except (errors.RequestFailed, errors.RequestCancelled):
-            raise  # the run is over: nothing left to cancel
-        except BaseException:
-            # Cleanup that re-raises (a passed deadline, a cancelled caller, a lost connection):
-            # the caller never gets the handle, so stop the request from running and billing.
-            # A task of the client's: cancelled again, the cancel still goes out.
-            await asyncio.shield(self._client.spawn_cleanup(_cancel_abandoned(request)))
-            raise
+        request = await self.submit(model_id, inputs, validate=validate)
+        wait = request.wait(timeout=timeout, poll=poll)
+        result = await run_or_cancel(self._client, request, wait, what="model request")
         return result.output

@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
-from . import _storage, comfyui, control, model_api, server_api, trainer_datasets, trainer_jobs
+from . import (
+    _storage,
+    account,
+    comfyui,
+    control,
+    model_api,
+    model_catalog,
+    server_api,
+    serverless_api,
+    trainer_datasets,
+    trainer_jobs,
+)
 from ._middleware import make_middlewares
 
 if TYPE_CHECKING:
@@ -31,7 +42,10 @@ ROUTE_MODULES: Final[tuple[RouteModule, ...]] = (
     trainer_datasets,
     trainer_jobs,
     model_api,
+    model_catalog,
+    account,
     server_api,
+    serverless_api,
     comfyui,
     control,  # GET /_emulator/log: emulator-only inspection
 )

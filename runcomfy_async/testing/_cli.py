@@ -25,6 +25,7 @@ from typing import IO, Any, Final, TypeVar
 import attrs
 
 from ._emulator import Emulator
+from .model_catalog import load_models_file
 
 N = TypeVar("N", int, float)
 
@@ -33,6 +34,7 @@ __all__ = [
     "Option",
     "announce",
     "argparser",
+    "banner_lines",
     "client_env",
     "emulator_from_options",
     "export_lines",
@@ -105,6 +107,21 @@ def _parse_seed(value: str) -> int:
     return _number(value, int, lambda _: True, "must be a whole number")
 
 
+def _parse_balance(value: str) -> float:
+    """``--balance``: US dollars >= 0."""
+    return _number(
+        value,
+        float,
+        lambda usd: math.isfinite(usd) and usd >= 0,
+        "must be a number of US dollars >= 0 (0 makes every paid call fail with 402)",
+    )
+
+
+def _parse_models(value: str) -> tuple[dict[str, Any], ...]:
+    """``--models``: a JSON file of model entries, read and checked now."""
+    return load_models_file(value)
+
+
 def _parse_text(value: str) -> str:
     """A non-empty string."""
     if not value:
@@ -133,7 +150,7 @@ class Option:
     metavar: str
 
 
-#: The options both entry points take, in ``--help`` order (DESIGN.md, "The emulator").
+#: The options both entry points take, in ``--help`` order (the emulator's documented surface).
 OPTIONS: Final[tuple[Option, ...]] = (
     Option(
         flag="--host",
@@ -208,6 +225,24 @@ OPTIONS: Final[tuple[Option, ...]] = (
         metavar="N",
     ),
     Option(
+        flag="--models",
+        dest="models",
+        parse=_parse_models,
+        default=None,
+        help="A JSON file of Model API models to add to the built-in catalog: a list of "
+        'entries like {"model_id": "acme/my-model/v1", "base_price_usd": 0.01, '
+        '"input_schema": {...}}. Submits to other ids are refused, as the service does.',
+        metavar="FILE",
+    ),
+    Option(
+        flag="--balance",
+        dest="balance",
+        parse=_parse_balance,
+        default=100.0,
+        help="The account's starting balance in US dollars; paid calls draw it down.",
+        metavar="USD",
+    ),
+    Option(
         flag="--storage-dir",
         dest="storage_dir",
         parse=Path,
@@ -275,6 +310,27 @@ def export_lines(emu: Emulator) -> list[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in client_env(emu).items()]
 
 
+def _rate_text(emu: Emulator) -> str:
+    """The rate limit as the banner says it."""
+    rate = emu.config.rate_limit
+    if rate is None:
+        return "off"
+    return f"{rate:g} request/s per token (burst {emu.config.burst}), then 429 rate_limited"
+
+
+def banner_lines(emu: Emulator) -> list[str]:
+    """What the emulator is: URL, token, user id, rate limit, speed, catalog and balance."""
+    speed = emu.config.speed
+    return [
+        f"RunComfy emulator serving on {emu.url}",
+        f"  token:      {emu.token}",
+        f"  user id:    {emu.user_id}",
+        f"  rate limit: {_rate_text(emu)}",
+        f"  speed:      {speed:g}x (a simulated minute takes {60 / speed:.3g} s)",
+        f"  models:     {len(emu.state.catalog)} in the catalog; balance ${emu.balance:.2f}",
+    ]
+
+
 def announce(
     emu: Emulator,
     *,
@@ -282,24 +338,37 @@ def announce(
     out: IO[str] | None = None,
     err: IO[str] | None = None,
 ) -> None:
-    """Print how to reach ``emu``: export lines (or one JSON object) on stdout, a note on stderr.
+    """Print how to reach ``emu``: export lines (or one JSON object) on stdout, a banner on stderr.
+
+    The banner (:func:`banner_lines`) says the URL, token, user id, rate limit and speed; stdout
+    keeps only what a shell or a program reads.
 
     Args:
         emu: the running emulator.
-        as_json: print ``{"url": ..., "env": {...}}`` instead of export lines.
+        as_json: print ``{"url", "env", "user_id", "rate_limit", "burst", "speed"}`` instead
+            of export lines.
         out: where the lines go (default ``sys.stdout``).
-        err: where the human note goes (default ``sys.stderr``).
+        err: where the banner goes (default ``sys.stderr``).
     """
     out = out or sys.stdout
     err = err or sys.stderr
     if as_json:
-        print(json.dumps({"url": emu.url, "env": client_env(emu)}), file=out, flush=True)
-        note = ""
+        facts = {
+            "url": emu.url,
+            "env": client_env(emu),
+            "user_id": emu.user_id,
+            "rate_limit": emu.config.rate_limit,
+            "burst": emu.config.burst,
+            "speed": emu.config.speed,
+        }
+        print(json.dumps(facts), file=out, flush=True)
+        note = "Ctrl-C stops it."
     else:
         for line in export_lines(emu):
             print(line, file=out, flush=True)
-        note = " paste the lines above into another shell to point a client at it."
-    print(f"# RunComfy emulator serving on {emu.url};{note} Ctrl-C stops it.", file=err, flush=True)
+        note = "Paste the export lines into another shell to point a client at it; Ctrl-C stops it."
+    for line in [*banner_lines(emu), note]:
+        print(f"# {line}", file=err, flush=True)
 
 
 async def serve_until_stopped(emulator: Emulator, announce: Callable[[Emulator], None]) -> None:

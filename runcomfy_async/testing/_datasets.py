@@ -1,4 +1,4 @@
-"""The datasets store: records, files, and the lifecycle of API.md section 1, computed lazily.
+"""The datasets store: records, files, and the lifecycle docs/wire.md describes, computed lazily.
 
 Status is derived from timestamps whenever a dataset is read (no background tasks):
 DRAFT until a file arrives; UPLOADING while files arrive, while a signed URL for the dataset is
@@ -260,7 +260,7 @@ class DatasetStore:
     # -- wire shapes -----------------------------------------------------------------------
 
     def to_json(self, record: DatasetRecord, *, files: bool = False) -> dict[str, Any]:
-        """The documented dataset object (API.md sections 1.1, 1.4, 1.5)."""
+        """The documented dataset object (docs/wire.md)."""
         body: dict[str, Any] = {
             "id": record.id,
             "name": record.name,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import tempfile
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -16,6 +18,8 @@ from .._rules import DIRECT_UPLOAD_LIMIT
 from ._app import build_app
 from ._faults import FaultKind, FaultRule, RetryAfterForm
 from ._state import EmulatorConfig, EmulatorState, RequestRecord
+from ._webhooks import WebhookDelivery, WebhookPolicy
+from .model_catalog import load_models_file, model_entry
 
 if TYPE_CHECKING:
     from runcomfy_async._client import RunComfy
@@ -33,7 +37,8 @@ def _url_host(host: str) -> str:
 
 
 class Emulator:
-    """A faithful local RunComfy: Trainer, Model and Server APIs plus object storage, one port.
+    """A faithful local RunComfy: Trainer, Model, Server and Serverless APIs plus object storage,
+    one port.
 
     Use ``async with Emulator() as emu:`` (or :meth:`start` / :meth:`close`). Point a client at
     ``emu.url`` with ``emu.token``, or call :meth:`client`.
@@ -52,9 +57,18 @@ class Emulator:
         seed: seeds the fault injector's random choices, so runs replay.
         storage_dir: where uploaded files live; default a temporary directory removed on close.
         dataset_processing_seconds: simulated time from a dataset's last file to READY.
+        models: Model API models to add to the built-in catalog (or to replace entries of it):
+            entries like ``{"model_id": "acme/my-model/v1", "base_price_usd": 0.01,
+            "input_schema": {...}}``, or the path of a JSON file holding a list of them.
+            Submits to ids the catalog lacks are refused, as the service refuses them.
+        balance: the account's starting balance in US dollars; paid calls draw it down and
+            one it cannot cover is answered 402.
+        webhook_policy: how serverless webhooks are delivered (duplicates, reordering, drops,
+            retries); see :class:`WebhookPolicy`. Default: each event once, in order.
 
     Raises:
-        ValueError: a non-positive speed, rate or size.
+        ValueError: a non-positive speed, rate or size, a negative balance, or a malformed
+            model entry or models file.
     """
 
     def __init__(
@@ -72,6 +86,9 @@ class Emulator:
         seed: int = 0,
         storage_dir: Path | None = None,
         dataset_processing_seconds: float = 5.0,
+        models: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
+        balance: float = 100.0,
+        webhook_policy: WebhookPolicy | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed}")
@@ -82,6 +99,14 @@ class Emulator:
                 "burst, max_direct_upload and url_ttl must be positive, "
                 "dataset_processing_seconds not negative"
             )
+        if not (math.isfinite(balance) and balance >= 0):
+            raise ValueError(f"balance must be a number of US dollars >= 0, got {balance}")
+        if models is None:
+            entries: tuple[dict[str, Any], ...] = ()
+        elif isinstance(models, str | os.PathLike):
+            entries = load_models_file(Path(models))
+        else:
+            entries = tuple(model_entry(entry) for entry in models)
         self.config = EmulatorConfig(
             host=host,
             port=port,
@@ -94,8 +119,11 @@ class Emulator:
             url_ttl=url_ttl,
             seed=seed,
             dataset_processing_seconds=dataset_processing_seconds,
+            models=entries,
+            balance=float(balance),
         )
         self._storage_dir = storage_dir
+        self._webhook_policy = webhook_policy
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
@@ -122,6 +150,7 @@ class Emulator:
             root = self._storage_dir
             root.mkdir(parents=True, exist_ok=True)
         state = EmulatorState(self.config, root)
+        state.webhooks.set_policy(self._webhook_policy)
         runner = web.AppRunner(
             build_app(state), handle_signals=False, access_log=None, shutdown_timeout=2.0
         )
@@ -261,10 +290,85 @@ class Emulator:
             fail: ``True`` (a default error) or the error message: runs end as ``failed``.
             duration: simulated seconds per run (divided by ``speed``); None: the default.
 
+        A model the catalog does not know is added to it (a test describing a model's runs
+        means it to exist), priced :data:`~.model_catalog.DEFAULT_PRICE` per output.
+
         Raises:
-            ValueError: a negative duration.
+            ValueError: a negative duration, or a malformed model id.
         """
+        if model_id not in self.state.catalog:
+            self.add_model(model_id)
         self.state.model_requests.set_behavior(model_id, fail=fail, duration=duration)
+
+    def add_model(
+        self,
+        model_id: str,
+        *,
+        input_schema: Mapping[str, Any] | None = None,
+        base_price_usd: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """Add a model to the catalog (or replace the one with this id).
+
+        Args:
+            model_id: the id clients submit to (``"acme/my-model/v1"``).
+            input_schema: its inputs' JSON Schema; default: any object.
+            base_price_usd: what one output costs; default
+                :data:`~.model_catalog.DEFAULT_PRICE`.
+            fields: further catalog keys (``display_name``, ``categories``, ``kind``,
+                ``price_unit``, ``pricing_note``).
+
+        Raises:
+            ValueError: a malformed id, price or schema.
+        """
+        entry: dict[str, Any] = {"model_id": model_id, **fields}
+        if input_schema is not None:
+            entry["input_schema"] = dict(input_schema)
+        if base_price_usd is not None:
+            entry["base_price_usd"] = base_price_usd
+        self.state.catalog.add(entry)
+
+    @property
+    def balance(self) -> float:
+        """The account's balance in US dollars, as ``GET /prod/v2/balance`` reports it."""
+        return self.state.wallet.balance
+
+    def set_balance(self, usd: float) -> None:
+        """Set the account's balance (0 makes every paid call fail with 402).
+
+        Raises:
+            ValueError: a negative or non-finite amount.
+        """
+        self.state.wallet.set(usd)
+    def set_webhook_policy(
+        self, policy: WebhookPolicy | None, *, deployment_id: str | None = None
+    ) -> None:
+        """Change how webhooks are delivered: for one deployment, or for every other one.
+
+        Args:
+            policy: the delivery policy (duplicates, reordering, drops, retries); ``None``
+                restores the default (or, with ``deployment_id``, the emulator-wide one).
+            deployment_id: the deployment whose requests it applies to; None: all others.
+        """
+        self.state.webhooks.set_policy(policy, deployment_id)
+
+    @property
+    def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every webhook POST attempt so far (a snapshot), in the order they ended."""
+        return list(self.state.webhooks.deliveries)
+
+    async def webhooks_idle(self) -> None:
+        """Wait until the webhook events of every finished serverless request are delivered
+        (or given up after their retries); requests still running are not waited for."""
+        await self.state.webhooks.idle()
+
+    def serverless_files(self, request_id: str) -> dict[str, bytes]:
+        """``{filename: bytes}`` of the files a finished serverless request produced.
+
+        Raises:
+            KeyError: no such request.
+        """
+        return dict(self.state.deployments.requests[request_id].files)
 
     def preempt_job(self, job_id: str, *, at_step: int | None = None) -> None:
         """Stop a training job as a reclaimed server does: STOPPED short of its last step.

@@ -54,9 +54,9 @@ FAULT_KINDS: Final[frozenset[str]] = frozenset(get_args(FaultKind))
 #: The kinds that may carry a ``Retry-After`` header (RFC 9110 section 10.2.3: 503 and 429).
 RETRY_AFTER_KINDS: Final = frozenset({"429", "503"})
 _APIS: Final = frozenset({"trainer", "model", "server", "storage", "comfyui", "other"})
-#: The hosts whose JSON bodies carry ``error_code`` (API.md section 0): where ``200_error`` fires.
+#: The hosts whose JSON bodies carry ``error_code`` (docs/wire.md): where ``200_error`` fires.
 _ERROR_CODE_APIS: Final = frozenset({"trainer", "model", "server"})
-#: The ``error_code`` of a ``200_error`` unless the rule names one (API.md section 0's 500001).
+#: The ``error_code`` of a ``200_error`` unless the rule names one (internal error, docs/wire.md).
 DEFAULT_ERROR_CODE: Final = 500001
 DEFAULT_ERROR_MESSAGE: Final = "Internal Server Error"
 
@@ -102,7 +102,7 @@ class FaultRule:
 
     Args:
         kind: ``"200_error"`` (HTTP 200 whose JSON body carries a non-null ``error_code``, the
-            "important quirk" of API.md section 0; API hosts only), ``"429"``, ``"500"``,
+            an error in a 200, docs/wire.md; API hosts only), ``"429"``, ``"500"``,
             ``"502"``, ``"503"``, ``"504"`` (storage requests get storage's error body),
             ``"reset"`` (drop the connection without an answer), ``"reset_mid_body"`` (read
             half of the request body, then drop the connection), ``"html"`` (a proxy's HTML

@@ -4,8 +4,8 @@ Order (outermost first): the log wraps everything, so rejected, faulted and rese
 recorded with the status actually sent; faults come before auth and the rate limit, so a faulted
 request neither reaches a handler nor spends a rate token (unless the rule says ``after``: then
 the request is processed in full and only its answer is replaced or lost); auth and the rate
-limit apply to the three API hosts only (storage is authorised by its URL signature, API.md
-section 1.3).
+limit apply to the three API hosts only (storage is authorised by its URL signature, see
+docs/wire.md).
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ __all__ = ["api_for_path", "make_middlewares", "mask_headers", "retry_after_valu
 
 logger = logging.getLogger("runcomfy_async.testing")
 
-# Path prefix -> API, first match wins (API.md section 0: one host per API, one port here).
+# Path prefix -> API, first match wins (docs/wire.md: one host per API, one port here).
 _PREFIXES: Final[tuple[tuple[str, Api], ...]] = (
     ("/prod/v1/trainers/", "trainer"),
     ("/v1/", "model"),
     ("/prod/api/users/", "server"),
+    ("/prod/v1/deployments/", "server"),  # serverless queue endpoints, same host
+    ("/prod/v2/", "server"),
     ("/storage/", "storage"),
     ("/comfyui/", "comfyui"),
 )
@@ -61,7 +63,7 @@ _TRUNCATED_BODY: Final = '{"id": "00000000-0000-4000-8000-000000000000", "status
 
 def api_for_path(path: str) -> Api:
     """Which API a path belongs to; ``"other"`` for none (answered 404)."""
-    if path in ("/prod/v1/trainers", "/v1", "/storage", "/comfyui"):
+    if path in ("/prod/v1/trainers", "/v1", "/storage", "/comfyui", "/prod/v2"):
         path += "/"
     for prefix, api in _PREFIXES:
         if path.startswith(prefix):
@@ -136,7 +138,7 @@ def _fault_response(rule: FaultRule, api: str) -> web.Response:
     if rule.retry_after is not None:
         headers["Retry-After"] = retry_after_value(rule.retry_after, rule.retry_after_form)
     if kind == "200_error":
-        # API.md section 0, "important quirk": HTTP 200 with a top-level error body.
+        # docs/wire.md: some endpoints answer an error as HTTP 200 with a top-level error body.
         return error_response(200, rule.error_code, rule.error_message or "")
     if kind == "429":
         if api == "storage":
@@ -260,7 +262,7 @@ def make_middlewares(state: EmulatorState) -> list[Middleware]:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer auth on the three API hosts (API.md section 0)."""
+        """Bearer auth on the three API hosts (docs/wire.md)."""
         if api_for_path(request.path) in _AUTHENTICATED:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), expected_auth.encode()):

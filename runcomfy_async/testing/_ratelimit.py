@@ -1,6 +1,6 @@
 """The account rate limit the real service enforces: a token bucket per bearer token.
 
-API.md section 0: 1 request/s per account with small bursts, 429 ``rate_limited`` beyond.
+docs/wire.md: 1 request/s per account with small bursts, 429 ``rate_limited`` beyond.
 Real (monotonic) time drives it, never the emulator's scaled clock: the limit is what a client
 must pace itself against.
 """

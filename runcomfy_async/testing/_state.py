@@ -3,7 +3,8 @@
 Endpoint modules receive the :class:`EmulatorState` in ``add_routes`` and keep no globals, so
 several emulators can run side by side in one process. Each store is an attribute made here, in
 one place, and reached one way: ``emu.state.datasets``, ``.jobs``, ``.model_requests``,
-``.machines``, ``.comfy``; every store takes its time from the one :class:`Clock`.
+``.machines``, ``.comfy``,
+``.deployments``, ``.webhooks``; every store takes its time from the one :class:`Clock`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import itertools
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
 from ._clock import Clock
 from ._datasets import DatasetStore
+from ._deployments import DeploymentStore
 from ._faults import FaultSet
 from ._ratelimit import AccountLimiter
 from ._storage import ObjectStorage
+from ._webhooks import WebhookDispatcher
+from .account import Wallet
 from .comfyui import ComfyStore
 from .model_api import ModelRequestStore
+from .model_catalog import ModelCatalog
 from .server_api import MachineStore
 from .trainer_jobs import JobStore
 
@@ -47,6 +52,8 @@ class EmulatorConfig:
     url_ttl: float
     seed: int
     dataset_processing_seconds: float
+    models: tuple[Mapping[str, Any], ...] = ()
+    balance: float = 100.0
 
 
 @attrs.frozen(kw_only=True)
@@ -92,8 +99,12 @@ class EmulatorState:
         datasets: Trainer API datasets.
         jobs: Trainer API AI Toolkit jobs.
         model_requests: Model API requests.
+        catalog: the Model API's models, their schemas and prices.
+        wallet: the account's balance, drawn down by paid calls.
         machines: Server API workflows and machines.
         comfy: the ComfyUI of every machine.
+        deployments: Serverless deployments and their requests.
+        webhooks: the webhook deliveries of serverless requests.
         log: every request received, oldest first.
         base_url: ``http://host:port``; set when the server is listening.
     """
@@ -113,8 +124,12 @@ class EmulatorState:
             clock=self.clock, storage=self.storage, datasets=self.datasets, new_id=self.new_id
         )
         self.model_requests = ModelRequestStore(clock=self.clock, storage=self.storage)
+        self.catalog = ModelCatalog(config.models)
+        self.wallet = Wallet(config.balance)
         self.machines = MachineStore(self.clock, self.new_id)
         self.comfy = ComfyStore(clock=self.clock, machines=self.machines)
+        self.deployments = DeploymentStore(clock=self.clock, storage=self.storage)
+        self.webhooks = WebhookDispatcher(clock=self.clock, seed=config.seed)
         self.log: list[RequestRecord] = []
         self._seq = itertools.count()
         self.base_url = ""

@@ -1,6 +1,6 @@
 """Object storage: HMAC-signed URLs, exact-size streaming PUTs and ranged GETs of artifacts.
 
-Dataset files arrive by signed PUT (API.md section 1.3): the URL carries ``size``, ``expires``
+Dataset files arrive by signed PUT (docs/wire.md): the URL carries ``size``, ``expires``
 and ``sig`` = HMAC-SHA256 over ``"PUT\\n{key}\\n{size}\\n{expires}"``, so a PUT of any other
 size, after expiry or with a tampered query is refused and nothing is stored. ``expires`` is
 UNIX seconds with millisecond decimals on the emulator's clock: a URL lives ``url_ttl``

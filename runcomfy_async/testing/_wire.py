@@ -1,6 +1,6 @@
 """Wire helpers every emulated endpoint shares: the JSON error body, timestamps, body parsing.
 
-The error body is the one documented in API.md section 0: ``{"error_code", "error_message",
+The error body is the one documented in docs/wire.md: ``{"error_code", "error_message",
 "detail"}``; validation errors carry a FastAPI-style ``detail`` array (code 422001).
 """
 
@@ -32,7 +32,7 @@ def error_response(
     *,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """Build the documented JSON error response (API.md section 0)."""
+    """Build the documented JSON error response (docs/wire.md)."""
     body = {"error_code": error_code, "error_message": message, "detail": detail}
     return web.json_response(body, status=status, headers=headers)
 
@@ -79,13 +79,25 @@ def not_found(message: str) -> ApiError:
 
 
 def iso_timestamp(unix_seconds: float) -> str:
-    """ISO 8601 with microseconds and ``+00:00``, as the vendor documents (API.md section 0)."""
+    """ISO 8601 with microseconds and ``+00:00``, as the vendor documents (docs/wire.md)."""
     return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="microseconds")
 
 
-async def read_json(request: web.Request) -> Any:
-    """The parsed JSON body, ``None`` for an empty body; malformed JSON is a 422."""
-    raw = await request.read()
+async def read_json(request: web.Request, *, limit: int | None = None) -> Any:
+    """The parsed JSON body, ``None`` for an empty body; malformed JSON is a 422.
+
+    Args:
+        limit: read up to this many bytes instead of the app's ``client_max_size`` (bodies
+            with inline workflows and data URIs are larger); a longer body is a 413.
+    """
+    if limit is None:
+        raw = await request.read()
+    else:
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, 413001, f"Request body larger than {limit} bytes")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise ApiError(413, 413001, f"Request body larger than {limit} bytes")
     if not raw.strip():
         return None
     try:

@@ -1,4 +1,4 @@
-"""Model API (API.md section 3): submit, status, result and cancel, over a simulated queue.
+"""Model API (docs/wire.md): submit, status, result and cancel, over a simulated queue.
 
 Requests wait in one FIFO queue served by ``workers`` concurrent workers; each run takes its
 model's duration (simulated seconds, divided by the emulator's speed). The schedule is computed
@@ -8,7 +8,8 @@ background tasks): ``in_queue`` (with a ``queue_position`` that moves as runs fi
 whether a run failed; ``/result`` does. Outputs are small downloadable blobs whose shape depends on
 the model id: ``video`` -> ``{"video": url}``, ``multi``/``batch`` -> ``{"images": [...]}``,
 anything else ``{"image": url}``. :meth:`ModelRequestStore.set_behavior` makes a model fail or
-run slow for tests.
+run slow for tests. A submit names a model of the catalog (:mod:`.model_catalog`) and is paid
+from the account's wallet (:mod:`.account`): what it costs is charged when it is accepted.
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ __all__ = [
 DEFAULT_DURATION: Final = 10.0
 #: Runs served at the same time; further requests wait in the queue.
 DEFAULT_WORKERS: Final = 4
-#: What a successful run costs, in the account's currency (reported with ``include_cost``).
-PRICE: Final = 0.04
 DEFAULT_FAILURE: Final = "Upstream provider rejected the input"
 _MAX_IMAGES: Final = 8
 # A 1x1 transparent PNG and the first box of an MP4: enough for a client to download and sniff.
@@ -88,6 +87,7 @@ class ModelRequestRecord:
     end: float = 0.0
     cancelled_at: float | None = None
     output: Any = None
+    cost: float = 0.0
 
 
 class ModelRequestStore:
@@ -145,9 +145,15 @@ class ModelRequestStore:
 
     # -- the queue -----------------------------------------------------------------------------
 
-    def submit(self, request_id: str, model_id: str, inputs: dict[str, Any]) -> ModelRequestRecord:
-        """Queue a request behind every earlier one."""
-        behavior = self._behaviors.get(model_id, ModelBehavior())
+    def behavior(self, model_id: str) -> ModelBehavior:
+        """How runs of ``model_id`` submitted now will behave."""
+        return self._behaviors.get(model_id, ModelBehavior())
+
+    def submit(
+        self, request_id: str, model_id: str, inputs: dict[str, Any], *, cost: float = 0.0
+    ) -> ModelRequestRecord:
+        """Queue a request behind every earlier one; ``cost`` is what it was charged."""
+        behavior = self.behavior(model_id)
         record = ModelRequestRecord(
             id=request_id,
             model_id=model_id,
@@ -155,6 +161,7 @@ class ModelRequestStore:
             created=self.clock.time(),
             run_seconds=self.clock.real(behavior.duration),
             fail=behavior.fail,
+            cost=cost,
         )
         self._records[request_id] = record
         self._schedule(record)
@@ -245,7 +252,7 @@ class ModelRequestStore:
         return self.storage.put_blob(f"model-outputs/{record.id}/{name}", data)
 
     def result_json(self, record: ModelRequestRecord, *, include_cost: bool) -> dict[str, Any]:
-        """The ``/result`` body (API.md 3.3); while unfinished, the current status."""
+        """The ``/result`` body (docs/wire.md); while unfinished, the current status."""
         state = self.status(record)
         body: dict[str, Any] = {
             "request_id": record.id,
@@ -269,14 +276,14 @@ class ModelRequestStore:
             else:
                 body["status"] = "succeeded"
                 body["output"] = self.output(record)
-                cost = PRICE
+                cost = record.cost
         if include_cost:
             body["cost"] = cost
         return body
 
 
 def _check_lora(inputs: Mapping[str, Any]) -> None:
-    """The LoRA input, when given, is ``{"path": <asset name or https URL>}`` (API.md 3.1)."""
+    """The LoRA input, when given, is ``{"path": <asset name or https URL>}`` (docs/wire.md)."""
     if "lora" not in inputs:
         return
     lora = inputs["lora"]
@@ -320,8 +327,13 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
             raise validation_error(
                 [field_error(["body"], "body must be a JSON object of the model's inputs")]
             )
+        if model_id not in state.catalog:
+            raise state.catalog.unknown(model_id)
         _check_lora(body)
-        record = store.submit(state.new_id(), model_id, body)
+        fails = store.behavior(model_id).fail is not None
+        cost = 0.0 if fails else state.catalog.cost(model_id, body)
+        state.wallet.charge(cost, f"a run of {model_id}")
+        record = store.submit(state.new_id(), model_id, body, cost=cost)
         return web.json_response({"request_id": record.id, **urls(record.id)})
 
     async def status(request: web.Request) -> web.Response:
@@ -345,7 +357,10 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
     async def cancel(request: web.Request) -> web.Response:
         """POST /v1/requests/{id}/cancel: 202; cancelled only while queued."""
         record = lookup(request)
+        was_queued = store.status(record) == "in_queue"
         cancelled = store.cancel(record)
+        if cancelled and was_queued:
+            state.wallet.refund(record.cost)
         return web.json_response(
             {
                 "request_id": record.id,

@@ -1,10 +1,10 @@
-"""Server API (API.md section 4): workflows, and machines Initializing -> Ready -> Stopping -> gone.
+"""Server API (docs/wire.md): workflows, and machines Initializing -> Ready -> Stopping -> gone.
 
 A machine's status is computed from the scaled clock on each read: ``Initializing`` for
 ``boot_seconds`` (simulated), then ``Ready`` with ``main_service_url`` pointing at this
 emulator's ComfyUI (``{emu.url}/comfyui/{server_id}``), until its ``estimated_duration`` runs out
 or a DELETE arrives; then ``Stopping`` for ``stop_seconds`` and gone (404). Like the real service
-(API.md 4.4) the status of a new machine answers 404 for its first ``not_found_reads`` reads.
+(docs/wire.md) the status of a new machine answers 404 for its first ``not_found_reads`` reads.
 The store is ``emu.state.machines`` (e.g. ``.fail_next_launch()``, ``.boot_seconds``).
 """
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 PREFIX: Final = "/prod/api/users/{user_id}"
-#: The documented machine sizes (API.md 4.2).
+#: The documented machine sizes (docs/wire.md).
 SERVER_TYPES: Final = tuple(size.value for size in ServerType)
 
 
@@ -148,7 +148,7 @@ class MachineStore:
             record.stop_requested_at = self.clock.time()
 
     def to_json(self, record: MachineRecord) -> dict[str, Any]:
-        """The machine object of API.md 4.4."""
+        """The machine object docs/wire.md shows."""
         status = self.status(record)
         ready = status == "Ready"
         stops_at = self._stops_at(record)
@@ -196,16 +196,16 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         return record
 
     async def workflows(request: web.Request) -> web.Response:
-        """GET /workflows: a bare array (API.md 4.1)."""
+        """GET /workflows: a bare array (docs/wire.md)."""
         return web.json_response(account(request).workflows)
 
     async def list_servers(request: web.Request) -> web.Response:
-        """GET /servers: a bare array of machine objects (API.md 4.3)."""
+        """GET /servers: a bare array of machine objects (docs/wire.md)."""
         store = account(request)
         return web.json_response([store.to_json(r) for r in store.live()])
 
     async def status(request: web.Request) -> web.Response:
-        """GET /servers/{id}: the machine; 404 for a new machine's first reads (API.md 4.4)."""
+        """GET /servers/{id}: the machine; 404 for a new machine's first reads (docs/wire.md)."""
         store = account(request)
         record = lookup(request, store)
         if record.hidden_reads > 0:
@@ -214,7 +214,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         return web.json_response(store.to_json(record))
 
     async def launch(request: web.Request) -> web.Response:
-        """POST /servers: validate, then start a machine (API.md 4.2)."""
+        """POST /servers: validate, then start a machine (docs/wire.md)."""
         store = account(request)
         body = await read_json(request)
         if not isinstance(body, dict):
@@ -252,7 +252,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         return web.json_response(store.to_json(record))
 
     async def update_duration(request: web.Request) -> web.Response:
-        """POST /servers/{id}/update-estimated-duration (API.md 4.5)."""
+        """POST /servers/{id}/update-estimated-duration (docs/wire.md)."""
         store = account(request)
         record = lookup(request, store)
         body = await read_json(request)
@@ -268,7 +268,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
             )
         current = store.status(record)
         if current != "Ready":
-            # API.md 4.5: the duration is changed "after the machine is Ready".
+            # docs/wire.md: the duration is changed "after the machine is Ready".
             when = "once it is Ready" if current == "Initializing" else "only while it is Ready"
             raise ApiError(
                 409,
@@ -280,7 +280,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         return web.json_response(store.to_json(record))
 
     async def stop(request: web.Request) -> web.Response:
-        """DELETE /servers/{id}: Stopping now, gone soon after (API.md 4.6)."""
+        """DELETE /servers/{id}: Stopping now, gone soon after (docs/wire.md)."""
         store = account(request)
         record = lookup(request, store)
         store.stop(record)

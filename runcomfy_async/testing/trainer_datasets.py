@@ -1,4 +1,4 @@
-"""Trainer API datasets (API.md section 1): create, list, status, delete and both uploads."""
+"""Trainer API datasets (docs/wire.md): create, list, status, delete and both uploads."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         )
 
     def check_sizes(body: Any) -> dict[str, int]:
-        """Validate ``{"filenameToByteSize": {name: size}}`` (API.md section 1.3)."""
+        """Validate ``{"filenameToByteSize": {name: size}}`` (docs/wire.md)."""
         if not isinstance(body, dict) or "filenameToByteSize" not in body:
             raise validation_error(
                 [

@@ -1,4 +1,4 @@
-"""Trainer API AI Toolkit jobs (API.md section 2): submit, status, result, cancel, resume, edit.
+"""Trainer API AI Toolkit jobs (docs/wire.md): submit, status, result, cancel, resume, edit.
 
 Lifecycles are computed lazily from the scaled clock whenever a job is read (no background
 tasks): a job waits ``queue_seconds`` IN_QUEUE, then runs one step per ``step_seconds``
@@ -11,7 +11,7 @@ Like the real service, a submit with a config that breaks the fixed-path rules, 
 YAML, or mounts a dataset that is not READY is accepted and then goes FAILED with an ``error``
 when it would start. Cancel keeps the artifacts made so far; resume continues the same job id
 from its highest checkpoint. Tests stop a job early with :meth:`JobStore.preempt` (the STOPPED
-"server was reclaimed" case of API.md section 2.3) and publish arbitrary artifacts with
+"server was reclaimed" case in docs/wire.md) and publish arbitrary artifacts with
 :meth:`JobStore.add_artifact`; the store is ``emu.state.jobs``.
 """
 
@@ -88,6 +88,8 @@ class JobRecord:
     gpu_type: str
     created_at: float
     config_text: str
+    #: the optional ``gpu_id`` the submit named (the service documents no values for it)
+    gpu_id: str | None = None
     total_steps: int = DEFAULT_STEPS
     save_every: int = DEFAULT_EVERY
     sample_every: int = DEFAULT_EVERY
@@ -143,13 +145,14 @@ class JobStore:
 
     # -- records ---------------------------------------------------------------------------
 
-    def submit(self, config_text: str, gpu_type: str) -> JobRecord:
+    def submit(self, config_text: str, gpu_type: str, gpu_id: str | None = None) -> JobRecord:
         """Queue a new job; a config problem makes it FAIL when it would start."""
         now = self.clock.time()
         record = JobRecord(
             id=self._new_id(),
             name=f"job_{secrets.token_hex(4)}",
             gpu_type=gpu_type,
+            gpu_id=gpu_id,
             created_at=now,
             config_text=config_text,
             queued_at=now,
@@ -364,7 +367,7 @@ class JobStore:
     # -- wire shapes -----------------------------------------------------------------------
 
     def to_json(self, record: JobRecord, base_url: str) -> dict[str, Any]:
-        """The documented status object (API.md section 2.2)."""
+        """The documented status object (docs/wire.md)."""
         total = record.total_steps
         step = record.end.step if record.end is not None else record.step
         return {
@@ -384,7 +387,7 @@ class JobStore:
         }
 
     def result_json(self, record: JobRecord) -> dict[str, Any]:
-        """The documented result object (API.md section 2.3), with freshly signed URLs."""
+        """The documented result object (docs/wire.md), with freshly signed URLs."""
         groups: dict[str, Any] = {"checkpoints": [], "samples": []}
         for artifact in _ordered(record.artifacts):
             item: dict[str, Any] = {"path": self.storage.sign_get(artifact.key)}
@@ -427,7 +430,7 @@ def jobs_of(state: EmulatorState) -> JobStore:
 
 
 def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
-    """Validate a submit/edit body (API.md sections 2.1, 2.4); return (YAML text, gpu_type)."""
+    """Validate a submit/edit body (docs/wire.md); return (YAML text, gpu_type)."""
     if not isinstance(body, dict):
         raise validation_error([field_error(["body"], "body must be a JSON object")])
     problems = []
@@ -446,6 +449,9 @@ def _config_text(body: Any, *, gpu: bool) -> tuple[str, str | None]:
     count = body.get("gpu_count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         problems.append(field_error(["body", "gpu_count"], "must be a positive integer"))
+    gpu_id = body.get("gpu_id")
+    if gpu_id is not None and (not isinstance(gpu_id, str) or not gpu_id.strip()):
+        problems.append(field_error(["body", "gpu_id"], "must be a non-empty string"))
     if problems or not isinstance(text, str):
         raise validation_error(problems)
     return text, gpu_type if isinstance(gpu_type, str) else None
@@ -469,8 +475,9 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
 
     async def submit(request: web.Request) -> web.Response:
         """POST /jobs: accept a job (IN_QUEUE); a bad config fails it later, as the service does."""
-        text, gpu_type = _config_text(await read_json(request), gpu=True)
-        record = store.submit(text, gpu_type or "")
+        body = await read_json(request)
+        text, gpu_type = _config_text(body, gpu=True)
+        record = store.submit(text, gpu_type or "", body.get("gpu_id"))
         return web.json_response(
             {
                 "id": record.id,

@@ -1,4 +1,4 @@
-"""Trainer datasets (API.md section 1): status values and dataset snapshots."""
+"""Trainer datasets (docs/wire.md): status values and dataset snapshots."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""AI Toolkit training jobs (API.md section 2): statuses, GPU types, status and result snapshots.
+"""AI Toolkit training jobs (docs/wire.md): statuses, GPU types, status and result snapshots.
 
 A job's status is ``IN_QUEUE -> RUNNING -> STOPPED`` (or ``FAILED`` / ``CANCELED``). The service
 reports STOPPED both for a run that reached its last step and for one the platform stopped early
 (preemption, a reclaimed server), so :attr:`JobStatus.preempted` tells them apart from the progress
-and the error (API.md section 2.2).
+and the error (docs/wire.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = [
     "artifacts_from_wire",
 ]
 
-#: The artifact groups the result endpoint documents (API.md section 2.3).
+#: The artifact groups the result endpoint documents (docs/wire.md).
 ARTIFACT_KINDS = ("checkpoints", "samples", "config")
 
 
@@ -66,7 +66,13 @@ class GPUType(OpenStrEnum):
 
 @attrs.frozen(kw_only=True)
 class Progress:
-    """How far a run got: ``current_step`` of ``total_steps`` (``percent`` as the server says)."""
+    """How far a run got.
+
+    Attributes:
+        percent: the share done, 0 to 100, as the server says.
+        current_step: the last training step finished.
+        total_steps: the steps the config asks for.
+    """
 
     percent: float | None = None
     current_step: int | None = None
@@ -75,7 +81,18 @@ class Progress:
 
 @attrs.frozen(kw_only=True)
 class JobStatus:
-    """A snapshot of a training job's status (API.md section 2.2)."""
+    """A snapshot of a training job's status (docs/wire.md); ``TrainingJob.wait``
+    hands each one to its ``on_status`` callback.
+
+    Attributes:
+        id: the job's id.
+        name: the job's name (from its config), when sent.
+        status: IN_QUEUE, RUNNING, STOPPED, FAILED or CANCELED (unknown values are kept).
+        progress: the step counts, once the run reports them.
+        error: the server's reason when the job failed or was stopped by the platform.
+        created_at, started_at, finished_at: when it was submitted, began and ended.
+        result_url: the server's own URL for the job's result, when sent.
+    """
 
     id: str
     name: str | None = None
@@ -97,7 +114,7 @@ class JobStatus:
         """STOPPED short of the last step, or STOPPED with an error: ``job.resume()`` continues it.
 
         The service reports STOPPED for success and for platform-initiated stops alike; a run
-        that completed has ``current_step == total_steps`` and no error (API.md section 2.2).
+        that completed has ``current_step == total_steps`` and no error (docs/wire.md).
         """
         if self.status is not JobState.STOPPED:
             return False
@@ -116,7 +133,7 @@ class JobStatus:
 
 @attrs.frozen(kw_only=True)
 class Artifact:
-    """One file a job produced, as a hosted URL (API.md section 2.3).
+    """One file a job produced, as a hosted URL (docs/wire.md).
 
     Attributes:
         kind: the group it was listed in: ``"checkpoints"``, ``"samples"``, ``"config"`` (or a
@@ -201,7 +218,7 @@ def artifacts_from_wire(artifacts: Any) -> tuple[Artifact, ...]:
     """Flatten ``{"checkpoints": [...], "samples": [...], "config": {...}}`` into artifacts.
 
     Each group may be one item or a list; items are URL strings or objects with ``url``/``path``
-    (both forms are seen in RunComfy's own clients, API.md section 2.3). A bare list is taken as
+    (both forms are seen in RunComfy's own clients, docs/wire.md). A bare list is taken as
     artifacts of unknown kind ``"other"``. Unreadable items are skipped, not fatal.
     """
     groups: Iterable[tuple[str, Any]]

@@ -1,21 +1,20 @@
-"""Server API machines (API.md section 4) and the ComfyUI they run (section 6): enums, snapshots."""
+"""Server API machines (docs/wire.md): enums and snapshots (the ComfyUI types: comfyui.py)."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 import attrs
 
 from ._base import OpenStrEnum
+from .comfyui import ComfyEvent, ComfyFile  # their home before ComfyUI had a module
 
 __all__ = ["ComfyEvent", "ComfyFile", "MachineInfo", "MachineStatus", "ServerType", "Workflow"]
 
 
 class ServerType(enum.StrEnum):
-    """The machine sizes the Server API launches (API.md 4.2); a closed set, checked client-side."""
+    """The machine sizes the Server API launches (docs/wire.md): a closed set, checked here."""
 
     MEDIUM = "medium"
     LARGE = "large"
@@ -27,7 +26,7 @@ class ServerType(enum.StrEnum):
 class MachineStatus(OpenStrEnum):
     """A machine's ``current_status``: Initializing -> Ready -> Stopping (then gone).
 
-    Only ``Ready`` and ``Initializing`` are confirmed by public code (API.md 4.4); the others are
+    Only ``Ready`` and ``Initializing`` are confirmed by public code (docs/wire.md); the others are
     the names third-party clients use. Unknown values are kept; matching is case-insensitive.
     """
 
@@ -56,7 +55,7 @@ _ENDED = frozenset(
 
 @attrs.frozen(kw_only=True)
 class MachineInfo:
-    """A snapshot of one machine as the Server API described it (API.md 4.4).
+    """A snapshot of one machine as the Server API described it (docs/wire.md).
 
     ``main_service_url`` (the ComfyUI backend) is only set once the machine is ``Ready``.
     ``server_type`` stays a plain string, so a size this library does not know yet still reads.
@@ -85,51 +84,10 @@ class MachineInfo:
 
 @attrs.frozen(kw_only=True)
 class Workflow:
-    """A saved workflow of the account; launch a machine with its ``version_id`` (API.md 4.1)."""
+    """A saved workflow of the account; launch a machine with its ``version_id`` (docs/wire.md)."""
 
     workflow_id: str
     name: str | None = None
     version_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ComfyFile:
-    """A file on a ComfyUI machine: an output of a prompt or an uploaded input (API.md 6.1).
-
-    ``node_id`` names the node that produced an output (None for uploads).
-    """
-
-    filename: str
-    subfolder: str = ""
-    type: str = "output"
-    node_id: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class ComfyEvent:
-    """One ComfyUI WebSocket event about a prompt (API.md 6.2), as given to a progress callback.
-
-    Args:
-        type: ``execution_start``, ``executing``, ``progress``, ``executed``,
-            ``execution_success``, ``execution_error``, ...
-        data: the event's ``data`` object as sent.
-    """
-
-    type: str
-    data: Mapping[str, Any] = attrs.field(factory=dict)
-
-    @property
-    def node(self) -> str | None:
-        """The node the event is about, when it names one."""
-        node = self.data.get("node", self.data.get("node_id"))
-        return None if node is None else str(node)
-
-    @property
-    def fraction(self) -> float | None:
-        """``value / max`` of a ``progress`` event, else None."""
-        value, top = self.data.get("value"), self.data.get("max")
-        if self.type != "progress" or not isinstance(value, int | float) or not top:
-            return None
-        return float(value) / float(top)

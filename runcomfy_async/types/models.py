@@ -1,4 +1,4 @@
-"""Model API requests (API.md section 3): status values, snapshots, results and LoRA inputs."""
+"""Model API requests (docs/wire.md): status values, snapshots, results and LoRA inputs."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = [
 
 
 class RequestState(OpenStrEnum):
-    """What ``/status`` says: in_queue -> in_progress -> completed | cancelled (API.md 3.2).
+    """What ``/status`` says: in_queue -> in_progress -> completed | cancelled (docs/wire.md).
 
     ``completed`` does not mean success: only the result tells (:class:`ResultStatus`).
     ``failed``/``succeeded`` are not documented for ``/status`` but other clients accept them, so
@@ -60,7 +60,7 @@ _FINISHED_STATUSES = frozenset(
 class ResultStatus(OpenStrEnum):
     """What ``/result`` says: succeeded | failed | cancelled, or the current state while running.
 
-    ``/result`` of an unfinished request answers with ``in_queue``/``in_progress`` (API.md 3.3).
+    ``/result`` of an unfinished request answers with ``in_queue``/``in_progress`` (docs/wire.md).
     ``completed`` is accepted as a finished state as well (the vendor CLI does); whether such a
     run succeeded is then decided by its ``error``.
     """
@@ -105,7 +105,7 @@ class CancelOutcome(OpenStrEnum):
 
 @attrs.frozen(kw_only=True)
 class RequestStatus:
-    """A snapshot of a model request's ``/status`` (API.md 3.2).
+    """A snapshot of a model request's ``/status`` (docs/wire.md).
 
     Attributes:
         request_id: the request's id.
@@ -123,7 +123,7 @@ class RequestStatus:
 
 @attrs.frozen(kw_only=True)
 class RequestResult:
-    """A snapshot of a model request's ``/result`` (API.md 3.3).
+    """A snapshot of a model request's ``/result`` (docs/wire.md).
 
     Attributes:
         request_id: the request's id.
@@ -192,7 +192,7 @@ def _check_lora_scale(_: Any, __: attrs.Attribute[float | None], scale: object) 
 
 @attrs.frozen
 class Lora:
-    """A trainer LoRA as a Model API input (API.md 3.1, "LoRA Inputs").
+    """A trainer LoRA as a Model API input (docs/wire.md).
 
     ``{**inputs, **Lora("my_lora.safetensors").to_input()}`` gives the documented
     ``{"lora": {"path": ...}}`` fragment; a ``Lora`` may also be passed directly as an input

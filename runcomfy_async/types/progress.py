@@ -1,4 +1,7 @@
-"""Progress reporting shared by uploads, downloads and ComfyUI: one callback type."""
+"""Progress reporting shared by uploads, downloads and ComfyUI: one callback type.
+
+:mod:`runcomfy_async.progress` has ready-made callbacks (text lines, or rich bars).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,14 @@ ProgressCallback: TypeAlias = Callable[[E], Awaitable[None] | None]
 
 @attrs.frozen(kw_only=True)
 class DownloadProgress:
-    """Progress of one file: ``done`` of ``total`` bytes on disk (``total`` None if unknown)."""
+    """Progress of one downloaded file.
+
+    Attributes:
+        artifact: what is downloaded (a job artifact, or a model output wrapped as one).
+        path: where it is written.
+        done: bytes on disk so far (a resumed file starts at what it already had).
+        total: the file's size, or None when the server does not say.
+    """
 
     artifact: Artifact
     path: Path

@@ -1,4 +1,4 @@
-"""Dataset uploads (API.md section 1.2, 1.3): per-file results, the report, progress events."""
+"""Dataset uploads (docs/wire.md): per-file results, the report, progress events."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ __all__ = [
     "FileResult",
     "FileRetrying",
     "FileStarted",
+    "FolderCheck",
     "ProgressCallback",
     "UploadEndpoints",
     "UploadEvent",
@@ -58,7 +59,7 @@ class FailureReason(enum.StrEnum):
 
 @attrs.frozen(kw_only=True)
 class UploadTarget:
-    """Where and how to send one file (API.md 1.3): the signature in the URL is the credential.
+    """Where and how to send one file (docs/wire.md): the signature in the URL is the credential.
 
     Its repr masks the URL's query, which holds the signature.
     """
@@ -136,12 +137,34 @@ class UploadReport:
         )
 
 
+@attrs.frozen(kw_only=True)
+class FolderCheck:
+    """A dataset folder that passed every upload rule (``rc.datasets.check_folder``).
+
+    Attributes:
+        path: the folder checked.
+        files: the names the upload would send (media and captions), sorted.
+        total_bytes: their sizes added up.
+    """
+
+    path: Path
+    files: tuple[str, ...]
+    total_bytes: int
+
+
 # -- progress events ---------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
 class UploadPlanned:
-    """Sent once, after validation and the resume check, before any file byte."""
+    """Sent once, after validation and the resume check, before any file byte.
+
+    Attributes:
+        files: files this run will send.
+        total_bytes: their sizes added up.
+        skipped_files: files the dataset already holds with the same size (resume).
+        skipped_bytes: the skipped files' sizes added up.
+    """
 
     files: int
     total_bytes: int
@@ -151,7 +174,14 @@ class UploadPlanned:
 
 @attrs.frozen(kw_only=True)
 class FileStarted:
-    """A send of one file begins (``attempt`` counts from 1; a retry starts again)."""
+    """A send of one file begins (a retry starts again, with a new event).
+
+    Attributes:
+        filename: the name in the dataset.
+        size: the file's bytes.
+        method: direct multipart upload or signed-URL PUT.
+        attempt: which send this is, counting from 1.
+    """
 
     filename: str
     size: int
@@ -161,7 +191,14 @@ class FileStarted:
 
 @attrs.frozen(kw_only=True)
 class BytesSent:
-    """More of a file went out: ``sent`` bytes of ``size`` in the current attempt."""
+    """More of a file went out.
+
+    Attributes:
+        filename: the name in the dataset.
+        size: the file's bytes.
+        sent: bytes of it sent so far in the current attempt (a retry starts again at 0).
+        delta: bytes sent since the previous event for this file.
+    """
 
     filename: str
     size: int
@@ -171,7 +208,14 @@ class BytesSent:
 
 @attrs.frozen(kw_only=True)
 class FileRetrying:
-    """A send failed and will be tried again after ``delay`` seconds (its bytes start over)."""
+    """A send failed and will be tried again (its bytes start over).
+
+    Attributes:
+        filename: the name in the dataset.
+        attempt: the send that failed, counting from 1.
+        delay: seconds until the next send.
+        message: why the send failed.
+    """
 
     filename: str
     attempt: int
@@ -181,7 +225,14 @@ class FileRetrying:
 
 @attrs.frozen(kw_only=True)
 class FileDone:
-    """One file was accepted by the service."""
+    """One file was accepted by the service.
+
+    Attributes:
+        filename: the name in the dataset.
+        size: the file's bytes.
+        method: direct multipart upload or signed-URL PUT.
+        attempts: sends it took (1 when the first one went through).
+    """
 
     filename: str
     size: int
@@ -191,7 +242,14 @@ class FileDone:
 
 @attrs.frozen(kw_only=True)
 class FileFailed:
-    """One file could not be uploaded; the others carry on."""
+    """One file could not be uploaded; the others carry on.
+
+    Attributes:
+        filename: the name in the dataset.
+        size: the file's bytes.
+        reason: why, as a :class:`FailureReason`.
+        message: the failure in words, naming the fix.
+    """
 
     filename: str
     size: int
