@@ -695,6 +695,8 @@ def test_requests_watch_follows_a_submitted_request(
         async with server.emu.client() as rc:
             return (await rc.models.submit("owner/model/v1", {"prompt": "a cat"})).id
 
+    server.run(lambda: server.emu.add_model("owner/model/v1"))
+
     request_id = server.call(submit())
     answer = json.loads(invoke("--json", "requests", "watch", request_id).stdout)
     assert answer["request_id"] == request_id

@@ -12,14 +12,23 @@ from typing import Any, Final
 
 __all__ = ["DEFAULT_MODELS"]
 
-_ASPECT_RATIOS: Final = ["1:1", "16:9", "9:16", "4:3", "3:4", "21:9"]
-_SEED: Final = {"type": "integer", "minimum": 0, "maximum": 2147483647}
-_PROMPT: Final = {"type": "string", "title": "Prompt"}
-_LORA: Final = {
-    "type": "object",
-    "properties": {"path": {"type": "string"}, "scale": {"type": "number"}},
-    "required": ["path"],
-}
+_ASPECT_RATIOS: Final = ("1:1", "16:9", "9:16", "4:3", "3:4", "21:9")
+
+
+def _seed() -> dict[str, Any]:
+    return {"type": "integer", "minimum": 0, "maximum": 2147483647}
+
+
+def _prompt() -> dict[str, Any]:
+    return {"type": "string", "title": "Prompt"}
+
+
+def _lora() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"path": {"type": "string"}, "scale": {"type": "number"}},
+        "required": ["path"],
+    }
 
 
 def _model(
@@ -51,10 +60,10 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.04,
         "output",
         {
-            "prompt": _PROMPT,
+            "prompt": _prompt(),
             "image_url": {"type": "string", "format": "image_uri"},
-            "seed": _SEED,
-            "aspect_ratio": {"type": "string", "enum": _ASPECT_RATIOS, "default": "1:1"},
+            "seed": _seed(),
+            "aspect_ratio": {"type": "string", "enum": list(_ASPECT_RATIOS), "default": "1:1"},
         },
         ["prompt", "image_url"],
     ),
@@ -65,9 +74,9 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.025,
         "output",
         {
-            "prompt": _PROMPT,
-            "lora": _LORA,
-            "seed": _SEED,
+            "prompt": _prompt(),
+            "lora": _lora(),
+            "seed": _seed(),
             "num_images": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
         },
         ["prompt", "lora"],
@@ -79,7 +88,7 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.008,
         "output",
         {
-            "prompt": _PROMPT,
+            "prompt": _prompt(),
             "guidance_scale": {"type": "float", "minimum": 0, "maximum": 20, "default": 2.5},
             "seed": {"type": "integer", "default": None},
             "image_size": {
@@ -96,7 +105,7 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         "text-to-image",
         0.02,
         "output",
-        {"prompt": _PROMPT, "aspect_ratio": {"type": "string", "enum": _ASPECT_RATIOS}},
+        {"prompt": _prompt(), "aspect_ratio": {"type": "string", "enum": list(_ASPECT_RATIOS)}},
         ["prompt"],
     ),
     _model(
@@ -105,7 +114,7 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         "text-to-image",
         0.05,
         "output",
-        {"prompt": _PROMPT, "quality": {"type": "string", "enum": ["low", "medium", "high"]}},
+        {"prompt": _prompt(), "quality": {"type": "string", "enum": ["low", "medium", "high"]}},
         ["prompt"],
     ),
     _model(
@@ -115,9 +124,9 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.03,
         "output",
         {
-            "prompt": _PROMPT,
+            "prompt": _prompt(),
             "num_images": {"type": "integer", "minimum": 1, "maximum": 8, "default": 2},
-            "seed": _SEED,
+            "seed": _seed(),
         },
         ["prompt"],
     ),
@@ -128,9 +137,9 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.12,
         "second",
         {
-            "prompt": _PROMPT,
+            "prompt": _prompt(),
             "duration": {"type": "integer", "minimum": 4, "maximum": 30, "default": 5},
-            "aspect_ratio": {"type": "string", "enum": _ASPECT_RATIOS, "default": "16:9"},
+            "aspect_ratio": {"type": "string", "enum": list(_ASPECT_RATIOS), "default": "16:9"},
         },
         ["prompt"],
     ),
@@ -141,10 +150,10 @@ DEFAULT_MODELS: Final[tuple[dict[str, Any], ...]] = (
         0.08,
         "second",
         {
-            "prompt": _PROMPT,
+            "prompt": _prompt(),
             "image_url": {"type": "string", "format": "image_uri"},
             "duration": {"type": "integer", "minimum": 2, "maximum": 30, "default": 5},
-            "seed": _SEED,
+            "seed": _seed(),
         },
         ["prompt", "image_url"],
     ),

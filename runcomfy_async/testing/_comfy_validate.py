@@ -12,7 +12,8 @@ back with the accepted prompt.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import attrs
 
@@ -21,13 +22,10 @@ from ._comfy_nodes import INPUT_FILES, NODES, Input, input_config
 __all__ = ["Verdict", "validate_prompt"]
 
 #: LoadImage checks its ``image`` itself (the file must exist), instead of the list check.
-_CUSTOM_CHECKED = {"LoadImage": "image"}
-_CONVERT: Mapping[str, Callable[[Any], Any]] = {
-    "INT": int,
-    "FLOAT": float,
-    "STRING": str,
-    "BOOLEAN": bool,
-}
+_CUSTOM_CHECKED: Final = MappingProxyType({"LoadImage": "image"})
+_CONVERT: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+)
 
 
 @attrs.frozen(kw_only=True)

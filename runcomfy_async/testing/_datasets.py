@@ -53,10 +53,6 @@ class NameTaken(Exception):
     """A dataset with this name already exists in the account."""
 
 
-
-
-
-
 def filename_problem(filename: str) -> str | None:
     """Why ``filename`` cannot be a dataset file (a plain basename, supported type), or None."""
     if not filename or filename in (".", "..") or "/" in filename or "\\" in filename:

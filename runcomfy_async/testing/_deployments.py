@@ -250,8 +250,10 @@ class DeploymentStore:
             alive = [i for i in instances if i.alive(t, keep_warm)]
             waiting = sum(1 for r in placed if r.start > t)
             free_now = [i for i in alive if max(i.ready, i.free) <= t]
-            if not free_now and len(alive) < settings.max_instances and (
-                not alive or waiting >= settings.queue_size
+            if (
+                not free_now
+                and len(alive) < settings.max_instances
+                and (not alive or waiting >= settings.queue_size)
             ):
                 fresh = self._instance(deployment, len(instances), t + cold)
                 instances.append(fresh)

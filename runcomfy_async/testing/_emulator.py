@@ -340,6 +340,7 @@ class Emulator:
             ValueError: a negative or non-finite amount.
         """
         self.state.wallet.set(usd)
+
     def set_webhook_policy(
         self, policy: WebhookPolicy | None, *, deployment_id: str | None = None
     ) -> None:

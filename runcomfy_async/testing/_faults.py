@@ -164,9 +164,7 @@ class FaultRule:
         if self.after and self.kind == "reset_mid_body":
             raise ValueError("a reset_mid_body fault cannot come after the handler ran")
         if self.retry_after is not None and self.kind not in RETRY_AFTER_KINDS:
-            raise ValueError(
-                f"retry_after is sent with 429 and 503 faults only, not {self.kind!r}"
-            )
+            raise ValueError(f"retry_after is sent with 429 and 503 faults only, not {self.kind!r}")
         if self.retry_after_form == "date" and self.retry_after is None:
             raise ValueError("retry_after_form='date' needs retry_after (seconds from now)")
         if self.kind == "200_error":

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -23,15 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["apply_overrides", "check_fields", "check_limits", "check_workflow", "webhook_url"]
 
 _SKUS: Final = frozenset(h.value for h in Hardware)
-_DEFAULTS: Final = {
-    "min_instances": 0,
-    "max_instances": 1,
-    "queue_size": 1,
-    "keep_warm_duration_in_seconds": 60,
-}
-_PATCHABLE: Final = frozenset(
-    {"name", "workflow_version", "hardware", *_DEFAULTS, "is_enabled"}
+_DEFAULTS: Final = MappingProxyType(
+    {
+        "min_instances": 0,
+        "max_instances": 1,
+        "queue_size": 1,
+        "keep_warm_duration_in_seconds": 60,
+    }
 )
+_PATCHABLE: Final = frozenset({"name", "workflow_version", "hardware", *_DEFAULTS, "is_enabled"})
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -194,5 +196,3 @@ def webhook_url(value: Any) -> str | None:
         if parts.scheme in ("http", "https") and parts.hostname:
             return value
     raise validation_error([field_error(["query", "webhook"], "must be an http(s) URL")])
-
-

@@ -25,8 +25,10 @@ INSUFFICIENT_BALANCE: Final = 400002
 
 def _check_amount(usd: float, what: str) -> float:
     """A finite amount >= 0, as a float."""
-    if isinstance(usd, bool) or not isinstance(usd, int | float) or not (
-        math.isfinite(usd) and usd >= 0
+    if (
+        isinstance(usd, bool)
+        or not isinstance(usd, int | float)
+        or not (math.isfinite(usd) and usd >= 0)
     ):
         raise ValueError(f"{what} must be a number of US dollars >= 0, got {usd!r}")
     return float(usd)

@@ -70,8 +70,10 @@ def model_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         )
     out = copy.deepcopy(dict(entry))
     price = out.setdefault("base_price_usd", DEFAULT_PRICE)
-    if isinstance(price, bool) or not isinstance(price, int | float) or not (
-        math.isfinite(price) and price >= 0
+    if (
+        isinstance(price, bool)
+        or not isinstance(price, int | float)
+        or not (math.isfinite(price) and price >= 0)
     ):
         raise ValueError(f"{model_id}: base_price_usd must be a number >= 0, got {price!r}")
     categories = out.setdefault("categories", [])

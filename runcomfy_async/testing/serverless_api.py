@@ -69,8 +69,9 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         if "payload" in includes:
             info = state.storage.put_blob(
                 f"serverless/{record.id}/object_info.json",
-                json.dumps({"nodes": sorted({n["class_type"] for n in record.workflow.values()})})
-                .encode(),
+                json.dumps(
+                    {"nodes": sorted({n["class_type"] for n in record.workflow.values()})}
+                ).encode(),
             )
             body["payload"] = {
                 "workflow_api_json": record.workflow,
@@ -191,7 +192,8 @@ def add_routes(app: web.Application, state: EmulatorState) -> None:
         webhook = webhook_url(request.query.get("webhook") or body.get("webhook"))
         flag = request.query.get("webhook_intermediate_status")
         intermediate = (
-            flag.lower() == "true" if flag is not None
+            flag.lower() == "true"
+            if flag is not None
             else body.get("webhook_intermediate_status") is True
         )
         record = store.submit(

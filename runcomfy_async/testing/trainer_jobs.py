@@ -274,7 +274,7 @@ class JobStore:
                         "{dataset_name}",
                         "code": "CONFIG_ERROR",
                     }
-                name = path[len(DATASETS_ROOT):].rstrip("/")
+                name = path[len(DATASETS_ROOT) :].rstrip("/")
                 status = ready.get(name)
                 if status is not DatasetStatus.READY:
                     shown = status.value if status is not None else "not found"
@@ -347,8 +347,10 @@ class JobStore:
         """Queue again from the highest checkpoint (step 0 without one), same job id."""
         if record.end is None:
             raise _conflict(record, "resume", "it is still queued or running")
-        if record.end.status == "STOPPED" and record.end.error is None and (
-            record.end.step >= record.total_steps
+        if (
+            record.end.status == "STOPPED"
+            and record.end.error is None
+            and (record.end.step >= record.total_steps)
         ):
             raise _conflict(record, "resume", "it already completed every step")
         self._configure(record, record.config_text)
