@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from typing import Any
 
@@ -134,5 +135,8 @@ async def test_each_poller_backs_off_to_its_cap() -> None:
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 4
     assert gaps[0] < 0.1
-    assert all(b >= a * 0.9 for a, b in itertools.pairwise(gaps))
-    assert 0.35 < gaps[-1] < 0.5
+    # Never earlier than the schedule (0.05, 0.1, 0.2, then the 0.4 cap); a wake-up made late by
+    # a busy machine stretches one gap, not the schedule, so the cap is checked on the median.
+    schedule = [min(0.4, 0.05 * 2**i) for i in range(len(gaps))]
+    assert all(gap >= 0.9 * want for gap, want in zip(gaps, schedule, strict=True))
+    assert 0.35 < statistics.median(gaps[3:]) < 0.5
