@@ -100,6 +100,7 @@ from .types.models import (
 from .types.progress import DownloadProgress, ProgressCallback
 from .types.uploads import (
     BytesSent,
+    BytesSource,
     FailureReason,
     FileDone,
     FileFailed,
@@ -107,10 +108,13 @@ from .types.uploads import (
     FileRetrying,
     FileStarted,
     FolderCheck,
+    TextSource,
     UploadEvent,
+    UploadItem,
     UploadMethod,
     UploadPlanned,
     UploadReport,
+    URLSource,
 )
 from .types.webhooks import WebhookEvent, WebhookStatus
 
@@ -128,6 +132,7 @@ __all__ = [
     "BadRequestError",
     "Balance",
     "BytesSent",
+    "BytesSource",
     "CancelOutcome",
     "ClientClosedError",
     "ClientState",
@@ -218,15 +223,18 @@ __all__ = [
     "ServerlessResult",
     "ServerlessStatus",
     "SharedLimitState",
+    "TextSource",
     "Timeouts",
     "TokenBucket",
     "TrainingJob",
     "TransportError",
+    "URLSource",
     "UnexpectedResponseError",
     "UnsentTimeoutError",
     "UnsentTransportError",
     "UploadError",
     "UploadEvent",
+    "UploadItem",
     "UploadMethod",
     "UploadPlanned",
     "UploadReport",

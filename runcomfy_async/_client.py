@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import ssl as ssl_
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine
@@ -143,6 +144,11 @@ class RunComfy:
         limiter: a :class:`Limiter` to use instead (e.g. a ``RedisTokenBucket`` that several
             processes share).
         session: an ``aiohttp.ClientSession`` to borrow.
+        ssl: the ``ssl.SSLContext`` HTTPS connections verify with (e.g.
+            ``ssl.create_default_context(cafile="corp-ca.pem")`` behind a proxy that re-signs
+            traffic); default: the system's trust store, which also honours ``SSL_CERT_FILE``.
+            Certificates are always verified. With a borrowed ``session``, configure its
+            connector instead.
         timeout: seconds for one API call's total time, or a :class:`Timeouts`.
         max_retries: retries after the first try (connection errors, 429, 5xx).
         retry: a full :class:`RetryPolicy` (overrides ``max_retries``).
@@ -164,6 +170,7 @@ class RunComfy:
         burst: int = 2,
         limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
+        ssl: ssl_.SSLContext | None = None,
         timeout: float | Timeouts | None = None,
         max_retries: int = 4,
         retry: RetryPolicy | None = None,
@@ -188,6 +195,23 @@ class RunComfy:
         else:
             self.timeouts = Timeouts()
         self.retry = retry or RetryPolicy(max_attempts=max_retries + 1)
+        if ssl is not None and session is not None:
+            raise errors.ConfigurationError(
+                "pass ssl= or session=, not both: a borrowed session verifies with its own "
+                "connector (aiohttp.TCPConnector(ssl=context))"
+            )
+        if ssl is not None and not isinstance(ssl, ssl_.SSLContext):
+            raise errors.ConfigurationError(
+                f"ssl must be an ssl.SSLContext, got {type(ssl).__name__}; build one with "
+                "ssl.create_default_context(cafile=...)"
+            )
+        if ssl is not None and ssl.verify_mode is not ssl_.CERT_REQUIRED:
+            raise errors.ConfigurationError(
+                "the ssl context does not verify certificates (verify_mode is not "
+                "CERT_REQUIRED); use ssl.create_default_context(cafile=...) so the API token "
+                "only goes to the real server"
+            )
+        self._ssl = ssl
         self._session = session
         self._owns_session = session is None
         self._pipeline: Pipeline | None = None
@@ -238,7 +262,9 @@ class RunComfy:
         self._loop = asyncio.get_running_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=64),
+                connector=aiohttp.TCPConnector(
+                    limit=100, limit_per_host=64, ssl=self._ssl if self._ssl is not None else True
+                ),
                 headers={"User-Agent": f"runcomfy-async/{__version__}"},
             )
             # aiohttp silently resends an idempotent request once when a reused connection drops
@@ -247,7 +273,14 @@ class RunComfy:
             # the session we own, as aiohttp's own test client does. A borrowed session keeps it.
             self._session._retry_connection = False
         transport = Transport(
-            self._session, self.timeouts, token=self._token, token_bases=list(self._urls.values())
+            self._session,
+            self.timeouts,
+            token=self._token,
+            token_bases=list(self._urls.values()),
+            # A borrowed session may carry a proxy or TLS settings of its own: all its traffic
+            # stays on it.
+            threaded_tls=self._owns_session,
+            ssl=self._ssl,
         )
         # The guard holds the client weakly: no cycle, so an unclosed client is collected (and
         # warns) as soon as its last reference goes.

@@ -2,13 +2,15 @@
 
 Artifacts live on object storage behind signed URLs (docs/wire.md). Downloads go through
 the client's aiohttp session directly: no rate-limit token and never the Authorization header
-(the URL's signature is the credential; DESIGN, rules of the pipeline). Each file streams in MiB
-chunks to ``<name>.part`` and is renamed into place only when complete, so a half-written file
-never looks finished. Beside it, ``<name>.part.validator`` records the version the bytes belong
-to (the server's Last-Modified or ETag). A ``.part`` left by an interrupted run is continued with
-``Range: bytes=N-`` plus ``If-Range: <validator>`` when the server answers 206 for that same
-version; a changed file (200), a server that ignores ranges, or a ``.part`` without a validator
-gets the file rewritten from the start, so two versions are never spliced together.
+(the URL's signature is the credential; DESIGN, rules of the pipeline). Each file streams to
+``<name>.part`` (what arrived is gathered, never copied, and written in 4 MiB batches by a worker
+thread while the next batch arrives) and is renamed into place only when complete, so a
+half-written file never looks finished. Beside it, ``<name>.part.validator`` records the version
+the bytes belong to (the server's Last-Modified or ETag). A ``.part`` left by an interrupted run
+is continued with ``Range: bytes=N-`` plus ``If-Range: <validator>`` when the server answers 206
+for that same version; a changed file (200), a server that ignores ranges, or a ``.part``
+without a validator gets the file rewritten from the start, so two versions are never spliced
+together.
 
 Names come from the server and are untrusted: :func:`safe_name` keeps only the last path
 segment and a conservative character set, and :func:`plan_paths` gives each artifact its own
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import aiofiles
 import aiofiles.os
@@ -47,8 +51,10 @@ __all__ = [
     "safe_name",
 ]
 
-#: Bytes per disk write: few thread hops, memory flat whatever the file size.
-CHUNK: Final = 1 << 20
+#: Bytes per disk write (and per progress event): few thread hops, memory flat whatever the size.
+CHUNK: Final = 4 << 20
+#: Pieces gathered into one write at most (the system's writev limit is 1,024).
+_MAX_PIECES: Final = 512
 _PART_SUFFIX: Final = ".part"
 _MAX_NAME: Final = 150
 _UNSAFE_CHARS: Final = re.compile(r"[^A-Za-z0-9._-]+")
@@ -184,6 +190,55 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
+class _PartFile:
+    """A ``.part`` written by worker threads, one batch in flight at a time.
+
+    :meth:`close` waits for a write in flight (a lock both hold), so no write outlives the file
+    and the file is as long as what was written.
+    """
+
+    def __init__(self, fh: BinaryIO, done: int) -> None:
+        self._fh = fh
+        self._lock = threading.Lock()
+        self._done = done
+        self._pending: asyncio.Future[None] | None = None
+
+    async def write(self, pieces: list[bytes]) -> int:
+        """Wait for the previous batch, start writing ``pieces``; the bytes on disk so far."""
+        done = await self.written()
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, pieces)
+        return done
+
+    async def written(self) -> int:
+        """Wait for the batch in flight; the bytes on disk."""
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        return self._done
+
+    def _write(self, pieces: list[bytes]) -> None:
+        with self._lock:
+            if self._fh.closed:
+                return
+            fd = self._fh.fileno()
+            views = [memoryview(p) for p in pieces]
+            while views:
+                n = os.writev(fd, views)
+                self._done += n
+                while views and n >= len(views[0]):
+                    n -= len(views.pop(0))
+                if n:
+                    views[0] = views[0][n:]
+
+    def close(self) -> None:
+        """Close the file once a write in flight is done (its error, if any, is not wanted)."""
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        with self._lock:
+            self._fh.close()
+
+
 class _Restart(Exception):
     """The partial file cannot be continued; start over from byte 0."""
 
@@ -233,6 +288,7 @@ class _Download:
             headers=headers,
             timeout=self._timeout,
             credentials=Credentials.NONE,
+            read_bufsize=CHUNK,
         )
 
     def interpret(self, answer: Answer[None]) -> bool:
@@ -267,29 +323,19 @@ class _Download:
             # leave old bytes vouched for by the new version's validator.
             await _forget_validator(part)
             append, done, total = False, 0, resp.content_length
-        emit = self._relay.emit
-        buffer = bytearray()
         fh = await open_file(part, "ab" if append else "wb")
+        disk = _PartFile(fh, done)
         try:
             if not append:  # after truncating: old bytes are never vouched for by it
                 await _write_validator(part, resp.headers)
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                buffer += chunk
-                if len(buffer) >= CHUNK:
-                    await asyncio.to_thread(fh.write, bytes(buffer))
-                    done += len(buffer)
-                    buffer.clear()
-                    emit(DownloadProgress(
-                        artifact=self.artifact, path=self.path, done=done, total=total
-                    ))
-            if buffer:
-                await asyncio.to_thread(fh.write, bytes(buffer))
-                done += len(buffer)
+            done = await self._stream(resp, disk, total)
         finally:
-            # Blocks until a write still running in its thread is done: a cancelled download
-            # leaves its .part exactly as long as what reached the disk.
-            fh.close()
-        emit(DownloadProgress(artifact=self.artifact, path=self.path, done=done, total=total))
+            # Waits for a write still running in its thread: a cancelled download leaves its
+            # .part exactly as long as what reached the disk.
+            disk.close()
+        self._relay.emit(
+            DownloadProgress(artifact=self.artifact, path=self.path, done=done, total=total)
+        )
         if total is not None and done != total:
             safe_url = redact_url(self.artifact.url)
             raise errors.TransportError(
@@ -298,6 +344,32 @@ class _Download:
                 url=safe_url,
             )
         await self.finish()
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, disk: _PartFile, total: int | None
+    ) -> int:
+        """Gather what arrives and write it in batches, one in flight while the next arrives;
+        the bytes on disk."""
+        emit = self._relay.emit
+        batch: list[bytes] = []
+        batched = 0
+        reported = await disk.written()
+        async for piece, _ in resp.content.iter_chunks():
+            if not piece:
+                continue
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= CHUNK or len(batch) >= _MAX_PIECES:
+                done = await disk.write(batch)  # the previous batch is on disk now
+                if done > reported:
+                    reported = done
+                    emit(DownloadProgress(
+                        artifact=self.artifact, path=self.path, done=done, total=total
+                    ))
+                batch, batched = [], 0
+        if batch:
+            await disk.write(batch)
+        return await disk.written()
 
     async def finish(self) -> None:
         """The ``.part`` is complete: put it in place."""

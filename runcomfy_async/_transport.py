@@ -7,18 +7,32 @@ carry: the API token goes only to the base URLs the transport was given for it, 
 object storage carries none (its URL's signature is the credential). aiohttp/asyncio failures are
 mapped to :class:`~runcomfy_async.errors.TransportError` with ``raise ... from exc``; whether the
 request could have reached the server decides the error's class (``UnsentTransportError``).
+
+One kind of exchange takes another road: a large file sent over HTTPS (a signed PUT to storage,
+a direct multipart upload) goes from a worker thread on a blocking TLS socket
+(:class:`_ThreadedPut`), where OpenSSL encrypts straight from the read buffer into the socket;
+asyncio's TLS transport copies every byte three times more.
+It is still one exchange of this seam, answered the same way, through the same retry loop.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import enum
+import functools
+import http.client
+import socket
+import ssl
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import errors
 from ._protocol import redact_url
@@ -29,6 +43,7 @@ __all__ = [
     "Consume",
     "Credentials",
     "Exchange",
+    "ThreadedBody",
     "Timeouts",
     "Transport",
     "map_error",
@@ -38,6 +53,9 @@ R = TypeVar("R")
 
 #: Bytes of an error answer kept for its message; the rest is not read.
 ERROR_BODY_LIMIT = 64 * 1024
+#: Storage PUTs over HTTPS at least this large are sent by a worker thread (smaller ones reuse
+#: the session's pooled connections; a fresh TLS handshake would cost more than it saves).
+THREADED_MIN: Final = 8 << 20
 
 
 @attrs.frozen(kw_only=True)
@@ -78,7 +96,8 @@ class Credentials(enum.Enum):
 @attrs.frozen(kw_only=True)
 class Exchange:
     """One HTTP request as data; ``data`` builds a fresh body for each attempt (never a consumed
-    iterator replayed)."""
+    iterator replayed); ``read_bufsize`` sizes the answer's read buffer (a large download reads
+    in MiB, not aiohttp's default 64 KiB)."""
 
     method: str
     url: str
@@ -88,6 +107,7 @@ class Exchange:
     headers: Mapping[str, str] | None = None
     timeout: aiohttp.ClientTimeout | None = None
     credentials: Credentials = Credentials.BEARER
+    read_bufsize: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -116,6 +136,32 @@ class BodyAbort(Exception):
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
         super().__init__(str(cause))
+
+
+class ThreadedBody(abc.ABC):
+    """A request body that can also be sent from a worker thread on a blocking socket."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """The exact number of bytes :meth:`send_blocking` sends (the Content-Length)."""
+
+    @property
+    @abc.abstractmethod
+    def content_type(self) -> str:
+        """The Content-Type sent unless the exchange's headers name one."""
+
+    @abc.abstractmethod
+    def started(self) -> None:
+        """Called on the event loop just before the thread starts sending."""
+
+    @abc.abstractmethod
+    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+        """Send every byte with ``send``, from a worker thread; stop early once ``stop`` is set.
+
+        Raises:
+            BodyAbort: the body cannot be sent as planned (its file changed).
+        """
 
 
 def _aborted(exc: BaseException) -> BaseException | None:
@@ -164,6 +210,9 @@ class Transport:
         timeouts: the default API timeout comes from here.
         token: the bearer token for :attr:`Credentials.BEARER` calls (None: such calls are refused).
         token_bases: the base URLs the token may be sent to.
+        threaded_tls: send large storage PUTs over HTTPS from a worker thread; only for a session
+            whose connector uses no settings of its own (no proxy, the given ``ssl`` context).
+        ssl: the context those threads verify with (None: the system's default).
     """
 
     def __init__(
@@ -173,8 +222,12 @@ class Transport:
         *,
         token: str | None = None,
         token_bases: Sequence[str] = (),
+        threaded_tls: bool = False,
+        ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.session = session
+        self._threaded_tls = threaded_tls
+        self._ssl = ssl
         self.timeouts = timeouts
         # Built once: a fresh ClientTimeout per call showed up in the pipeline's profile.
         self._api_timeout = timeouts.for_api()
@@ -220,9 +273,25 @@ class Transport:
         """
         method, url = exchange.method, exchange.url
         headers = self._headers(exchange)
-        # Downloads may be redirected (model outputs often point at a CDN): they carry no token.
+        body = exchange.data() if exchange.data is not None else None
+        if (
+            isinstance(body, ThreadedBody)
+            and self._threaded_tls
+            and body.size >= THREADED_MIN
+            and url.startswith("https://")
+        ):
+            put = _ThreadedPut(
+                exchange,
+                {**self.session.headers, **headers},
+                body,
+                self._ssl,
+                exchange.timeout or self._api_timeout,
+            )
+            return await put.run()
+        # Downloads (and a URL source's HEAD) may be redirected (model outputs often point at a
+        # CDN): they carry no token.
         # Anything else is answered where it was sent.
-        follow = method == "GET" and exchange.credentials is Credentials.NONE
+        follow = method in ("GET", "HEAD") and exchange.credentials is Credentials.NONE
         try:
             async with self.session.request(
                 method,
@@ -230,9 +299,10 @@ class Transport:
                 headers=headers,
                 params=exchange.params,
                 json=exchange.json,
-                data=exchange.data() if exchange.data is not None else None,
+                data=body,
                 timeout=exchange.timeout or self._api_timeout,
                 allow_redirects=follow,
+                read_bufsize=exchange.read_bufsize,
             ) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(ERROR_BODY_LIMIT)
@@ -256,7 +326,6 @@ class Transport:
             if isinstance(exc, RuntimeError):
                 raise
             raise map_error(exc, method=method, url=url) from exc
-
 
     async def websocket(
         self,
@@ -293,6 +362,175 @@ class Transport:
             if isinstance(exc, RuntimeError):
                 raise
             raise map_error(exc, method="GET", url=url) from exc
+
+
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """The system's trust store (honours ``SSL_CERT_FILE``), loaded once, on first use."""
+    return ssl.create_default_context()
+
+
+class _Unsent(Exception):
+    """The connection or TLS handshake failed: no byte of the request left the machine."""
+
+
+class _ThreadedPut:
+    """One PUT (or POST) of a :class:`ThreadedBody` from a thread on a blocking TLS socket.
+
+    The thread connects, verifies the certificate, sends the head and the body, and reads the
+    answer; the event loop only waits. Cancelling shuts the socket down, so the thread stops
+    within one send and closes its file itself. An answer the server sent before it stopped
+    reading (an expired signature's 403) is still read and returned.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        headers: Mapping[str, str],
+        body: ThreadedBody,
+        context: ssl.SSLContext | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        parts = urlsplit(exchange.url)
+        self._method = exchange.method
+        self._url = exchange.url
+        self._host = parts.hostname or ""
+        self._port = parts.port or 443
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{exchange.method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [
+            f"{k}: {v}"
+            for k, v in headers.items()
+            if k.lower() not in ("host", "content-length", "connection", "transfer-encoding")
+        ]
+        if not any(k.lower() == "content-type" for k in headers):
+            lines.append(f"Content-Type: {body.content_type}")
+        lines += [f"Content-Length: {body.size}", "Connection: close"]
+        self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._body = body
+        self._context = context
+        self._connect = timeout.sock_connect or timeout.total
+        self._read = timeout.sock_read or timeout.total
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    async def run(self) -> Answer[Any]:
+        """Send from a thread of its own; the answer, or the failure mapped like aiohttp's."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]] = loop.create_future()
+
+        def deliver(outcome: Any, failed: bool) -> None:
+            if not done.done():
+                (done.set_exception if failed else done.set_result)(outcome)
+
+        def work() -> None:
+            outcome: Any
+            try:
+                outcome, failed = self._exchange(), False
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting task as is)
+                outcome, failed = exc, True
+            # A closed loop (RuntimeError): nobody waits for this answer any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, outcome, failed)
+
+        self._body.started()
+        # A thread of its own, not the loop's executor: a long upload must not hold a thread
+        # that file opens and disk writes elsewhere are queued for.
+        threading.Thread(target=work, name="runcomfy-upload", daemon=True).start()
+        try:
+            status, headers, data = await done
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+        except BodyAbort as abort:
+            raise abort.cause from None
+        except _Unsent as exc:
+            raise self._error(exc.__cause__ or exc, unsent=True) from exc.__cause__
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._error(exc, unsent=False) from exc
+        return Answer(
+            status=status, headers=CIMultiDictProxy(CIMultiDict(headers)), body=data
+        )
+
+    def _abort(self) -> None:
+        """Stop the thread: no further step, and a send or read in progress fails now."""
+        self._stop.set()
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _error(self, exc: BaseException, *, unsent: bool) -> errors.TransportError:
+        method, safe = self._method, redact_url(self._url)
+        if unsent and isinstance(exc, TimeoutError):
+            return errors.UnsentTimeoutError(
+                f"timed out connecting to {safe} ({method}); the request was not sent",
+                method=method,
+                url=safe,
+            )
+        if unsent:
+            return errors.UnsentTransportError(
+                f"could not connect to {safe} ({method}): {exc}", method=method, url=safe
+            )
+        if isinstance(exc, TimeoutError):
+            return errors.APITimeoutError(
+                f"timed out talking to {safe} ({method}); raise the client's timeout if the "
+                "network is slow",
+                method=method,
+                url=safe,
+            )
+        return errors.TransportError(
+            f"connection failed during {method} {safe}: {type(exc).__name__}: {exc}",
+            method=method,
+            url=safe,
+        )
+
+    def _exchange(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """In the thread: connect, verify, send, read the answer."""
+        try:
+            raw = socket.create_connection((self._host, self._port), timeout=self._connect)
+        except OSError as exc:
+            raise _Unsent from exc
+        with raw:
+            try:
+                sock = (self._context or _default_context()).wrap_socket(
+                    raw, server_hostname=self._host
+                )
+            except OSError as exc:  # ssl.SSLError (a bad certificate) included
+                raise _Unsent from exc
+            with sock:
+                with self._lock:
+                    if self._stop.is_set():
+                        raise _Unsent("cancelled before sending")
+                    self._sock = sock
+                sock.settimeout(self._read)
+                try:
+                    sock.sendall(self._head)
+                    self._body.send_blocking(sock.sendall, self._stop)
+                except OSError:
+                    early = self._answer(sock, early=True)
+                    if early is None:
+                        raise
+                    return early
+                answer = self._answer(sock, early=False)
+                assert answer is not None
+                return answer
+
+    def _answer(
+        self, sock: socket.socket, *, early: bool
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """Status, headers and (at most 64 KiB of) body; None if an early answer is not there."""
+        response = http.client.HTTPResponse(sock, method=self._method)
+        try:
+            response.begin()
+            return response.status, response.getheaders(), response.read(ERROR_BODY_LIMIT)
+        except (OSError, http.client.HTTPException):
+            if early:
+                return None
+            raise
+        finally:
+            response.close()
 
 
 class _AuthHeaders(dict[str, str]):

@@ -24,8 +24,16 @@ from ._pipeline import Pipeline, storage_answer
 from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry
 from ._transport import Credentials, Exchange
-from ._upload_body import FileChanged, FilePayload, FileState, UploadProgress, multipart
+from ._upload_body import (
+    FileChanged,
+    FileState,
+    FormPayload,
+    SourcePayload,
+    UploadProgress,
+    multipart,
+)
 from ._upload_plan import UploadSource
+from ._upload_sources import SourceFailed, SourceUnavailable, payload_for
 from .types.progress import ProgressCallback
 from .types.uploads import (
     FailureReason,
@@ -47,7 +55,7 @@ _REFRESH_WINDOW: Final = 0.05
 #: ``{filename: size}`` -> the parsed ``get-upload-endpoint`` answer's targets.
 FetchTargets = Callable[[dict[str, int]], Awaitable[Mapping[str, UploadTarget]]]
 #: Sends one direct upload; the argument builds a fresh body for each attempt.
-SendDirect = Callable[[Callable[[], aiohttp.MultipartWriter]], Awaitable[Any]]
+SendDirect = Callable[[Callable[[], FormPayload]], Awaitable[Any]]
 
 
 class _NoTarget(Exception):
@@ -55,6 +63,8 @@ class _NoTarget(Exception):
 
 
 def _reason_for_api_error(exc: errors.RunComfyError) -> FailureReason:
+    if isinstance(exc, SourceUnavailable):
+        return FailureReason.SOURCE_FAILED
     if isinstance(exc, errors.TransportError):
         return FailureReason.NETWORK
     if isinstance(exc, errors.ServerError | errors.RateLimitError):
@@ -212,7 +222,7 @@ class _Engine:
         self.results.append(
             FileResult(
                 filename=source.filename,
-                path=source.path,
+                path=source.local_path,
                 size=source.size,
                 method=state.method,
                 attempts=state.attempts,
@@ -260,6 +270,9 @@ class _Engine:
             except FileChanged as exc:
                 self._fail(state, FailureReason.FILE_CHANGED, str(exc))
                 return
+            except SourceFailed as exc:
+                self._fail(state, FailureReason.SOURCE_FAILED, str(exc))
+                return
             except errors.PermissionDeniedError as exc:
                 # Expired or rejected signature: the URL is spent, the file is not (docs/wire.md).
                 refreshes += 1
@@ -280,6 +293,8 @@ class _Engine:
                 changed = state.changed or await source.changed()
                 if changed is not None:
                     self._fail(state, FailureReason.FILE_CHANGED, changed)
+                elif state.source_failed is not None:
+                    self._fail(state, FailureReason.SOURCE_FAILED, state.source_failed)
                 else:
                     reason = _reason_for_api_error(exc)
                     self._fail(state, reason, f"{exc} (after {state.attempts} attempts)")
@@ -310,11 +325,14 @@ class _Engine:
         )
         headers["Content-Length"] = str(source.size)
 
-        def body() -> FilePayload:
+        def body() -> SourcePayload:
             """A fresh streamed body for this attempt."""
-            state.attempts += 1
-            return FilePayload(
-                state, self._progress, content_type=content_type, attempt=state.attempts
+            return payload_for(
+                state,
+                self._progress,
+                content_type=content_type,
+                transport=self._pipeline.transport,
+                timeout=self._timeout,
             )
 
         return Exchange(
@@ -339,8 +357,12 @@ async def run_uploads(
     concurrency: int,
     batch_size: int,
     planned: UploadPlanned,
+    failed_early: Sequence[FileResult] = (),
 ) -> tuple[list[FileResult], int]:
-    """Send every file, concurrently; return each sent file's result and the bytes sent.
+    """Send every file, concurrently; return each file's result and the bytes sent.
+
+    ``failed_early`` are files that failed before sending (a URL source whose remote refused);
+    they are reported as failed, with their events, after ``planned``.
 
     One failed file does not stop the others. Cancellation stops every transfer at once: open
     files are closed, connections dropped, and storage discards incomplete bodies, so the
@@ -354,6 +376,15 @@ async def run_uploads(
         """The run itself, its events going to ``relay``."""
         reporter = UploadProgress(relay)
         relay.emit(planned)
+        for result in failed_early:
+            relay.emit(
+                FileFailed(
+                    filename=result.filename,
+                    size=result.size,
+                    reason=result.reason or FailureReason.REJECTED,
+                    message=result.message or "",
+                )
+            )
         engine = _Engine(
             pipeline=pipeline,
             fetch_targets=fetch_targets,
@@ -374,6 +405,6 @@ async def run_uploads(
                     group.create_task(engine.work(queue))
         except ExceptionGroup as group_error:
             reraise_first(group_error)
-        return engine.results, reporter.bytes_sent
+        return [*failed_early, *engine.results], reporter.bytes_sent
 
     return await with_progress(progress, run)

@@ -63,22 +63,35 @@ def check_batch_size(batch_size: int) -> None:
 
 @attrs.frozen(kw_only=True)
 class UploadSource:
-    """A local file to upload: re-opened from ``path`` for every attempt (STYLE rule 7).
+    """One file to upload, re-read from its origin for every attempt: a local file (re-opened),
+    bytes in memory (``data``), or a remote URL (``url``, fetched again).
 
     Attributes:
-        path: the local file.
-        filename: its name in the dataset (the base name of ``path``).
+        path: the local file (for a URL source, its temporary copy if the remote announced no
+            size; None for in-memory bytes or a URL streamed as it is fetched).
+        filename: its name in the dataset (the base name of ``path``, or the source's name).
         size: bytes when planned; the upload is refused if this changes.
         content_type: sent with the file, from its extension.
+        data: the bytes of an in-memory source.
+        url: the remote address of a URL source.
     """
 
-    path: Path
+    path: Path | None
     filename: str
     size: int
     content_type: str
+    data: bytes | None = attrs.field(default=None, repr=False)
+    url: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def local_path(self) -> Path | None:
+        """The user's own file, if this source is one (not bytes, a URL or its copy)."""
+        return self.path if self.url is None else None
 
     async def changed(self) -> str | None:
         """Why the file no longer matches its plan (unreadable, other size), or None."""
+        if self.path is None or self.url is not None:
+            return None  # memory does not change; a URL's copy is ours; a stream is checked live
         try:
             size = (await aiofiles.os.stat(self.path)).st_size
         except OSError as exc:
@@ -98,12 +111,15 @@ def changed_message(source: UploadSource, now: int | str) -> str:
 
 @attrs.frozen(kw_only=True)
 class ScannedFile:
-    """A file found on disk, before validation (size None if it could not be read)."""
+    """A file found on disk or a source given in code, before validation (size None if a file
+    could not be read, or for a URL whose size is not asked for yet)."""
 
-    path: Path
+    path: Path | None
     filename: str
     size: int | None
     error: str | None = None
+    data: bytes | None = attrs.field(default=None, repr=False)
+    url: str | None = attrs.field(default=None, repr=False)
 
 
 def _stat_entry(path: Path) -> ScannedFile:
@@ -163,8 +179,15 @@ def set_problems(files: Sequence[ScannedFile], *, captions: bool) -> list[str]:
     problems: list[str] = []
     seen: dict[str, str] = {}
     for f in files:
-        if f.error is not None or f.size is None:
-            problems.append(f"{f.path}: cannot read it ({f.error}); fix permissions or remove it")
+        if f.error is not None or (f.size is None and f.url is None):
+            problems.append(
+                f"{f.path or f.filename}: cannot read it ({f.error}); fix permissions or remove it"
+            )
+            continue
+        if not f.filename or "/" in f.filename or "\\" in f.filename:
+            problems.append(
+                f"{f.filename!r}: not a file name; name it without folders, e.g. 'dog_01.jpg'"
+            )
             continue
         if any(ord(c) < 32 or c == "\x7f" for c in f.filename):
             problems.append(f"{f.filename!r}: the name contains control characters; rename it")
@@ -212,6 +235,8 @@ def to_sources(files: Sequence[ScannedFile]) -> list[UploadSource]:
             filename=f.filename,
             size=f.size or 0,
             content_type=content_type_for(f.filename) or "application/octet-stream",
+            data=f.data,
+            url=f.url,
         )
         for f in files
     ]
@@ -240,7 +265,8 @@ def plan_uploads(
             A listed file with the same size is skipped; another size is sent again (the same
             name overwrites, docs/wire.md).
         direct_limit: files up to this many bytes go direct, larger by signed URL; None sends
-            every file by signed URL (bulk: many files per API call).
+            every file by signed URL (bulk: many files per API call). A URL streamed as it is
+            fetched always goes by signed URL: a plain PUT of its exact size.
     """
     direct: list[UploadSource] = []
     signed: list[UploadSource] = []
@@ -248,7 +274,11 @@ def plan_uploads(
     for source in sources:
         if existing is not None and existing.get(source.filename) == source.size:
             skipped.append(source)
-        elif direct_limit is not None and source.size <= direct_limit:
+        elif (
+            direct_limit is not None
+            and source.size <= direct_limit
+            and not (source.url is not None and source.path is None)
+        ):
             direct.append(source)
         else:
             signed.append(source)

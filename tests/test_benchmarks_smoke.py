@@ -62,6 +62,24 @@ def test_uploads_smoke_writes_every_scenario_and_the_sweep(smoke_run: tuple[str,
     assert folder["api_calls"] <= 5
 
 
+def test_throughput_smoke_measures_every_transfer_beside_curl(
+    smoke_run: tuple[str, Path],
+) -> None:
+    """Fast receiver: PUT, multipart and download over HTTP and verified HTTPS, ours beside curl
+    and raw aiohttp, each with CPU per GiB, and a verdict against its target."""
+    rows = _rows(smoke_run[1], "throughput")
+    seen = {(r["scheme"], r["op"], r["tool"].split()[0]) for r in rows}
+    for scheme in ("http", "https"):
+        for op in ("put", "form", "get"):
+            tools = {"runcomfy-async", "raw", "curl"}
+            assert {(scheme, op, tool) for tool in tools} <= seen
+    assert all(r["seconds"] > 0 and r["cpu_s_per_GiB"] > 0 for r in rows)
+    verdicts = json.loads((smoke_run[1] / "throughput-smoke.json").read_text())["verdicts"]
+    assert len(verdicts) == 6
+    assert all(v["met"] in ("yes", "NO") and v["target"].startswith(">=") for v in verdicts)
+    assert all(v["rss_growth_MiB"] < 64 for v in verdicts)
+
+
 def test_uploads_smoke_plots_the_sweep(smoke_run: tuple[str, Path]) -> None:
     """The throughput/RSS plot is written as a PNG (matplotlib comes with the dev extra)."""
     png = smoke_run[1] / "uploads_sweep-smoke.png"
@@ -109,7 +127,8 @@ def test_summary_table_names_every_target(smoke_run: tuple[str, Path]) -> None:
     assert "| figure | ours | baseline |" in stdout
     rows = json.loads((results / "summary-smoke.json").read_text())["rows"]
     figures = " ".join(row["figure"] for row in rows)
-    for needle in ("signed PUT", "direct multipart", "folder", "client overhead",
+    for needle in ("HTTPS signed PUT", "HTTP download", "emulator (end to end)", "signed PUT",
+                   "direct multipart", "folder", "client overhead",
                    "rate budget", "2 s model", "processes", "validate=True"):
         assert needle in figures
     assert all(row["target"] for row in rows)

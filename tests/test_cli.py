@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 from rich.console import Console
 
@@ -216,6 +217,38 @@ def test_datasets_upload_folder_resumes(
     assert len(again["upload"]["skipped"]) == len(files)
     table = invoke("datasets", "upload", "cli-dogs", str(folder))
     assert "0 uploaded, 8 skipped, 0 failed" in table.stdout
+
+
+def test_datasets_upload_takes_urls(
+    invoke: Callable[..., Result], server: ThreadedEmulator, tmp_path: Path
+) -> None:
+    """An http(s) argument is streamed from its host into the dataset beside local files."""
+    image = os.urandom(1500)
+
+    async def start() -> web.AppRunner:
+        async def serve(request: web.Request) -> web.Response:
+            return web.Response(body=image)
+
+        app = web.Application()
+        app.router.add_get("/pics/{name}", serve)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    runner = server.call(start())
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/pics/cat.png"
+        caption = tmp_path / "cat.txt"
+        caption.write_text("a cat")
+        result = invoke("--json", "datasets", "upload", "cli-urls", url, str(caption))
+        answer = json.loads(result.stdout)
+        uploaded = sorted(f["filename"] for f in answer["upload"]["uploaded"])
+        assert uploaded == ["cat.png", "cat.txt"]
+        stored = server.run(lambda: server.emu.stored_files(answer["upload"]["dataset_id"]))
+        assert stored["cat.png"][0] == len(image)
+    finally:
+        server.call(runner.cleanup())
 
 
 def test_datasets_upload_refuses_a_bad_folder(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from runcomfy_async import DatasetInfo, RunComfy, UploadReport, errors, to_jsonable
+from runcomfy_async import DatasetInfo, RunComfy, UploadReport, URLSource, errors, to_jsonable
 
 from ._app import (
     EXIT_FAILED,
@@ -120,6 +120,19 @@ def delete(dataset: str) -> None:
     emit({"id": deleted, "deleted": True}, text=f"deleted dataset {deleted}")
 
 
+def _paths_or_urls(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[Path | URLSource, ...]:
+    """Each argument as an existing file or folder, or an ``http(s)://`` URL (a URL source)."""
+    exists = click.Path(exists=True, path_type=Path)
+    return tuple(
+        URLSource(url=v)
+        if v.lower().startswith(("http://", "https://"))
+        else exists.convert(v, param, ctx)
+        for v in values
+    )
+
+
 def _merge(reports: list[UploadReport], dataset_id: str) -> UploadReport:
     """The reports of one command (one per folder, one for loose files) as one report."""
     return UploadReport(
@@ -135,12 +148,7 @@ def _merge(reports: list[UploadReport], dataset_id: str) -> UploadReport:
 
 @group.command("upload")
 @click.argument("dataset")
-@click.argument(
-    "paths",
-    nargs=-1,
-    required=True,
-    type=click.Path(exists=True, path_type=Path),
-)
+@click.argument("paths", nargs=-1, required=True, callback=_paths_or_urls)
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
@@ -150,15 +158,16 @@ def _merge(reports: list[UploadReport], dataset_id: str) -> UploadReport:
 )
 @click.option("--wait", is_flag=True, help="Wait until the dataset is READY afterwards.")
 @output_options
-def upload(dataset: str, paths: tuple[Path, ...], concurrency: int, wait: bool) -> None:
-    """Upload files and folders into DATASET (id or name; a new name creates it).
+def upload(dataset: str, paths: tuple[Path | URLSource, ...], concurrency: int, wait: bool) -> None:
+    """Upload files, folders and http(s) URLs into DATASET (id or name; a new name creates it).
 
     A folder is a training set: every image or video needs a .txt caption of the same name,
     and files the dataset already holds (same name and size) are skipped, so re-running the
-    same command resumes an interrupted upload. Files given one by one are always sent.
+    same command resumes an interrupted upload. Files given one by one are always sent. A URL
+    is streamed from its host into the dataset under the last part of its path.
     """
-    folders = [p for p in paths if p.is_dir()]
-    files = [p for p in paths if not p.is_dir()]
+    folders = [p for p in paths if isinstance(p, Path) and p.is_dir()]
+    files = [p for p in paths if not (isinstance(p, Path) and p.is_dir())]
     reporter = Reporter()
     opts = settings()
     opts.interrupt_hint = (

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
 
 from .. import _upload_plan as _plan
 from .. import errors
@@ -20,7 +20,9 @@ from .._limiter import Priority
 from .._pipeline import counting_calls
 from .._polling import PollPolicy, poll_until
 from .._protocol import API, RequestSpec, Retry
+from .._upload_body import FormPayload
 from .._upload_engine import run_uploads
+from .._upload_sources import scan_items, size_urls
 from ..types.datasets import DatasetInfo, DatasetStatus
 from ..types.progress import ProgressCallback
 from ..types.uploads import (
@@ -28,6 +30,7 @@ from ..types.uploads import (
     FolderCheck,
     UploadEndpoints,
     UploadEvent,
+    UploadItem,
     UploadPlanned,
     UploadReport,
     UploadTarget,
@@ -142,30 +145,43 @@ class Dataset:
     @awaitable("ds.upload(...)")
     async def upload(
         self,
-        *paths: str | os.PathLike[str],
+        *items: UploadItem,
         concurrency: int = 8,
         progress: ProgressCallback[UploadEvent] | None = None,
         direct_limit: int = _plan.DIRECT_UPLOAD_LIMIT,
         batch_size: int = _plan.DEFAULT_BATCH_SIZE,
+        captions: bool = False,
+        resume: bool = False,
         verify: bool = False,
         check: bool = True,
         timeout: float | None = None,
     ) -> UploadReport:
-        """Upload individual files, each by the route its size calls for.
+        """Upload files, in-memory contents and remote URLs, each by the route its size calls for.
 
-        Files up to ``direct_limit`` bytes go by direct multipart upload (one API call each,
-        docs/wire.md); larger ones by signed URL (docs/wire.md), their URLs asked for together.
-        Every file streams from disk. Caption pairs are not required here (you may add a caption
-        to media already uploaded); use :meth:`upload_folder` for a whole training set.
+        Each item is a local file's path, a :class:`~runcomfy_async.BytesSource` or
+        :class:`~runcomfy_async.TextSource` made by code (e.g. captions from an auto-captioning
+        pipeline), a :class:`~runcomfy_async.URLSource`, or a mapping ``{name: str | bytes}``
+        (a str is text, stored UTF-8). Files up to ``direct_limit`` bytes go by direct multipart
+        upload (one API call each); larger ones by signed URL, their URLs asked for together.
+        Files stream from disk; a URL streams from its remote into the upload (its size asked
+        first with HEAD; a remote that announces none is copied to a temporary file), always by
+        signed URL, never held whole in memory, and fetched again for a retry. Every name is
+        checked before anything is sent.
 
         Args:
-            paths: the files; each is stored under its base name (the same name overwrites).
+            items: what to upload; a file is stored under its base name, a source under its
+                name (the same name overwrites).
             concurrency: files in flight at once.
             progress: called with each :data:`~runcomfy_async.types.uploads.UploadEvent`
                 (plain or async function).
             direct_limit: the largest file sent direct, in bytes (the service's limit is
                 150,000,000).
             batch_size: files per signed-URL request (1..1000).
+            captions: require caption pairs across all the items together, as
+                :meth:`upload_folder` does for a training set (off: you may add a caption to
+                media already uploaded).
+            resume: first ask the dataset which files it holds (one API call) and skip those
+                with the same name and size.
             verify: afterwards wait for READY and check every file that was not reported
                 failed is listed with its size.
             check: raise :class:`~runcomfy_async.errors.UploadError` when any file could not be
@@ -176,17 +192,19 @@ class Dataset:
 
         Returns:
             An :class:`UploadReport` (with ``check=False`` failed files are in ``failed`` with
-            their reasons).
+            their reasons; a URL whose remote failed has reason ``SOURCE_FAILED``).
 
         Raises:
             DatasetValidationError: a file is missing, empty, unreadable, of an unsupported type,
-                or two names collide (every problem is listed; nothing was sent).
+                a name is not a plain file name, two names collide, a URL is not http(s), or
+                (``captions``) a caption pair is incomplete (every problem is listed; nothing
+                was sent).
             UploadError: ``check`` and a file could not be uploaded, or ``verify`` and a file
                 is not listed with its size (``.report`` has details).
             DatasetFailed: ``verify`` and the dataset went FAILED.
             WaitTimeoutError: ``verify`` and READY did not come within ``timeout``.
         """
-        if not paths:
+        if not items:
             raise errors.ValidationError("pass at least one file to upload: ds.upload('a.jpg')")
         if isinstance(direct_limit, bool) or not isinstance(direct_limit, int) or direct_limit < 0:
             raise errors.ValidationError(
@@ -194,12 +212,12 @@ class Dataset:
             )
         check_concurrency(concurrency, "files")
         _plan.check_batch_size(batch_size)
-        scanned = await asyncio.to_thread(_plan.scan_paths, paths)
+        scanned, problems = await asyncio.to_thread(scan_items, items)
         return await self._upload(
             scanned,
-            [],
-            captions=False,
-            resume=False,
+            problems,
+            captions=captions,
+            resume=resume,
             direct_limit=direct_limit,
             concurrency=concurrency,
             progress=progress,
@@ -304,11 +322,21 @@ class Dataset:
         problems = problems + _plan.set_problems(scanned, captions=captions)
         if problems:
             raise errors.DatasetValidationError(problems)
-        sources = _plan.to_sources(scanned)
         client = self._client
         pipeline = client.pipeline  # raises now if the client is closed
         started = time.monotonic()
-        with counting_calls() as calls:
+        with contextlib.ExitStack() as spool, counting_calls() as calls:
+            failed_early: list[FileResult] = []
+            if any(s.url is not None for s in scanned):
+                folder = spool.enter_context(tempfile.TemporaryDirectory(prefix="runcomfy-"))
+                scanned, failed_early = await size_urls(
+                    scanned,
+                    pipeline=pipeline,
+                    spool=Path(folder),
+                    timeout=client.timeouts.for_transfer(),
+                    concurrency=concurrency,
+                )
+            sources = _plan.to_sources(scanned)
             existing = (await self.status()).sizes if resume else None
             plan = _plan.plan_uploads(sources, existing=existing, direct_limit=direct_limit)
             to_send = plan.direct + plan.signed
@@ -328,6 +356,7 @@ class Dataset:
                     skipped_files=len(plan.skipped),
                     skipped_bytes=sum(s.size for s in plan.skipped),
                 ),
+                failed_early=failed_early,
             )
 
             def report() -> UploadReport:
@@ -335,7 +364,7 @@ class Dataset:
                     dataset_id=self.id,
                     uploaded=tuple(r for r in results if r.reason is None),
                     skipped=tuple(
-                        FileResult(filename=s.filename, path=s.path, size=s.size)
+                        FileResult(filename=s.filename, path=s.local_path, size=s.size)
                         for s in plan.skipped
                     ),
                     failed=tuple(r for r in results if r.reason is not None),
@@ -401,7 +430,7 @@ class Dataset:
         )
         return structure(payload, UploadEndpoints, what="signed upload URLs").uploads
 
-    async def _send_direct(self, body: Callable[[], aiohttp.MultipartWriter]) -> Any:
+    async def _send_direct(self, body: Callable[[], FormPayload]) -> Any:
         """One direct multipart upload (docs/wire.md); ``body`` builds a fresh body per attempt."""
         # Retried like a GET: the same filename overwrites the earlier upload (docs/wire.md), so
         # a repeat after a lost answer leaves one copy of the file.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import ssl
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
@@ -65,6 +66,7 @@ class Emulator:
             one it cannot cover is answered 402.
         webhook_policy: how serverless webhooks are delivered (duplicates, reordering, drops,
             retries); see :class:`WebhookPolicy`. Default: each event once, in order.
+        ssl_context: serve HTTPS with this server context (clients then need its CA).
 
     Raises:
         ValueError: a non-positive speed, rate or size, a negative balance, or a malformed
@@ -89,6 +91,7 @@ class Emulator:
         models: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
         balance: float = 100.0,
         webhook_policy: WebhookPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a finite number > 0, got {speed}")
@@ -124,6 +127,7 @@ class Emulator:
         )
         self._storage_dir = storage_dir
         self._webhook_policy = webhook_policy
+        self._ssl_context = ssl_context
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
@@ -156,7 +160,9 @@ class Emulator:
         )
         try:
             await runner.setup()
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = web.TCPSite(
+                runner, self.config.host, self.config.port, ssl_context=self._ssl_context
+            )
             await site.start()
         except BaseException:
             # cleanup that re-raises, cancellation included
@@ -164,7 +170,8 @@ class Emulator:
             self._cleanup_tempdir()
             raise
         port = runner.addresses[0][1]
-        self._url = f"http://{_url_host(self.config.host)}:{port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        self._url = f"{scheme}://{_url_host(self.config.host)}:{port}"
         state.listening_at(self._url)
         self._state = state
         self._runner = runner

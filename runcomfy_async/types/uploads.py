@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -14,6 +17,7 @@ from .progress import ProgressCallback
 
 __all__ = [
     "BytesSent",
+    "BytesSource",
     "FailureReason",
     "FileDone",
     "FileFailed",
@@ -22,8 +26,11 @@ __all__ = [
     "FileStarted",
     "FolderCheck",
     "ProgressCallback",
+    "TextSource",
+    "URLSource",
     "UploadEndpoints",
     "UploadEvent",
+    "UploadItem",
     "UploadMethod",
     "UploadPlanned",
     "UploadReport",
@@ -47,6 +54,8 @@ class FailureReason(enum.StrEnum):
     ``NO_UPLOAD_URL``: the API would not hand out a signed URL for it.
     ``NETWORK``: connection errors or timeouts outlasted the retries.
     ``SERVER_ERROR``: 5xx answers outlasted the retries.
+    ``SOURCE_FAILED``: a :class:`URLSource`'s remote refused it (4xx), kept failing (5xx or
+    connection errors past the retries), or sent another size than it announced.
     """
 
     FILE_CHANGED = "file_changed"
@@ -55,6 +64,73 @@ class FailureReason(enum.StrEnum):
     NO_UPLOAD_URL = "no_upload_url"
     NETWORK = "network"
     SERVER_ERROR = "server_error"
+    SOURCE_FAILED = "source_failed"
+
+
+# -- sources other than local files ------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class BytesSource:
+    """Bytes made by code, uploaded under ``name`` (e.g. an image rendered in memory).
+
+    Sent from memory in steps, re-sent whole on a retry; ``name`` follows the same rules as a
+    file's base name (a supported extension, no control characters).
+    """
+
+    name: str
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+
+
+@attrs.frozen(kw_only=True)
+class TextSource:
+    """Text made by code, uploaded under ``name``: typically a ``.txt`` caption written by an
+    auto-captioning pipeline. Encoded with ``encoding`` (UTF-8 unless told)."""
+
+    name: str
+    text: str
+    encoding: str = "utf-8"
+
+
+def _name_from_url(url: str) -> str:
+    """The last path segment of ``url``, percent-decoded ("" when the path has none)."""
+    return PurePosixPath(unquote(urlsplit(url).path)).name
+
+
+@attrs.frozen(kw_only=True)
+class URLSource:
+    """A remote ``http(s)`` file streamed into the dataset, never held whole in memory.
+
+    Fetched without the API token (the remote is not RunComfy); redirects are followed. Its
+    size comes from a HEAD request before anything is sent; a remote that announces none is
+    first copied to a temporary file (on disk, in MiB steps) and sent from there. A retry
+    fetches it again from the start. URL sources always travel by signed URL (a PUT of the
+    exact announced size), whatever their size.
+
+    Attributes:
+        url: the ``http://`` or ``https://`` address.
+        name: the name in the dataset; None takes the URL path's last segment.
+    """
+
+    url: str = attrs.field(repr=lambda url: repr(redact_url(url)))
+    name: str | None = None
+
+    @property
+    def filename(self) -> str:
+        """The name in the dataset: ``name``, or the URL path's last segment."""
+        return self.name if self.name is not None else _name_from_url(self.url)
+
+
+#: What ``Dataset.upload`` takes: a local file's path, a source object, or a mapping of names to
+#: ``str`` (text, e.g. a caption) or ``bytes`` contents.
+UploadItem: TypeAlias = (
+    str
+    | os.PathLike[str]
+    | BytesSource
+    | TextSource
+    | URLSource
+    | Mapping[str, str | bytes]
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,7 +159,8 @@ class FileResult:
 
     Attributes:
         filename: the name in the dataset.
-        path: the local file.
+        path: the local file (None for a :class:`BytesSource`, :class:`TextSource` or
+            :class:`URLSource`).
         size: bytes, as planned.
         method: the transport used (None for a skipped file).
         attempts: sends tried (0 for a skipped file or one that failed before sending).
@@ -92,7 +169,7 @@ class FileResult:
     """
 
     filename: str
-    path: Path
+    path: Path | None
     size: int
     method: UploadMethod | None = None
     attempts: int = 0
