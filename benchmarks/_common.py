@@ -38,13 +38,17 @@ def machine() -> dict[str, Any]:
 
 
 @contextmanager
-def emulator_process(*args: str) -> Iterator[dict[str, str]]:
+def emulator_process(
+    *args: str, module: str = "runcomfy_async.testing"
+) -> Iterator[dict[str, str]]:
     """Run ``python -m runcomfy_async.testing`` in a child process; yield its env settings.
 
-    A separate process keeps the emulator's CPU use out of the measured client's.
+    A separate process keeps the emulator's CPU use out of the measured client's. ``module``
+    names another entry point that prints the same ``export`` lines (one that configures the
+    emulator further before serving).
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runcomfy_async.testing", "--port", "0", *args],
+        [sys.executable, "-m", module, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

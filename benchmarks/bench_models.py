@@ -1,23 +1,28 @@
-"""Many model requests awaited at once on one client.
+"""Latency of many ``rc.models.run`` calls sharing one rate budget, beside a perfect schedule.
 
-N requests are submitted and awaited concurrently (``asyncio.gather`` of submit-then-wait) against
-an emulator in its own process, with the client's bucket at R requests/s. Figures:
+N calls start at once on one client (a FastAPI app whose users all press the button together);
+each needs a submit, status polls until its run is over, and a result fetch, all through the one
+account budget of 1 request/s. Figures per scenario, in account seconds from the common start:
+the first answer, the median and p95 answer, and the last (total), plus the API calls spent.
 
-- peak RSS growth of the client process (``ru_maxrss`` after minus before);
-- wall time beside the budget's floor: every request needs at least 3 API calls (a submit, one
-  ``/status`` that sees it finished, one ``/result``), so N requests need at least 3N/R seconds;
-- the lag from each request's completion (the server's ``finished_at``) to its await returning,
-  median and p95, beside two lower bounds computed from the same run:
+Each scenario runs in the same process under both orders, alternating, for a few rounds (each
+figure is the median over the rounds): the client's default latency order, and
+``TokenBucket(order="arrival")``, the order before it (user calls, submits included, before
+every poll; first come first served within a priority), as the baseline.
 
-  * **submit-first bound**: all N submits are user calls queued at once, and user calls overtake
-    background polls (DESIGN, polling), so no poll can take a token before the last submit has
-    gone out at T_s. From T_s on, tokens come at R/s; a finished request needs 2 more (status,
-    result). The best any poller can do is to spend them in completion order, exactly when due
-    (a clairvoyant poller that never wastes a poll). Replaying the run's own completion times
-    through that schedule gives the smallest possible lag of every request; its median and p95
-    are quoted. Our lag at or near this bound means no token was wasted and none went out late.
-  * **any-schedule bound**: 2/R, two calls after completion with nothing else queued; reachable
-    only by a client that lets a finished request's polls overtake new submits.
+**Time scale.** The emulator runs in its own process with every duration divided by a scale
+factor S, and the client's rate, the emulator's account limit and the polling schedule are
+multiplied by S, so the whole schedule plays S times faster; figures are multiplied back by S.
+Round trips (about a millisecond) are not scaled: they count S times too much, a small error
+at S <= 40 against a 1 s token. The emulator enforces no account limit here (the client paces
+itself; a 429 from timing jitter would pause the client a real second, S seconds of schedule),
+so figures differ between the orders only by the order, and by about 1 % of run-to-run noise.
+
+**The bound** is the schedule of a clairvoyant client that knows when every run ends (it never
+polls too early) and spends each token on the call closest to an answer: a result fetch, else
+the status poll of a finished run, else the next submit (:func:`perfect_answers`). Every answer
+needs three tokens, so no schedule beats it by much; ours near it means few wasted polls and
+none late.
 
 Run: ``python -m benchmarks.bench_models [--smoke]``.
 """
@@ -26,18 +31,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import resource
 import statistics
 import sys
 import time
 from typing import Any
 
-from runcomfy_async import RunComfy
+import attrs
+
+from runcomfy_async import PollPolicy, RunComfy, TokenBucket
+from runcomfy_async.resources._queued import DEFAULT_POLL
 
 from ._common import emulator_process, print_table, write_results
 
-#: API calls a request needs once it has finished: a status that sees it, then its result.
-FOLLOW_UPS = 2
+#: API calls a run needs at the least: a submit, a status that sees it over, its result.
+CALLS_PER_RUN = 3
+#: The account's budget and the client's default burst.
+RATE, BURST = 1.0, 2
+ORDERS = ("latency", "arrival")
+
+
+@attrs.frozen(kw_only=True)
+class Scenario:
+    """``n`` runs of a model that takes ``duration`` s, played ``scale`` times faster, ``rounds``
+    times per order."""
+
+    name: str
+    n: int
+    duration: float
+    scale: float
+    rounds: int = 1
+
+
+FULL = (
+    Scenario(name="20 runs, 2 s model", n=20, duration=2.0, scale=10.0, rounds=3),
+    Scenario(name="20 runs, 60 s model", n=20, duration=60.0, scale=10.0, rounds=5),
+    Scenario(name="1,000-request batch, 4 s model", n=1000, duration=4.0, scale=25.0),
+)
+SMOKE = (
+    Scenario(name="8 runs, 2 s model", n=8, duration=2.0, scale=40.0),
+    Scenario(name="40-request batch, 4 s model", n=40, duration=4.0, scale=80.0),
+)
 
 
 def _peak_rss_mib() -> float:
@@ -49,68 +84,103 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[round(q * (len(ordered) - 1))]
 
 
-def submit_first_lags(completions: list[float], submits_done: float, rate: float) -> list[float]:
-    """The smallest lag of each request when polls may start only after the last submit.
+def perfect_answers(n: int, duration: float, rate: float = RATE, burst: int = BURST) -> list[float]:
+    """Answer times of ``n`` runs started at 0 under a clairvoyant schedule.
 
-    Args:
-        completions: each request's completion time (the client's monotonic clock).
-        submits_done: when the last submit took its token.
-        rate: tokens per second.
+    Tokens come from a bucket of ``burst`` (full at 0) refilled at ``rate``. Each token goes
+    to a pending result fetch, else to the status poll of a run already over, else to the next
+    submit; with nothing to do the client waits for the next run to end.
     """
-    lags = []
-    slot = submits_done  # the last token handed out so far
-    for done in sorted(completions):
-        for _ in range(FOLLOW_UPS):
-            slot = max(slot + 1.0 / rate, done)
-        lags.append(slot - done)
-    return lags
+    now, tokens = 0.0, float(burst)
+    submits, polled = n, 0
+    ending: list[float] = []  # end times of submitted runs not yet seen over
+    answers: list[float] = []
+    while len(answers) < n:
+        at = now if tokens >= 1.0 else now + (1.0 - tokens) / rate
+        if not polled and not submits:
+            at = max(at, ending[0])
+        tokens = min(float(burst), tokens + (at - now) * rate) - 1.0
+        now = at
+        if polled:
+            polled -= 1
+            answers.append(now)
+        elif ending and ending[0] <= now:
+            heapq.heappop(ending)
+            polled += 1
+        else:
+            submits -= 1
+            heapq.heappush(ending, now + duration)
+    return answers
 
 
-async def run(n: int, rate: float) -> dict[str, Any]:
-    """Submit and await ``n`` requests at ``rate`` requests/s; return the figures."""
-    rss_before = _peak_rss_mib()
-    with emulator_process(
-        "--rate-limit", str(rate), "--burst", str(int(rate) + 2), "--speed", "50"
-    ) as env:
-        async with RunComfy(
-            env["RUNCOMFY_API_TOKEN"], model_url=env["RUNCOMFY_MODEL_URL"], rate=rate, burst=2
-        ) as rc:
-            lags: list[float] = []
-            completions: list[float] = []
-            submitted: list[float] = []
-            # finished_at is wall time; the bound is computed on the monotonic clock.
-            offset = time.time() - time.monotonic()
-
-            async def one(i: int) -> None:
-                req = await rc.models.submit(
-                    "blackforestlabs/flux-2/flash/text-to-image", {"prompt": f"cat {i}", "seed": i}
-                )
-                submitted.append(time.monotonic())
-                result = await req.wait()
-                assert result.finished_at is not None
-                lags.append(time.time() - result.finished_at.timestamp())
-                completions.append(result.finished_at.timestamp() - offset)
-
-            start = time.monotonic()
-            await asyncio.gather(*(one(i) for i in range(n)))
-            wall = time.monotonic() - start
-            calls = rc.api_calls
-    floor = 3 * n / rate
-    bound = submit_first_lags(completions, max(submitted), rate)
+def _figures(answers: list[float]) -> dict[str, float]:
     return {
-        "benchmark": f"{n} model requests awaited at once ({rate:g} req/s)",
-        "wall_s": round(wall, 1),
-        "budget_floor_s": round(floor, 1),
-        "ratio_floor_over_wall": round(floor / wall, 3),
-        "api_calls": calls,
-        "min_api_calls": 3 * n,
-        "lag_median_s": round(statistics.median(lags), 2),
-        "lag_p95_s": round(_quantile(lags, 0.95), 2),
-        "bound_median_s": round(statistics.median(bound), 2),
-        "bound_p95_s": round(_quantile(bound, 0.95), 2),
-        "any_schedule_bound_s": round(FOLLOW_UPS / rate, 2),
-        "peak_rss_growth_mib": round(_peak_rss_mib() - rss_before, 1),
+        "first_s": round(min(answers), 1),
+        "median_s": round(statistics.median(answers), 1),
+        "p95_s": round(_quantile(answers, 0.95), 1),
+        "total_s": round(max(answers), 1),
     }
+
+
+MODEL = "blackforestlabs/flux-2/flash/text-to-image"  # in the emulator's catalog
+
+
+async def _play(env: dict[str, str], scenario: Scenario, order: str) -> dict[str, Any]:
+    """Run the scenario once with the limiter ``order``; answer times in account seconds."""
+    s = scenario.scale
+    poll = PollPolicy(
+        initial=DEFAULT_POLL.initial / s,
+        factor=DEFAULT_POLL.factor,
+        max_interval=DEFAULT_POLL.max_interval / s,
+        jitter=DEFAULT_POLL.jitter,
+    )
+    limiter = TokenBucket(RATE * s, BURST, order=order)  # type: ignore[arg-type]
+    async with RunComfy(
+        env["RUNCOMFY_API_TOKEN"], model_url=env["RUNCOMFY_MODEL_URL"], limiter=limiter
+    ) as rc:
+        answers: list[float] = []
+        start = time.monotonic()
+
+        async def one(i: int) -> None:
+            await rc.models.run(MODEL, {"prompt": f"cat {i}", "seed": i}, poll=poll)
+            answers.append((time.monotonic() - start) * s)
+
+        await asyncio.gather(*(one(i) for i in range(scenario.n)))
+        calls = rc.api_calls
+    await limiter.aclose()
+    return {"answers": answers, "api_calls": calls}
+
+
+async def measure(scenario: Scenario) -> list[dict[str, Any]]:
+    """Both orders on one emulator, alternating, ``rounds`` times; one row per order holding
+    the median of each figure over the rounds."""
+    s = scenario.scale
+    rss_before = _peak_rss_mib()
+    bound = _figures(perfect_answers(scenario.n, scenario.duration))
+    played: dict[str, list[dict[str, Any]]] = {order: [] for order in ORDERS}
+    # The emulator enforces no account limit: the client paces itself, and a 429 caused by
+    # timing jitter would pause it a real second, S seconds of the scaled schedule.
+    with emulator_process(
+        "--speed", str(s), "--rate-limit", "0",
+        "--model", f"{MODEL}={scenario.duration}", module="benchmarks._model_emulator",
+    ) as env:
+        for _ in range(scenario.rounds):
+            for order in ORDERS:
+                run = await _play(env, scenario, order)
+                played[order].append({**_figures(run["answers"]), "api_calls": run["api_calls"]})
+    rows = []
+    for order, runs in played.items():
+        rows.append({
+            "scenario": scenario.name,
+            "order": order if order == "latency" else "arrival (before)",
+            **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
+            **{f"bound_{k}": v for k, v in bound.items()},
+            "min_api_calls": CALLS_PER_RUN * scenario.n,
+            "rounds": scenario.rounds,
+            "scale": s,
+        })
+    rows[0]["peak_rss_growth_mib"] = round(_peak_rss_mib() - rss_before, 1)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for the tests")
     args = parser.parse_args(argv)
-    row = asyncio.run(run(n=40, rate=40.0) if args.smoke else run(n=1000, rate=20.0))
-    print_table([row], list(row))
-    path = write_results("models-smoke" if args.smoke else "models", [row], smoke=args.smoke)
+    rows = []
+    for scenario in SMOKE if args.smoke else FULL:
+        rows.extend(asyncio.run(measure(scenario)))
+    columns = ["scenario", "order", "first_s", "median_s", "p95_s", "total_s", "bound_first_s",
+               "bound_median_s", "bound_p95_s", "bound_total_s", "api_calls", "min_api_calls"]
+    print_table(rows, columns)
+    path = write_results("models-smoke" if args.smoke else "models", rows, smoke=args.smoke)
     print(f"\nwrote {path}")
     return 0
 

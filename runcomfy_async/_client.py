@@ -28,6 +28,7 @@ from ._limiter import Limiter, Priority, TokenBucket
 from ._pipeline import CallTrace, Pipeline, json_answer
 from ._protocol import API, RequestSpec, is_loopback, redact_url
 from ._retry import RetryPolicy
+from ._schedule import RunTimes
 from ._transport import Exchange, Timeouts, Transport
 from ._version import __version__
 from .resources.account import Account
@@ -185,6 +186,8 @@ class RunComfy:
             limiter if limiter is not None else TokenBucket(_resolve_rate(rate), burst)
         )
         self._owns_limiter = limiter is None
+        # Run times seen per model: orders the polls of waits (see _schedule).
+        self._run_times = RunTimes()
         if isinstance(timeout, Timeouts):
             self.timeouts = timeout
         elif timeout is not None:

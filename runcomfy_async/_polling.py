@@ -1,10 +1,14 @@
 """Polling: adaptive intervals, and a fair share of the one rate budget.
 
-Every poll asks the limiter for a token at ``Priority.BACKGROUND``. The limiter serves that
-priority first-come first-served, so hundreds of pollers take turns (none starves), and any user
-call (``Priority.USER``) gets one of the next tokens instead of queueing behind them. Each poller
+Every poll asks the limiter for a token at ``Priority.BACKGROUND``. The limiter serves those
+first-come first-served, so hundreds of pollers take turns (none starves), and any user call
+(``Priority.USER``) gets one of the next tokens instead of queueing behind them. Each poller
 backs off on its own (fast at first, then slower up to a cap) and starts fast again whenever the
 state it watches changes.
+
+A poller may carry a :class:`~._schedule.Claim` (what it waits for and when that should be
+over): its polls then go ahead of new work once the run is expected to be done, and it wakes up
+at that moment instead of at the next step of its back-off.
 
 The deadline holds while a poll waits for its token too: under load a fetch can queue behind
 hundreds of others for longer than the caller is willing to wait, so it is cut off at the deadline
@@ -22,6 +26,7 @@ from typing import TypeVar
 import attrs
 
 from . import errors
+from ._schedule import Claim, claiming
 
 __all__ = ["PollPolicy", "poll_until"]
 
@@ -65,6 +70,7 @@ async def poll_until(
     key: Callable[[T], Hashable] = lambda snapshot: snapshot,
     on_snapshot: Callable[[T], Awaitable[None] | None] | None = None,
     what: str = "the remote state",
+    claim: Claim | None = None,
 ) -> T:
     """Call ``fetch`` until ``done(snapshot)``; return that snapshot.
 
@@ -76,6 +82,7 @@ async def poll_until(
         key: what counts as "a change" (resets the interval to ``policy.initial``).
         on_snapshot: called with every snapshot (progress reporting, artifact watching).
         what: names the awaited thing in the timeout error.
+        claim: what the polls wait for, seen by the limiter (see :mod:`._schedule`).
 
     Raises:
         WaitTimeoutError: ``timeout`` passed first.
@@ -85,7 +92,8 @@ async def poll_until(
     last_key: Hashable = object()
     while True:
         if deadline is None:
-            snapshot = await fetch()
+            with claiming(claim):
+                snapshot = await fetch()
         else:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -93,7 +101,8 @@ async def poll_until(
             budget = asyncio.timeout(remaining)
             try:
                 async with budget:
-                    snapshot = await fetch()
+                    with claiming(claim):
+                        snapshot = await fetch()
             except TimeoutError:
                 if budget.expired():
                     raise _timed_out(what, timeout) from None
@@ -104,6 +113,8 @@ async def poll_until(
                 await maybe
         if done(snapshot):
             return snapshot
+        if claim is not None:
+            claim.unfinished(asyncio.get_running_loop().time())
         current_key = key(snapshot)
         interval = None if current_key != last_key else interval
         last_key = current_key
@@ -114,12 +125,14 @@ async def poll_until(
             if remaining <= 0:
                 continue
             sleep_for = min(sleep_for, remaining)
-        await asyncio.sleep(sleep_for)
+        if claim is None:
+            await asyncio.sleep(sleep_for)
+        else:
+            await claim.nap(sleep_for)  # wakes early when the run should be over
 
 
 def _timed_out(what: str, timeout: float | None) -> errors.WaitTimeoutError:
     """The error of a passed deadline, naming what was awaited and how to wait longer."""
     return errors.WaitTimeoutError(
-        f"gave up waiting for {what} after {timeout:g}s; pass a larger timeout= "
-        "or check its status"
+        f"gave up waiting for {what} after {timeout:g}s; pass a larger timeout= or check its status"
     )

@@ -2,9 +2,10 @@
 
 A FastAPI backend runs several worker processes (often on several machines) on one RunComfy
 account, whose limit (1 request/s, docs/wire.md) holds for all of them together. Each process
-keeps the in-process semantics of :class:`~runcomfy_async.TokenBucket` (USER before BACKGROUND,
-FIFO within a priority, a cancelled waiter gives its place back) in a local priority queue, and
-only the waiter at the head of that queue asks Redis for a token:
+keeps the in-process semantics of :class:`~runcomfy_async.TokenBucket` (its latency order or
+arrival order, a cancelled waiter gives its place back) in a local queue, and only the best waiter
+of that queue asks Redis for a token (the order is per process: across processes, whichever asks
+first when a token is free gets it):
 
 - The bucket lives in one Redis hash (tokens, last refill, pause-until) updated by a Lua script,
   so taking a token is atomic across every process. The script reads the clock with ``TIME`` on
@@ -48,8 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import heapq
-import itertools
 import logging
 import random
 import time
@@ -60,7 +59,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from . import errors
-from ._limiter import Priority
+from ._schedule import Order, Priority, WaitQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -135,7 +134,6 @@ end
 return 0
 """
 )
-
 
 
 # How long one Redis command may take before it counts as Redis being unavailable, and how long a
@@ -241,10 +239,10 @@ class _LocalShare:
 class RedisTokenBucket:
     """A token bucket kept in Redis and shared by every process that uses the same ``key``.
 
-    Within one process, waiters are served like :class:`~runcomfy_async.TokenBucket` serves them:
-    ``Priority.CLEANUP``, then ``Priority.USER``, then the background priorities, first come first
-    served within a priority, and a cancelled waiter gives its place back. Across processes,
-    whoever asks Redis first when a token is free gets it. Every process sharing a key must use
+    Within one process, waiters are served like :class:`~runcomfy_async.TokenBucket` serves them
+    (``order``), and a cancelled waiter gives its place back. Across processes, whoever asks
+    Redis first when a token is free gets it: each process puts its own answers first, none
+    can put its calls ahead of another process's. Every process sharing a key must use
     the same ``rate`` and ``burst``. Use one instance per event loop (like the client it is
     passed to).
 
@@ -272,6 +270,9 @@ class RedisTokenBucket:
             ``rate / workers`` by default, so all processes together stay within the account's
             limit (if ``workers`` is right).
         probe_interval: seconds between PINGs to Redis while falling back.
+        order: how this process's queued callers are ordered: ``"latency"`` (calls that
+            complete an answer first, new work never starved) or ``"arrival"`` (priority, then
+            arrival order).
 
     Raises:
         ConfigurationError: the ``redis`` package is missing, or the URL is not a Redis URL.
@@ -290,6 +291,7 @@ class RedisTokenBucket:
         workers: int = 4,
         fallback_rate: float | None = None,
         probe_interval: float = 0.5,
+        order: Order = "latency",
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 requests/s, got {rate!r}")
@@ -344,8 +346,7 @@ class RedisTokenBucket:
         )
         self._acquire_script: AsyncScript = client.register_script(_ACQUIRE_LUA)
         self._pause_script: AsyncScript = client.register_script(_PAUSE_LUA)
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self._queue = WaitQueue(order)
         self._driver: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -367,7 +368,7 @@ class RedisTokenBucket:
     @property
     def waiting(self) -> int:
         """How many callers in this process are queued for a token."""
-        return sum(1 for *_, fut in self._waiters if not fut.done())
+        return len(self._queue)
 
     @property
     def state(self) -> SharedLimitState:
@@ -378,7 +379,7 @@ class RedisTokenBucket:
         """Wait until the shared bucket (or, with Redis unavailable, the fallback) grants a request.
 
         Args:
-            priority: lower values are served first among the callers queued in this process;
+            priority: who asks (ranked among the callers queued in this process);
                 ``Priority.CLEANUP`` never waits on an unavailable Redis.
 
         Raises:
@@ -392,11 +393,9 @@ class RedisTokenBucket:
         fut: asyncio.Future[None] = loop.create_future()
         queued = not (priority <= Priority.CLEANUP and self._down_since is not None)
         if queued:
-            heapq.heappush(self._waiters, (int(priority), next(self._seq), fut))
+            self._queue.push(priority, fut)
             if self._driver is None or self._driver.done():
-                self._driver = loop.create_task(
-                    self._drive(), name=f"RedisTokenBucket({self.key})"
-                )
+                self._driver = loop.create_task(self._drive(), name=f"RedisTokenBucket({self.key})")
         else:
             self._grant_locally(fut)
         try:
@@ -621,15 +620,8 @@ class RedisTokenBucket:
 
     def _divert_cleanup(self) -> None:
         """Take queued cleanup callers out of the queue: they go out through the fallback now."""
-        keep = []
-        for entry in self._waiters:
-            if entry[0] <= Priority.CLEANUP and not entry[2].done():
-                self._grant_locally(entry[2])
-            else:
-                keep.append(entry)
-        if len(keep) != len(self._waiters):
-            heapq.heapify(keep)
-            self._waiters = keep
+        for fut in self._queue.take(lambda priority: priority <= Priority.CLEANUP):
+            self._grant_locally(fut)
 
     def _grant_locally(self, fut: asyncio.Future[None]) -> None:
         """Resolve ``fut`` at the next slot of the fallback bucket."""
@@ -640,23 +632,19 @@ class RedisTokenBucket:
             asyncio.get_running_loop().call_later(wait, _resolve, fut)
 
     def _has_waiters(self) -> bool:
-        """Drop cancelled waiters from the top of the queue; is anyone still waiting?"""
-        while self._waiters and self._waiters[0][2].done():
-            heapq.heappop(self._waiters)
-        return bool(self._waiters)
+        """Is anyone still waiting (cancelled waiters do not count)?"""
+        return bool(self._queue)
 
     def _grant_next(self) -> None:
         """Give one token to the best waiter; with nobody left, it is dropped (the safe side)."""
-        if self._has_waiters():
-            _, _, fut = heapq.heappop(self._waiters)
+        fut = self._queue.pop(asyncio.get_running_loop().time())
+        if fut is not None:
             fut.set_result(None)
 
     def _fail_all(self, error: Callable[[], Exception]) -> None:
         """Wake every queued caller with its own instance of ``error()``."""
-        waiters, self._waiters = self._waiters, []
-        for _, _, fut in waiters:
-            if not fut.done():
-                fut.set_exception(error())
+        for fut in self._queue.drain():
+            fut.set_exception(error())
 
     def _scrub(self, text: str) -> str:
         """``text`` with the URL's password and user name masked."""

@@ -1,9 +1,63 @@
-"""Load the emulator's pytest plugin when the package is not installed (no pytest11 entry point)."""
+"""Shared test setup: the emulator's pytest plugin, and fast fixtures for new tests.
 
+Tests must be fast (the whole suite runs in a few minutes on 2 cores). Where a test is not
+about the rate limit, use ``fast_emu`` and ``fast_rc``: an emulator without an account limit
+whose simulated durations run 1000x faster, and a client that does not pace itself. Where a test
+is about the order or timing of a schedule, drive the limiter on virtual time instead of
+sleeping (``tests._virtual_time.run_virtual``, see ``tests/test_schedule.py``).
+"""
+
+from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
+
+import pytest
+import pytest_asyncio
+
+from runcomfy_async import RunComfy
+from runcomfy_async.testing import Emulator
 
 pytest_plugins = (
     []
     if any(ep.name == "runcomfy_emulator" for ep in entry_points(group="pytest11"))
     else ["runcomfy_async.testing.plugin"]
 )
+
+
+@pytest_asyncio.fixture
+async def fast_emu() -> AsyncIterator[Emulator]:
+    """An emulator without an account limit, simulated time 1000x faster (a 10 s run: 10 ms)."""
+    async with Emulator(rate_limit=None, speed=1000.0, dataset_processing_seconds=0) as emu:
+        yield emu
+
+
+@pytest_asyncio.fixture
+async def fast_rc(fast_emu: Emulator) -> AsyncIterator[RunComfy]:
+    """A client of ``fast_emu`` at 1000 requests/s (burst 100): it never waits for a token."""
+    async with fast_emu.client(rate=1000.0, burst=100) as client:
+        yield client
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``--dist loadgroup`` working under pytest 9.
+
+    pytest-xdist (3.8) puts each ``xdist_group`` test on one worker by appending ``@group`` to
+    its node id through ``Item._nodeid``, which pytest 9 no longer reads (the id lives in
+    ``Item._id``), so the groups were silently ignored: a session fixture of a group ran once
+    per worker. This appends the suffix the way pytest 9 stores ids; it does nothing where
+    xdist's own suffix took effect.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest < 9: xdist's own suffix works
+        return
+
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        if names and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")

@@ -38,8 +38,9 @@ from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.jobs import JobState
 from runcomfy_async.types.uploads import FileDone, UploadEvent
 
-#: The CPU-heavy files run one after another on one xdist worker (0.3 s read timeouts here).
-pytestmark = pytest.mark.xdist_group("heavy")
+# Not in the "heavy" xdist group: a seed spends most of its time waiting out 1 s pauses (429s
+# and 503s with Retry-After), so the seeds run on every worker; the 0.3 s read timeouts here
+# only add retries (which every seed survives) when the machine is busy.
 
 
 def _seeds() -> list[int]:

@@ -311,7 +311,8 @@ def _serve_app(
         )
     try:
         try:
-            wait_for_port(port, timeout=20.0, process=process)
+            # Four workers importing the app: seconds on a quiet machine, far more on a busy one.
+            wait_for_port(port, timeout=90.0, process=process)
         except RuntimeError as exc:
             raise AssertionError(f"{exc}; uvicorn said:\n{log.read_text()[-3000:]}") from exc
         yield f"http://127.0.0.1:{port}", process.pid
@@ -335,14 +336,14 @@ def _workers(master: int) -> list[int]:
 
 async def _wait_for_workers(session: aiohttp.ClientSession, url: str, master: int) -> None:
     """Until four workers run and the app answers (the OpenAPI page makes no API call)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(f"{url}/openapi.json") as response:
                 if response.status == 200 and len(_workers(master)) == 4:
                     return
         await asyncio.sleep(0.1)
-    raise AssertionError("uvicorn did not start four workers within 30 s")
+    raise AssertionError("uvicorn did not start four workers within 90 s")
 
 
 async def _drive(

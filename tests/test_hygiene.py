@@ -77,7 +77,7 @@ async def test_cancelled_bulk_upload_leaves_no_open_descriptors(tmp_path: Path) 
     ):
         ds = await rc.datasets.create("dogs")
         # some transfers hang mid-way, so the cancel catches them with files open
-        emu.inject("slow", api="storage", delay=5.0, rate=0.2)
+        emu.inject("slow", api="storage", delay=1.5, rate=0.2)
         done = 0
         me = asyncio.current_task()
         assert me is not None

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import hashlib
 import itertools
+import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -410,7 +411,9 @@ async def test_waiting_polls_back_off(emu: Emulator, rc: RunComfy) -> None:
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert 5 <= len(polls) <= 10
     assert gaps[0] < 0.1
-    assert max(gaps) == pytest.approx(0.2, abs=0.08)
+    # At the cap by the end (a median: one wake-up made late by a loaded machine is not the
+    # schedule).
+    assert statistics.median(gaps[-3:]) == pytest.approx(0.2, abs=0.08)
 
 
 @pytest.mark.asyncio

@@ -73,17 +73,26 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.mark.asyncio
-async def test_machine_is_stopped_after_exit_behind_a_45s_server_pause() -> None:
-    """Leaving ``async with machine`` during a 45 s Retry-After pause waits it out, then stops
-    the machine ahead of every queued caller."""
-    async with Emulator(rate_limit=None, speed=1000.0) as emu, emu.client() as rc:
+async def test_machine_is_stopped_after_exit_behind_a_server_pause_longer_than_its_timeout() -> (
+    None
+):
+    """Leaving ``async with machine`` during a Retry-After pause longer than the stop's own
+    timeout waits it out, then stops the machine ahead of every queued caller.
+
+    The pause (3 s) is twice the stop's timeout (1.5 s instead of the default 300 s): the stop
+    waits it out in the queue, and its timeout counts from sending. The client's rate is 10/s
+    (the order after a pause does not depend on it: one token is ready when the pause ends).
+    """
+    pause = 3
+    async with Emulator(rate_limit=None, speed=1000.0) as emu, emu.client(rate=10.0) as rc:
         version = (await rc.machines.workflows())[0].version_id
         assert version is not None
         # A day at speed 1000 is 86 s: the machine outlives the pause on its own.
         machine = await rc.machines.launch(version, estimated_duration=86400)
+        machine.stop_timeout = pause / 2
         async with machine:
             await machine
-            emu.inject("429", api="server", method="GET", count=1, retry_after=45)
+            emu.inject("429", api="server", method="GET", count=1, retry_after=pause)
             paused = asyncio.create_task(machine.status())
             await _until(lambda: any(r.status == 429 for r in emu.log))
             queued = [asyncio.create_task(rc.machines.list()) for _ in range(3)] + [
@@ -98,8 +107,8 @@ async def test_machine_is_stopped_after_exit_behind_a_45s_server_pause() -> None
     rate_limited = next(r for r in emu.log if r.status == 429)
     after = [r for r in emu.log if r.at > rate_limited.at]
     assert after[0].method == "DELETE" and after[0].status == 200, after[:3]
-    assert after[0].at - rate_limited.at >= 44.9
-    assert 40.0 < waited < 60.0
+    assert after[0].at - rate_limited.at >= pause - 0.1
+    assert pause - 0.2 < waited < pause + 15.0
 
 
 @pytest.mark.asyncio

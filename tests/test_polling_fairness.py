@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from typing import Any
 
@@ -31,14 +32,14 @@ def _records_between(log: list[Any], issued: float, path: str) -> tuple[int, flo
 async def test_200_concurrent_runs_finish_without_429_and_a_user_submit_overtakes() -> None:
     """200 awaited runs all finish with no 429; a submit made mid-way is sent within 3 tokens.
 
-    The rate is 20/s on both sides instead of the account's 1/s: the schedule is the same
+    The rate is 40/s on both sides instead of the account's 1/s: the schedule is the same
     (limiter order and per-poller backoff do not depend on the rate), but ~600 calls at 1/s
     would take ten minutes.
     """
-    n, rate = 200, 20.0
-    # The emulator tolerates a few requests of scheduling jitter (both share one loaded event
-    # loop at 20/s, where 50 ms of delay already bunches requests); the client sends evenly.
-    async with Emulator(rate_limit=rate, burst=6, speed=1000.0) as emu, emu.client(
+    n, rate = 200, 40.0
+    # The emulator tolerates 0.3 s of scheduling jitter (both share one loaded event loop,
+    # where a delay bunches requests); the client sends evenly.
+    async with Emulator(rate_limit=rate, burst=12, speed=1000.0) as emu, emu.client(
         rate=rate, burst=1
     ) as rc:
         store = emu.state.model_requests
@@ -48,7 +49,8 @@ async def test_200_concurrent_runs_finish_without_429_and_a_user_submit_overtake
         started = time.monotonic()
         runs = [asyncio.ensure_future(rc.models.run("acme/model", {"i": i})) for i in range(n)]
         for _ in range(2000):  # until every submit is in and polls are under way
-            if len(emu.log) >= n + 60:
+            log = emu.log
+            if sum(r.method == "POST" for r in log) >= n and len(log) >= n + 60:
                 break
             await asyncio.sleep(0.02)
         issued = time.monotonic()
@@ -77,7 +79,9 @@ async def test_200_concurrent_runs_finish_without_429_and_a_user_submit_overtake
 
 @pytest.mark.asyncio
 async def test_user_call_overtakes_queued_polls_at_the_account_rate() -> None:
-    """At the real 1 req/s, with 30 pollers queued, a user's submit goes out with the next token."""
+    """At the real 1 req/s, with 30 pollers queued, a user's submit goes out with one of the next
+    two tokens: none of the polls is due, but the oldest run of a model whose run time is not
+    known yet may probe first (at most every other token while user calls wait)."""
     async with Emulator(rate_limit=1.0, speed=1.0) as emu, emu.client() as rc:
         store = emu.state.model_requests
         emu.set_model_behavior(SLOW, duration=3600.0)
@@ -93,7 +97,7 @@ async def test_user_call_overtakes_queued_polls_at_the_account_rate() -> None:
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
     assert between <= 1
-    assert delay < 1.5
+    assert delay < 2.5
     assert 429 not in {r.status for r in emu.log}
 
 
@@ -131,5 +135,8 @@ async def test_each_poller_backs_off_to_its_cap() -> None:
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 4
     assert gaps[0] < 0.1
-    assert all(b >= a * 0.9 for a, b in itertools.pairwise(gaps))
-    assert 0.35 < gaps[-1] < 0.5
+    # Never earlier than the schedule (0.05, 0.1, 0.2, then the 0.4 cap); a wake-up made late by
+    # a busy machine stretches one gap, not the schedule, so the cap is checked on the median.
+    schedule = [min(0.4, 0.05 * 2**i) for i in range(len(gaps))]
+    assert all(gap >= 0.9 * want for gap, want in zip(gaps, schedule, strict=True))
+    assert 0.35 < statistics.median(gaps[3:]) < 0.5

@@ -16,6 +16,7 @@ import redis.asyncio as redis_asyncio
 
 from runcomfy_async import ClientClosedError, ConfigurationError, Limiter, Priority, TransportError
 from runcomfy_async._redis_limiter import RedisTokenBucket
+from runcomfy_async._schedule import Claim, RunTimes, claiming
 from runcomfy_async.testing import Emulator
 from tests._services import free_port, redis_url_fixture  # noqa: F401 (registers redis_url)
 
@@ -229,6 +230,38 @@ async def test_user_priority_overtakes_background(
     await asyncio.gather(*tasks)
     assert order == ["user", "bg0", "bg1", "bg2", "bg3"]
     await bucket.aclose()
+
+
+@pytest.mark.asyncio
+async def test_latency_order_holds_within_each_process(
+    key: str, redis_client: redis_asyncio.Redis
+) -> None:
+    """The process's queue serves a run's result fetch and its due poll ahead of its queued
+    submits (oldest run first), as TokenBucket does; ``order="arrival"`` keeps the old order."""
+    for order, expected in (
+        ("latency", ["result", "poll", "u0", "u1"]),
+        ("arrival", ["u0", "u1", "result", "poll"]),
+    ):
+        bucket = RedisTokenBucket(redis_client, key=f"{key}-{order}", rate=50.0, burst=1,
+                                  order=order)  # type: ignore[arg-type]
+        book = RunTimes()
+        now = asyncio.get_running_loop().time()
+        book.close(book.open("m", now - 1.0), 0.5)  # runs of "m" take 0.5 s
+        older, old = book.open("m", now - 2.0), book.open("m", now - 1.0)
+        await bucket.acquire()
+        seen: list[str] = []
+
+        async def take(label: str, priority: Priority, claim: Claim | None = None) -> None:
+            with claiming(claim):
+                await bucket.acquire(priority)  # noqa: B023 - awaited within the iteration
+            seen.append(label)  # noqa: B023
+
+        tasks = [asyncio.create_task(take(f"u{i}", Priority.USER)) for i in range(2)]
+        tasks.append(asyncio.create_task(take("poll", Priority.BACKGROUND, old)))
+        tasks.append(asyncio.create_task(take("result", Priority.FOLLOW_UP, older)))
+        await asyncio.gather(*tasks)
+        assert seen == expected, order
+        await bucket.aclose()
 
 
 @pytest.mark.asyncio

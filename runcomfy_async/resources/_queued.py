@@ -23,6 +23,7 @@ from .._downloads import DownloadProgress, download_artifacts
 from .._limiter import Priority
 from .._polling import PollPolicy, poll_until
 from .._retry import RetryPolicy
+from .._schedule import Claim, claiming
 from ..types.downloads import DownloadReport
 from ._common import check_concurrency
 
@@ -103,8 +104,12 @@ async def wait_for_result(
     timeout: float | None,
     poll: PollPolicy | None,
     on_status: Callable[[S], Awaitable[None] | None] | None,
+    claim: Claim | None = None,
 ) -> R:
     """Poll ``/status`` until the request finished, then return its settled ``/result``.
+
+    ``claim`` (what the polls wait for) lets the limiter put them ahead of new work once the
+    run should be over, and the fetch of the result ahead of polls.
 
     Raises:
         WaitTimeoutError: ``timeout`` passed first.
@@ -119,8 +124,10 @@ async def wait_for_result(
         key=lambda state: state.status,
         on_snapshot=on_status,
         what=what,
+        claim=claim,
     )
-    result = await request.result(priority=Priority.FOLLOW_UP)
+    with claiming(claim):
+        result = await request.result(priority=Priority.FOLLOW_UP)
     if not _settled(result):
         # /status said finished but /result still lags behind: ask /result until it agrees.
         remaining = None if deadline is None else deadline - time.monotonic()
@@ -131,6 +138,7 @@ async def wait_for_result(
             timeout=remaining,
             key=lambda r: r.status,
             what=f"the result of {what}",
+            claim=claim,
         )
     return result
 

@@ -7,6 +7,7 @@ whether the run succeeded, only the result does (docs/wire.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from .._downloads import DownloadProgress
 from .._limiter import Priority
 from .._polling import PollPolicy
 from .._protocol import API, RequestSpec, Retry
+from .._schedule import RunTimes
 from ..types.catalog import ModelInfo
 from ..types.downloads import DownloadReport
 from ..types.jobs import Artifact
@@ -162,6 +164,14 @@ def output_urls(output: Any) -> Iterator[str]:
             yield from output_urls(value)
 
 
+def _run_seconds(result: RequestResult) -> float | None:
+    """How long a successful run took from submit to finish, by the server's clock."""
+    start, end = result.created_at, result.finished_at
+    if result.status is not ResultStatus.SUCCEEDED or start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
 class ModelRequest:
     """An awaitable handle on one Model API request: ``output = await req``.
 
@@ -185,6 +195,8 @@ class ModelRequest:
         self.id = request_id
         self.model_id = model_id
         self.include_cost = include_cost
+        # Event-loop time the submit was answered (None for a handle rebuilt from an id).
+        self._submitted_at: float | None = None
 
     def __repr__(self) -> str:
         return f"ModelRequest(id={self.id!r}, model_id={self.model_id!r})"
@@ -286,13 +298,24 @@ class ModelRequest:
             RequestCancelled: the request was cancelled.
             WaitTimeoutError: ``timeout`` passed first.
         """
-        result = await wait_for_result(
-            self,
-            what=f"model request {self.id}",
-            timeout=timeout,
-            poll=poll,
-            on_status=on_status,
+        # The client's record of this model's run times orders the polls (see _schedule).
+        run_times: RunTimes = self._client._run_times
+        claim = run_times.open(
+            self.model_id, self._submitted_at or asyncio.get_running_loop().time()
         )
+        ran = None
+        try:
+            result = await wait_for_result(
+                self,
+                what=f"model request {self.id}",
+                timeout=timeout,
+                poll=poll,
+                on_status=on_status,
+                claim=claim,
+            )
+            ran = _run_seconds(result)
+        finally:
+            run_times.close(claim, ran)
         label = f"model request {self.id} ({result.model_id or self.model_id or 'model unknown'})"
         if result.failed or (not result.status.known and result.error is not None):
             raise errors.RequestFailed(
@@ -432,7 +455,11 @@ class Models:
             raise errors.UnexpectedResponseError(
                 "the submit answer has no request_id", status=200, method="POST", url=path
             )
-        return ModelRequest(self._client, request_id, model_id=model_id, include_cost=include_cost)
+        request = ModelRequest(
+            self._client, request_id, model_id=model_id, include_cost=include_cost
+        )
+        request._submitted_at = asyncio.get_running_loop().time()
+        return request
 
     def get(self, request_id: str, *, include_cost: bool = False) -> ModelRequest:
         """A handle on an existing request by id (no request is sent).
