@@ -82,12 +82,29 @@ def test_sync_with_says_async_with() -> None:
 
 
 @pytest.mark.asyncio
-async def test_sync_with_on_a_machine_says_async_with(rc: RunComfy) -> None:
-    """`with machine:` names `async with await rc.machines.launch(...)`; nothing is sent."""
+async def test_sync_with_on_a_machine_says_async_with_and_stops_it(
+    emu: Emulator, rc: RunComfy
+) -> None:
+    """`with await rc.machines.launch(...)` names `async with`, and the launched machine is
+    stopped at once (the block never runs), so the mistake leaves nothing billing."""
+    version = (await rc.machines.workflows())[0].version_id
+    assert version is not None
+    machine = await rc.machines.launch(version)
     with (
-        pytest.raises(AsyncUsageError, match=r"async with await rc\.machines\.launch"),
-        rc.machines.get("m-1"),
+        pytest.raises(AsyncUsageError, match=r"async with await rc\.machines\.launch") as caught,
+        machine,
     ):
+        pass
+    assert "being stopped now" in str(caught.value)
+    await rc.aclose()  # waits for the client's cleanups: the stop has been answered
+    deletes = [r for r in emu.log if r.method == "DELETE" and machine.id in r.path]
+    assert [r.status for r in deletes] == [200]
+
+
+def test_sync_with_on_a_machine_outside_a_loop_only_says_so() -> None:
+    """Outside an event loop nothing can be sent: the message says how to stop it by hand."""
+    machine = RunComfy(token="rc_test", user_id="u").machines.get("m-1")
+    with pytest.raises(AsyncUsageError, match=r"await machine\.stop\(\)"), machine:
         pass
 
 

@@ -156,7 +156,9 @@ _HTTP_STATUS: dict[type[RunComfyError], int] = {
 async def runcomfy_error(request: Request, exc: RunComfyError) -> JSONResponse:
     """Map the library's exception tree to HTTP statuses (500 for anything unforeseen)."""
     status = next((_HTTP_STATUS[c] for c in type(exc).__mro__ if c in _HTTP_STATUS), 500)
-    body: dict[str, Any] = {"error": type(exc).__name__, "detail": str(exc)}
+    # `problem`, not str(exc): the error's `fix` is advice for the Python code of this app,
+    # not for its HTTP callers.
+    body: dict[str, Any] = {"error": type(exc).__name__, "detail": exc.problem}
     if isinstance(exc, DatasetValidationError):
         body["problems"] = exc.problems
     headers = None

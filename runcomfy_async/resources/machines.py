@@ -283,10 +283,20 @@ class Machine:
         return None
 
     def __enter__(self) -> NoReturn:
+        """Refuse a plain ``with``; inside a running loop, stop the machine as leaving
+        ``async with`` would, so a mistyped block leaves nothing running and billed."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            outcome = f"machine {self.id} runs (and bills) until `await machine.stop()`"
+        else:
+            self._client.spawn_cleanup(
+                self._stop(priority=Priority.CLEANUP, policy=_cleanup_policy(self._client, self))
+            )
+            outcome = f"machine {self.id} is being stopped now, as leaving the block would"
         raise errors.AsyncUsageError(
             "a Machine is entered with `async with` (leaving it stops the machine): write "
-            f"`async with await rc.machines.launch(...) as machine:`; if machine {self.id} was "
-            "launched, it runs (and is billed) until stopped: `await machine.stop()`"
+            f"`async with await rc.machines.launch(...) as machine:`; {outcome}"
         )
 
     def __exit__(self, *exc_info: object) -> None:
