@@ -172,8 +172,6 @@ class Decision:
     delay: float = 0.0
 
 
-#: Seconds a 429 without a usable Retry-After pauses the bucket (the account refills 1/s).
-DEFAULT_RATE_LIMIT_PAUSE = 1.0
 _DELIVER = Decision(action=Action.DELIVER)
 _RAISE = Decision(action=Action.RAISE)
 
@@ -217,7 +215,7 @@ def decide(
         repeatable = True
         server_wait = parse_retry_after(outcome.headers.get("Retry-After"), now=now)
         if server_wait is None:
-            server_wait = DEFAULT_RATE_LIMIT_PAUSE
+            server_wait = policy.rate_limit_pause
     elif status in RETRYABLE_STATUSES:
         # A 5xx may have been processed: only a request whose repeat is harmless goes again.
         repeatable = kind is not Retry.UNSENT

@@ -24,6 +24,8 @@ class RetryPolicy:
             (a machine's stop, a delete) wait this long and then try again.
         total_timeout: give up retrying once a call has spent this many seconds on the wire and
             in retry waits (time queued for a rate-limit token does not count).
+        rate_limit_pause: seconds a 429 without a usable ``Retry-After`` pauses the rate-limit
+            bucket (the account refills one request a second, hence 1 s).
     """
 
     max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
@@ -31,6 +33,7 @@ class RetryPolicy:
     max_delay: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
     max_retry_after: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
     total_timeout: float | None = 300.0
+    rate_limit_pause: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
     def backoff(self, attempt: int, jitter: float) -> float:
         """Full-jitter delay after try ``attempt`` (from 1); ``jitter`` is a sample of [0, 1)."""

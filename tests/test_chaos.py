@@ -38,10 +38,10 @@ from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.jobs import JobState
 from runcomfy_async.types.uploads import FileDone, UploadEvent
 
-# Not in the "heavy" xdist group: a seed spends most of its time waiting out 1 s pauses (429s
-# and 503s with Retry-After), so the seeds run on every worker. The read timeouts are 1 s, not
-# shorter: at 0.3 s a busy machine (four workers on two cores) stalled loops long enough to turn
-# half of a seed's model submits into lost answers.
+# Not in the "heavy" xdist group: a seed spends much of its time waiting out pauses (429s and
+# 503s), so the seeds run on every worker. The read timeouts are 1 s, not shorter: at 0.3 s a
+# busy machine (four workers on two cores) stalled loops long enough to turn half of a seed's
+# model submits into lost answers.
 
 
 def _seeds() -> list[int]:
@@ -58,14 +58,17 @@ FILES = 1000  # 500 images + 500 captions
 #: Real seconds a "slow" fault holds the answer: beyond every read timeout of CHAOS_TIMEOUTS.
 SLOW = 1.5
 CHAOS_TIMEOUTS = Timeouts(connect=2.0, read=1.0, total=10.0, transfer_read=1.0)
-CHAOS_RETRY = RetryPolicy(max_attempts=10, base_delay=0.01, max_delay=0.1, total_timeout=60.0)
+CHAOS_RETRY = RetryPolicy(
+    max_attempts=10, base_delay=0.01, max_delay=0.1, total_timeout=60.0, rate_limit_pause=0.2
+)
 FAST_POLL = PollPolicy(initial=0.02, factor=1.5, max_interval=0.1, jitter=0.0)
 
 #: The fault mix: (kind, options, weight); each rule gets its weight's share of the total rate.
 #: ``after`` rules are processed by the handler and only their answer is lost or replaced. A 429
-#: pauses the client's whole bucket for a second (Retry-After, or the default pause without one)
-#: and a 503 with Retry-After holds its caller a second (seconds or HTTP-date form, API and
-#: storage alike), so those get a smaller share to keep each seed at a few seconds.
+#: pauses the client's whole bucket (a second for its Retry-After, the emulator's smallest
+#: non-zero value; 0.2 s, the policy's rate_limit_pause, without one) and a 503 with Retry-After
+#: holds its caller a second (seconds or HTTP-date form, API and storage alike), so those get a
+#: smaller share to keep each seed at a few seconds.
 API_MIX: tuple[tuple[str, dict[str, Any], float], ...] = (
     ("429", {}, 0.25),
     ("429", {"retry_after": 1}, 0.25),
