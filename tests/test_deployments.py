@@ -148,6 +148,24 @@ async def test_submit_await_status_result_and_texts(rc: RunComfy, emu: Emulator)
 
 
 @pytest.mark.asyncio
+async def test_a_finished_run_teaches_the_limiter_the_deployment_run_time(
+    rc: RunComfy, emu: Emulator
+) -> None:
+    """A run's submit-to-finish time (server clock) is learned per deployment, as per model for
+    model requests, so later waits poll when their run should be over."""
+    dep = await deploy(rc, emu)
+    key = ("deployment", dep.id)
+    assert rc._run_times.expected(key) is None
+    took = []
+    for text in ("a fox", "a cat"):
+        result = await (await dep.submit({"6": {"inputs": {"text": text}}})).wait(poll=FAST)
+        assert result.created_at is not None and result.finished_at is not None
+        took.append((result.finished_at - result.created_at).total_seconds())
+    assert rc._run_times.expected(key) == min(took)  # the shortest recent run
+    assert rc._run_times.expected(("deployment", "another")) is None
+
+
+@pytest.mark.asyncio
 async def test_outputs_download_byte_for_byte(rc: RunComfy, emu: Emulator, tmp_path: Path) -> None:
     """Outputs download through the artifact path into dest/outputs, exactly as stored."""
     dep = await deploy(rc, emu)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -25,6 +26,7 @@ from .._polling import PollPolicy, poll_until
 from .._retry import RetryPolicy
 from .._schedule import Claim, claiming
 from ..types.downloads import DownloadReport
+from ..types.models import ResultStatus
 from ._common import check_concurrency
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ __all__ = [
     "QueuedRequest",
     "download_outputs",
     "run_or_cancel",
+    "run_seconds",
     "wait_for_result",
 ]
 
@@ -95,6 +98,16 @@ class QueuedRequest(Protocol[S_co, R_co]):
 def _settled(result: _Result) -> bool:
     """Final, or a value we do not know (only asked after /status said finished)."""
     return result.finished or not result.status.known
+
+
+def run_seconds(
+    status: ResultStatus, created_at: datetime | None, finished_at: datetime | None
+) -> float | None:
+    """How long a successful run took from submit to finish, by the server's clock (what the
+    limiter learns run times from); None for any other outcome or a missing time."""
+    if status is not ResultStatus.SUCCEEDED or created_at is None or finished_at is None:
+        return None
+    return (finished_at - created_at).total_seconds()
 
 
 async def wait_for_result(

@@ -8,6 +8,7 @@ in the query string, as the service recommends. Requests are
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import os
@@ -195,7 +196,9 @@ class Deployment:
         status_url = payload.get("status_url")
         found = _QUEUE_VERSION.search(status_url) if isinstance(status_url, str) else None
         version: QueueVersion = "v2" if found and found.group(1) == "v2" else self.queue_version
-        return ServerlessRequest(self._client, self.id, request_id, queue_version=version)
+        request = ServerlessRequest(self._client, self.id, request_id, queue_version=version)
+        request._submitted_at = asyncio.get_running_loop().time()
+        return request
 
     async def _body(
         self,

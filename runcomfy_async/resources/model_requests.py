@@ -42,6 +42,7 @@ from ._queued import (
     ABANDON_TIMEOUT,
     download_outputs,
     run_or_cancel,
+    run_seconds,
     wait_for_result,
 )
 from .model_catalog import ModelCatalog, model_path
@@ -162,14 +163,6 @@ def output_urls(output: Any) -> Iterator[str]:
     elif isinstance(output, list | tuple):
         for value in output:
             yield from output_urls(value)
-
-
-def _run_seconds(result: RequestResult) -> float | None:
-    """How long a successful run took from submit to finish, by the server's clock."""
-    start, end = result.created_at, result.finished_at
-    if result.status is not ResultStatus.SUCCEEDED or start is None or end is None:
-        return None
-    return (end - start).total_seconds()
 
 
 class ModelRequest:
@@ -313,7 +306,7 @@ class ModelRequest:
                 on_status=on_status,
                 claim=claim,
             )
-            ran = _run_seconds(result)
+            ran = run_seconds(result.status, result.created_at, result.finished_at)
         finally:
             run_times.close(claim, ran)
         label = f"model request {self.id} ({result.model_id or self.model_id or 'model unknown'})"

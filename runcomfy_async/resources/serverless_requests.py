@@ -7,6 +7,7 @@ is polled, then ``/result`` read once. Its calls use the queue prefix (``/prod/v
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
@@ -28,7 +29,13 @@ from ..types.models import ResultStatus
 from ..types.progress import ProgressCallback
 from ._common import describe_error
 from ._deployment_args import check_id
-from ._queued import ABANDON_POLICY, ABANDON_TIMEOUT, download_outputs, wait_for_result
+from ._queued import (
+    ABANDON_POLICY,
+    ABANDON_TIMEOUT,
+    download_outputs,
+    run_seconds,
+    wait_for_result,
+)
 
 if TYPE_CHECKING:
     from .._client import RunComfy
@@ -72,6 +79,7 @@ class ServerlessRequest:
         self.id = request_id
         self.deployment_id = deployment_id
         self.queue_version = queue_version
+        self._submitted_at: float | None = None
         self._path = (
             f"/prod/{queue_version}/deployments/{check_id(deployment_id, 'deployment id')}"
             f"/requests/{check_id(request_id, 'request id')}"
@@ -160,9 +168,20 @@ class ServerlessRequest:
             WaitTimeoutError: ``timeout`` passed first.
         """
         what = f"serverless request {self.id} (deployment {self.deployment_id})"
-        result = await wait_for_result(
-            self, what=what, timeout=timeout, poll=poll, on_status=on_status
+        # The deployment's run times order the polls, as a model's do for model requests.
+        run_times = self._client._run_times
+        claim = run_times.open(
+            ("deployment", self.deployment_id),
+            self._submitted_at or asyncio.get_running_loop().time(),
         )
+        ran = None
+        try:
+            result = await wait_for_result(
+                self, what=what, timeout=timeout, poll=poll, on_status=on_status, claim=claim
+            )
+            ran = run_seconds(result.status, result.created_at, result.finished_at)
+        finally:
+            run_times.close(claim, ran)
         if result.failed or (not result.status.known and result.error):
             raise errors.RequestFailed(
                 f"{what} failed: {_describe_failure(result.error)}",
