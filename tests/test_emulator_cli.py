@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from runcomfy_async.cli.emulator import command
+from runcomfy_async.testing import WebhookPolicy
 from runcomfy_async.testing._cli import OPTIONS, argparser, emulator_from_options, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,10 @@ def test_rate_limit_off_words(word: str) -> None:
         ("--rate-limit", "-1", "'none'"),
         ("--seed", "x", "whole number"),
         ("--token", "", "empty"),
+        ("--webhooks", "dup=0.5", "knob=value"),
+        ("--webhooks", "drop=2", "rates are 0..1"),
+        ("--webhooks", "attempts=x", "not a number"),
+        ("--webhooks", ",", "at least one knob"),
     ],
 )
 def test_bad_values_are_usage_errors_in_both(
@@ -164,3 +169,19 @@ async def test_module_entry_point_serves_without_click() -> None:
     assert "user id:    " in banner
     assert "rate limit: off" in banner
     assert "speed:      1000x" in banner
+
+
+@pytest.mark.asyncio
+async def test_webhooks_option_sets_the_delivery_policy_in_both() -> None:
+    """--webhooks knob=value pairs become the emulator-wide WebhookPolicy, from either parser."""
+    args = ["--webhooks", "duplicate=0.2, reorder=0.1,drop=0.05,attempts=3,backoff=0.5"]
+    wanted = WebhookPolicy(
+        duplicate_rate=0.2, reorder_rate=0.1, drop_rate=0.05, max_attempts=3, backoff=0.5
+    )
+    assert vars(argparser().parse_args(args))["webhook_policy"] == wanted
+    assert _click_params(args)["webhook_policy"] == wanted
+    async with emulator_from_options(vars(argparser().parse_args(args))) as emu:
+        assert emu.state.webhooks.policy_for("any-deployment") == wanted
+    async with emulator_from_options(vars(argparser().parse_args([]))) as emu:
+        assert emu.state.webhooks.policy_for("any-deployment") == WebhookPolicy()
+

@@ -20,11 +20,13 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any, Final, TypeVar
 
 import attrs
 
 from ._emulator import Emulator
+from ._webhooks import WebhookPolicy
 from .model_catalog import load_models_file
 
 N = TypeVar("N", int, float)
@@ -120,6 +122,45 @@ def _parse_balance(value: str) -> float:
 def _parse_models(value: str) -> tuple[dict[str, Any], ...]:
     """``--models``: a JSON file of model entries, read and checked now."""
     return load_models_file(value)
+
+
+#: ``--webhooks`` knobs and the :class:`WebhookPolicy` fields they set, with their parsers.
+_WEBHOOK_KNOBS: Final[Mapping[str, tuple[str, Callable[[str], float | int]]]] = MappingProxyType(
+    {
+        "duplicate": ("duplicate_rate", float),
+        "reorder": ("reorder_rate", float),
+        "drop": ("drop_rate", float),
+        "attempts": ("max_attempts", int),
+        "backoff": ("backoff", float),
+        "timeout": ("timeout", float),
+    }
+)
+
+
+def _parse_webhooks(value: str) -> WebhookPolicy:
+    """``--webhooks``: ``knob=value`` pairs, comma-separated, into a :class:`WebhookPolicy`."""
+    known = ", ".join(_WEBHOOK_KNOBS)
+    fields: dict[str, float | int] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        knob, sep, text = pair.partition("=")
+        if not sep or knob.strip() not in _WEBHOOK_KNOBS:
+            raise ValueError(
+                f"{pair!r} is not knob=value with a knob among {known} "
+                "(e.g. duplicate=0.2,reorder=0.2,drop=0.1)"
+            )
+        field, cast = _WEBHOOK_KNOBS[knob.strip()]
+        try:
+            fields[field] = cast(text.strip())
+        except ValueError:
+            raise ValueError(f"{knob.strip()}={text.strip()!r} is not a number") from None
+    if not fields:
+        raise ValueError(f"must name at least one knob among {known}")
+    try:
+        return WebhookPolicy(**fields)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{exc}: rates are 0..1, attempts >= 1, backoff >= 0, timeout > 0"
+        ) from None
 
 
 def _parse_text(value: str) -> str:
@@ -241,6 +282,18 @@ OPTIONS: Final[tuple[Option, ...]] = (
         default=100.0,
         help="The account's starting balance in US dollars; paid calls draw it down.",
         metavar="USD",
+    ),
+    Option(
+        flag="--webhooks",
+        dest="webhook_policy",
+        parse=_parse_webhooks,
+        default=None,
+        help=(
+            "How serverless webhooks are delivered: comma-separated knob=value among duplicate, "
+            "reorder, drop (chances 0..1), attempts, backoff, timeout; e.g. "
+            "duplicate=0.2,reorder=0.2,drop=0.1."
+        ),
+        metavar="SPEC",
     ),
     Option(
         flag="--storage-dir",
