@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from runcomfy_async import (
+    BadRequestError,
     ComfyUIError,
     ConfigurationError,
     MachineFailed,
@@ -361,3 +362,16 @@ async def test_cancelled_launch_stops_the_machine_it_started(emu: Emulator, rc: 
     async with emu.client() as fresh:
         running = await fresh.machines.list()
     assert all(m.current_status.value in ("Stopping", "Stopped") for m in running)
+
+
+@pytest.mark.asyncio
+async def test_unknown_version_names_the_call_that_lists_versions(
+    emu: Emulator, rc: RunComfy
+) -> None:
+    """A launch the server refuses for its version names `rc.machines.workflows()` as the fix,
+    not the wire path; no machine is left behind."""
+    with pytest.raises(BadRequestError) as caught:
+        await rc.machines.launch("no-such-version")
+    assert "await rc.machines.workflows()" in caught.value.fix
+    assert "await rc.machines.workflows()" in str(caught.value)
+    assert await rc.machines.list() == []

@@ -495,6 +495,13 @@ class Machines:
             else:
                 launching.cancel()
             raise
+        except errors.BadRequestError as exc:
+            # The server's own words name its wire fields; say it in this library's terms.
+            exc.fix = (
+                "pass a version_id that `await rc.machines.workflows()` lists "
+                "(Workflow.version_id) and a ServerType such as ServerType.LARGE"
+            )
+            raise
         return Machine(self._client, server_id)
 
     async def _launch(
