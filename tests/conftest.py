@@ -10,6 +10,7 @@ sleeping (``tests._virtual_time.run_virtual``, see ``tests/test_schedule.py``).
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -21,6 +22,14 @@ pytest_plugins = (
     if any(ep.name == "runcomfy_emulator" for ep in entry_points(group="pytest11"))
     else ["runcomfy_async.testing.plugin"]
 )
+
+
+@pytest_asyncio.fixture
+async def api(emu: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
+    """A raw session to the test module's ``emu`` fixture, sending its bearer token."""
+    headers = {"Authorization": f"Bearer {emu.token}"}
+    async with aiohttp.ClientSession(emu.url, headers=headers) as session:
+        yield session
 
 
 @pytest_asyncio.fixture

@@ -28,14 +28,6 @@ async def emu() -> AsyncIterator[Emulator]:
 
 
 @pytest_asyncio.fixture
-async def api(emu: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session that sends the emulator's bearer token."""
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    async with aiohttp.ClientSession(emu.url, headers=headers) as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def bare() -> AsyncIterator[aiohttp.ClientSession]:
     """A session without credentials, as a client talks to object storage."""
     async with aiohttp.ClientSession() as session:

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from runcomfy_async.testing import Emulator
+from tests._raw_api import call
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
@@ -22,24 +23,6 @@ async def emu() -> AsyncIterator[Emulator]:
     models = [{"model_id": m} for m in ("a/image-model", "a/video/pro", "a/multi")]
     async with Emulator(rate_limit=None, speed=50.0, models=models) as emulator:
         yield emulator
-
-
-@pytest_asyncio.fixture
-async def api(emu: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session that sends the emulator's bearer token."""
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    async with aiohttp.ClientSession(emu.url, headers=headers) as session:
-        yield session
-
-
-async def call(
-    api: aiohttp.ClientSession, method: str, path: str, expect: int = 200, **kwargs: Any
-) -> Any:
-    """Send one API request, check the status and return the JSON body."""
-    async with api.request(method, path, **kwargs) as resp:
-        body = await resp.json()
-        assert resp.status == expect, body
-        return body
 
 
 async def submit(api: aiohttp.ClientSession, model_id: str = FLUX, **inputs: Any) -> str:

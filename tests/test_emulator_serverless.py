@@ -13,6 +13,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from runcomfy_async.testing import Emulator, WebhookPolicy
+from tests._raw_api import call
 
 V2 = "/prod/v2/deployments"
 
@@ -22,24 +23,6 @@ async def emu() -> AsyncIterator[Emulator]:
     """An emulator without the rate limit, at speed 1000 (a run takes 8 ms, a cold start 20)."""
     async with Emulator(rate_limit=None, speed=1000.0) as emulator:
         yield emulator
-
-
-@pytest_asyncio.fixture
-async def api(emu: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session that sends the emulator's bearer token."""
-    headers = {"Authorization": f"Bearer {emu.token}"}
-    async with aiohttp.ClientSession(emu.url, headers=headers) as session:
-        yield session
-
-
-async def call(
-    api: aiohttp.ClientSession, method: str, path: str, expect: int = 200, **kwargs: Any
-) -> Any:
-    """Send one API request, check the status and return the JSON body."""
-    async with api.request(method, path, **kwargs) as resp:
-        body = await resp.json()
-        assert resp.status == expect, body
-        return body
 
 
 async def create(api: aiohttp.ClientSession, emu: Emulator, **fields: Any) -> dict[str, Any]:
