@@ -279,7 +279,7 @@ class RunComfy:
             token_bases=list(self._urls.values()),
             # A borrowed session may carry a proxy or TLS settings of its own: all its traffic
             # stays on it.
-            threaded_tls=self._owns_session,
+            threaded=self._owns_session,
             ssl=self._ssl,
         )
         # The guard holds the client weakly: no cycle, so an unclosed client is collected (and
@@ -306,6 +306,7 @@ class RunComfy:
             self.state = ClientState.CLOSED
             if self._pipeline is not None:
                 self._calls_at_close = self._pipeline.api_calls
+                self._pipeline.transport.close()
             self._pipeline = None
             if self._owns_limiter:
                 await self.limiter.aclose()

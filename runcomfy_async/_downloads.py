@@ -38,7 +38,7 @@ from ._files import open_file, read_small, write_small
 from ._pipeline import Pipeline, storage_answer
 from ._progress import ProgressRelay, reraise_first, with_progress
 from ._protocol import MAX_URL_REFRESHES, Retry, redact_url
-from ._transport import Answer, Credentials, Exchange
+from ._transport import Answer, Credentials, Exchange, ThreadedConsumer
 from .types.downloads import DownloadReport, FailedDownload
 from .types.jobs import Artifact
 from .types.progress import DownloadProgress, ProgressCallback
@@ -216,7 +216,12 @@ class _PartFile:
             self._pending = None
         return self._done
 
-    def _write(self, pieces: list[bytes]) -> None:
+    def write_blocking(self, data: memoryview) -> int:
+        """From a worker thread: write ``data`` now; the bytes on disk."""
+        self._write([data])
+        return self._done
+
+    def _write(self, pieces: list[bytes] | list[memoryview]) -> None:
         with self._lock:
             if self._fh.closed:
                 return
@@ -251,8 +256,12 @@ class _Attempt:
     validator: str | None = None
 
 
-class _Download:
-    """One artifact into one path: each attempt continues the ``.part`` where it can."""
+class _Download(ThreadedConsumer[None]):
+    """One artifact into one path: each attempt continues the ``.part`` where it can.
+
+    It is the consumer of each attempt's answer: read from aiohttp here, or (on the transport's
+    worker-thread path) opened here, written from the thread, finished here.
+    """
 
     def __init__(
         self,
@@ -268,6 +277,10 @@ class _Download:
         self._timeout = timeout
         self._relay = relay
         self._attempt = _Attempt()
+        self._disk: _PartFile | None = None
+        self._total: int | None = None
+        self._reported = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def request(self) -> Exchange:
         """The GET for this attempt, with ``Range``/``If-Range`` when a ``.part`` can go on."""
@@ -302,19 +315,19 @@ class _Download:
         storage_answer(answer, method="GET", url=self.artifact.url)
         return False
 
-    async def consume(self, resp: aiohttp.ClientResponse) -> None:
-        """Stream a 200/206 into the ``.part``, then rename it into place once complete."""
+    async def begin(self, status: int, headers: Mapping[str, str]) -> None:
+        """Check a 200/206 answer and open the ``.part`` where it continues."""
         attempt, part = self._attempt, self.part
-        if resp.status not in (200, 206):
+        if status not in (200, 206):
             raise errors.UnexpectedResponseError(
-                f"storage answered {resp.status} instead of the file",
-                status=resp.status,
+                f"storage answered {status} instead of the file",
+                status=status,
                 method="GET",
                 url=redact_url(self.artifact.url),
             )
-        if resp.status == 206:
-            start, total = _content_range(resp.headers.get("Content-Range"))
-            if start != attempt.offset or not _same_version(attempt.validator, resp.headers):
+        if status == 206:
+            start, total = _content_range(headers.get("Content-Range"))
+            if start != attempt.offset or not _same_version(attempt.validator, headers):
                 raise _Restart  # a server that ignored If-Range sent another version's tail
             append, done = True, attempt.offset
         else:
@@ -322,17 +335,55 @@ class _Download:
             # The old validator goes first: a crash before the new one is written must not
             # leave old bytes vouched for by the new version's validator.
             await _forget_validator(part)
-            append, done, total = False, 0, resp.content_length
+            length = headers.get("Content-Length")
+            append, done = False, 0
+            total = int(length) if length and length.isdigit() else None
+        self._loop = asyncio.get_running_loop()
         fh = await open_file(part, "ab" if append else "wb")
         disk = _PartFile(fh, done)
         try:
             if not append:  # after truncating: old bytes are never vouched for by it
-                await _write_validator(part, resp.headers)
-            done = await self._stream(resp, disk, total)
+                await _write_validator(part, headers)
+        except BaseException:
+            disk.close()
+            raise
+        self._disk, self._total, self._reported = disk, total, done
+
+    async def __call__(self, resp: aiohttp.ClientResponse) -> None:
+        """Stream a 200/206 from aiohttp into the ``.part``, then rename it into place once
+        complete."""
+        await self.begin(resp.status, resp.headers)
+        assert self._disk is not None
+        try:
+            await self._stream(resp, self._disk, self._total)
         finally:
             # Waits for a write still running in its thread: a cancelled download leaves its
             # .part exactly as long as what reached the disk.
-            disk.close()
+            self.close()
+        await self.end()
+
+    def write(self, data: memoryview) -> None:
+        """From the transport's worker thread: append to the ``.part``; progress per 4 MiB."""
+        disk, loop = self._disk, self._loop
+        assert disk is not None, "begin() opened the .part"
+        assert loop is not None
+        done = disk.write_blocking(data)
+        if done - self._reported >= CHUNK:
+            self._reported = done
+            event = DownloadProgress(
+                artifact=self.artifact, path=self.path, done=done, total=self._total
+            )
+            loop.call_soon_threadsafe(self._relay.emit, event)
+
+    def close(self) -> None:
+        """Close the ``.part`` (once a write in flight is done)."""
+        if self._disk is not None:
+            self._disk.close()
+
+    async def end(self) -> None:
+        """The answer's body is on disk: complete (renamed into place), or a resumable error."""
+        assert self._disk is not None
+        done, total = await self._disk.written(), self._total
         self._relay.emit(
             DownloadProgress(artifact=self.artifact, path=self.path, done=done, total=total)
         )
@@ -399,7 +450,7 @@ async def _download(
                 download.interpret,
                 kind=Retry.SAFE,
                 priority=None,
-                consume=download.consume,
+                consume=download,
             )
         except _Restart:
             await download.start_over()

@@ -9,10 +9,10 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -252,7 +252,7 @@ class _MustNotSend(ThreadedBody):
     def started(self) -> None:
         pass
 
-    def send_blocking(self, send: Callable[[memoryview], None], stop: threading.Event) -> None:
+    def send_blocking(self, sock: socket.socket, stop: threading.Event) -> None:
         raise AssertionError("the body was sent to a server that failed verification")
 
 
@@ -267,7 +267,7 @@ async def test_untrusted_certificate_is_refused_on_both_paths() -> None:
             with pytest.raises(TransportError, match="certificate"):
                 await rc.datasets.list()
         async with aiohttp.ClientSession() as session:
-            transport = Transport(session, Timeouts(), threaded_tls=True, ssl=other_ca)
+            transport = Transport(session, Timeouts(), threaded=True, ssl=other_ca)
             put = Exchange(
                 method="PUT",
                 url=f"{emu.url}/storage/anything?sig=x",
