@@ -755,7 +755,8 @@ class _ThreadedGet(Generic[R]):
             await self._consumer.begin(head.status, head.headers)
             began = True
             self._go.set()
-            await done
+            # Shielded: cancelling the task must not mark the thread as finished.
+            await asyncio.shield(done)
             value = await self._consumer.end()
             return Answer(status=head.status, headers=head.headers, value=value)
         except BaseException as exc:
