@@ -10,14 +10,12 @@ import contextlib
 import os
 import random
 import socket
-import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import trustme
 from aiohttp import web
 
 from runcomfy_async import (
@@ -35,24 +33,15 @@ from runcomfy_async.testing import Emulator, RequestRecord
 from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.jobs import Artifact
 from runcomfy_async.types.uploads import BytesSent, FileStarted, UploadEvent
+from tests._tls import tls_contexts
 
 CONFIG_TEXT = "job: extension\nconfig:\n  name: x\n"
-
-
-def _tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context that trusts only the throwaway CA)."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 @pytest_asyncio.fixture(params=["http", "https"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Emulator, RunComfy]]:
     """The emulator (plain or behind TLS) and a client of it that verifies its certificate."""
-    server, client = _tls() if request.param == "https" else (None, None)
+    server, client = tls_contexts() if request.param == "https" else (None, None)
     async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
         rate=1000.0, burst=100, ssl=client, retry=RetryPolicy(base_delay=0.01, max_delay=0.02)
     ) as rc:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 import uvloop
 
 from runcomfy_async import (
@@ -41,6 +40,7 @@ from runcomfy_async._upload_body import CHUNK_SIZE
 from runcomfy_async.testing import Emulator
 from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.uploads import BytesSent, FileStarted, UploadEvent
+from tests._tls import tls_contexts
 
 
 def _sha(data: bytes) -> str:
@@ -142,21 +142,11 @@ async def test_own_ssl_context_is_used_for_connections() -> None:
 # -- HTTPS: the emulator behind TLS ---------------------------------------------------------------
 
 
-def _tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context that trusts only the throwaway CA)."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
 @pytest.mark.asyncio
 async def test_https_uploads_and_download_arrive_intact(tmp_path: Path) -> None:
     """Large uploads from the worker thread (a signed PUT, a direct multipart POST), small ones
     through aiohttp, all over verified HTTPS, byte for byte, with progress per 4 MiB step."""
-    server, client = _tls()
+    server, client = tls_contexts()
     async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
         rate=1000.0, burst=100, ssl=client
     ) as rc:
@@ -191,7 +181,7 @@ async def test_https_uploads_and_download_arrive_intact(tmp_path: Path) -> None:
 async def test_https_thread_upload_retries_refreshes_and_reports_changes(tmp_path: Path) -> None:
     """The worker-thread PUT goes through the one retry loop: 503s and resets are retried, an
     expired URL is re-signed, a file that grew fails as changed and is not stored."""
-    server, client = _tls()
+    server, client = tls_contexts()
     async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
         rate=1000.0, burst=100, ssl=client
     ) as rc:
@@ -210,7 +200,7 @@ async def test_https_thread_upload_retries_refreshes_and_reports_changes(tmp_pat
 @pytest.mark.asyncio
 async def test_cancelling_an_https_thread_upload_stops_it_promptly(tmp_path: Path) -> None:
     """Cancelling mid-file returns within a second; storage keeps no partial file."""
-    server, client = _tls()
+    server, client = tls_contexts()
     async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
         rate=1000.0, burst=100, ssl=client
     ) as rc:
@@ -260,8 +250,8 @@ class _MustNotSend(ThreadedBody):
 async def test_untrusted_certificate_is_refused_on_both_paths() -> None:
     """Verification is never off: a certificate the client's CA did not sign fails an API call
     (aiohttp) and a worker-thread PUT before any byte of the body is sent."""
-    server, _ = _tls()
-    _, other_ca = _tls()
+    server, _ = tls_contexts()
+    _, other_ca = tls_contexts()
     async with Emulator(rate_limit=None, ssl_context=server) as emu:
         async with emu.client(rate=1000.0, burst=100, ssl=other_ca) as rc:
             with pytest.raises(TransportError, match="certificate"):
