@@ -1,16 +1,17 @@
 """Artifact downloads: safe local names, streaming to disk, resume with ``Range``.
 
-Artifacts live on object storage behind signed URLs (docs/wire.md). Downloads go through
-the client's aiohttp session directly: no rate-limit token and never the Authorization header
-(the URL's signature is the credential; DESIGN, rules of the pipeline). Each file streams to
-``<name>.part`` (what arrived is gathered, never copied, and written in 4 MiB batches by a worker
-thread while the next batch arrives) and is renamed into place only when complete, so a
-half-written file never looks finished. Beside it, ``<name>.part.validator`` records the version
-the bytes belong to (the server's Last-Modified or ETag). A ``.part`` left by an interrupted run
-is continued with ``Range: bytes=N-`` plus ``If-Range: <validator>`` when the server answers 206
-for that same version; a changed file (200), a server that ignores ranges, or a ``.part``
-without a validator gets the file rewritten from the start, so two versions are never spliced
-together.
+Artifacts live on object storage behind signed URLs (docs/wire.md). Downloads take no
+rate-limit token and never carry the Authorization header (the URL's signature is the
+credential). Each file streams to ``<name>.part`` and is renamed into place only when complete,
+so a half-written file never looks finished. On a client that owns its session the transport's
+worker thread receives the body and writes it straight to the ``.part`` (:class:`_Download` is
+its :class:`~runcomfy_async._transport.ThreadedConsumer`); through aiohttp, what arrives is
+gathered, never copied, and written in 4 MiB batches by a worker thread while the next batch
+arrives. Beside the ``.part``, ``<name>.part.validator`` records the version the bytes belong
+to (the server's Last-Modified or ETag). A ``.part`` left by an interrupted run is continued
+with ``Range: bytes=N-`` plus ``If-Range: <validator>`` when the server answers 206 for that
+same version; a changed file (200), a server that ignores ranges, or a ``.part`` without a
+validator gets the file rewritten from the start, so two versions are never spliced together.
 
 Names come from the server and are untrusted: :func:`safe_name` keeps only the last path
 segment and a conservative character set, and :func:`plan_paths` gives each artifact its own

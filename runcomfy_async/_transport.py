@@ -852,6 +852,8 @@ class _ThreadedGet(Generic[R]):
         """Send on a pooled connection (once more on a fresh one if the server closed it
         meanwhile) and read the answer's head."""
         pooled = self._pool.take(key)
+        if pooled is not None and pooled.sock is not None:
+            pooled.sock.settimeout(self._read)  # this exchange's read timeout
         while True:
             conn = pooled or self._pool.connect(key, connect=self._connect, read=self._read)
             try:

@@ -3,12 +3,15 @@ in-memory bytes sent the same way).
 
 The body is an aiohttp payload with an exact ``Content-Length`` that opens the file, streams it
 and closes it, all inside ``write()``, so memory stays flat whatever the size and a retry replays
-from disk, never from a consumed iterator. On a plain TCP connection the kernel copies the file
-to the socket itself (``loop.sendfile``: no read into Python, no copy); on TLS the file is read
-in 4 MiB steps in a worker thread, the next step read while the current one is written. A file
-whose size changes is caught before and during each send and stops that file for good. Progress
-is only queued here (:class:`~runcomfy_async._progress.ProgressRelay`), once per step: no user
-code runs inside the body writer.
+from disk, never from a consumed iterator. Sent through aiohttp (files under the transport's
+worker-thread threshold, or a borrowed session): on a plain TCP connection the kernel copies the
+file to the socket itself (``loop.sendfile``: no read into Python, no copy); on TLS the file is
+read in 4 MiB steps in a worker thread, the next step read while the current one is written.
+Sent from the transport's worker thread (:meth:`FilePayload.send_blocking`): by the kernel's
+``sendfile`` on a plain socket, in 64 KiB reads encrypted straight into the TLS socket otherwise.
+A file whose size changes is caught before and during each send and stops that file for good.
+Progress is only queued here (:class:`~runcomfy_async._progress.ProgressRelay`), once per 4 MiB:
+no user code runs inside the body writer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import secrets
 import socket
 import ssl
+import struct
 import threading
 from typing import BinaryIO, Final, TypeGuard
 
@@ -143,16 +147,16 @@ class FilePayload(SourcePayload, ThreadedBody):
         self._started()
 
     def send_blocking(self, sock: socket.socket, stop: threading.Event) -> None:
-        """From a worker thread: by the kernel's ``sendfile`` on a plain socket, else read 64 KiB
-        at a time into one buffer and send it; progress goes to the event loop once per 4 MiB,
-        which also learns of a changed file through the exception."""
+        """From a worker thread: by the kernel's ``sendfile`` on a plain socket (where the system
+        has it), else read 64 KiB at a time into one buffer and send it; progress goes to the
+        event loop once per 4 MiB, which also learns of a changed file through the exception."""
         loop = self._loop
         assert loop is not None, "started() runs first, on the event loop"
         source = self._state.source
         total = source.size
         assert source.path is not None, "a file body is built for a source with a path"
         with source.path.open("rb", buffering=0) as fh:
-            if not isinstance(sock, ssl.SSLSocket):
+            if not isinstance(sock, ssl.SSLSocket) and hasattr(os, "sendfile"):
                 self._sendfile_blocking(loop, sock, fh, stop)
                 return
             step = memoryview(bytearray(_THREAD_READ + 1))
@@ -179,20 +183,36 @@ class FilePayload(SourcePayload, ThreadedBody):
         stop: threading.Event,
     ) -> None:
         """The kernel copies the file to the socket, 4 MiB per step (one progress event each);
-        the size is checked before the last step, and a step cut short means it shrank."""
+        the size is checked before the last step, and a step cut short means it shrank.
+
+        The socket is switched to blocking for it, so each ``sendfile`` waits for room in the
+        kernel rather than in a ``poll`` per wake-up (measured: ~20 % more MB/s at equal CPU);
+        the read timeout becomes the socket's send timeout meanwhile.
+        """
         size = self._state.source.size
+        out, src = sock.fileno(), fh.fileno()
+        timeout = sock.gettimeout()
+        sock.settimeout(None)
+        if timeout:
+            seconds = int(timeout)
+            micros = int((timeout - seconds) * 1e6)
+            limit = struct.pack("ll", seconds, micros)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         sent = 0
-        while sent < size and not stop.is_set():
-            want = min(CHUNK_SIZE, size - sent)
-            if want == size - sent:  # a file that grew must not be stored cut
-                now = os.fstat(fh.fileno()).st_size
-                if now != size:
-                    self._changed(f"{now} bytes")
-            done = sock.sendfile(fh, sent, want)
-            sent += done
-            loop.call_soon_threadsafe(self._sent, sent, done)
-            if done < want:
-                self._changed(f"{sent} bytes")
+        try:
+            while sent < size and not stop.is_set():
+                want = min(CHUNK_SIZE, size - sent)
+                if want == size - sent:  # a file that grew must not be stored cut
+                    now = os.fstat(src).st_size
+                    if now != size:
+                        self._changed(f"{now} bytes")
+                done = _sendfile(out, src, sent, want)
+                sent += done
+                loop.call_soon_threadsafe(self._sent, sent, done)
+                if done < want:
+                    self._changed(f"{sent} bytes")
+        finally:
+            sock.settimeout(timeout)
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
@@ -278,6 +298,25 @@ class FilePayload(SourcePayload, ThreadedBody):
     def _changed(self, now: str) -> None:
         self._state.changed = changed_message(self._state.source, now)
         raise BodyAbort(FileChanged(self._state.changed))
+
+
+def _sendfile(out: int, src: int, offset: int, count: int) -> int:
+    """Send ``count`` bytes of ``src`` from ``offset`` on the blocking socket ``out``; fewer
+    only if the file ends first.
+
+    Raises:
+        TimeoutError: the send timeout passed with no room in the socket.
+    """
+    done = 0
+    while done < count:
+        try:
+            n = os.sendfile(out, src, offset + done, count - done)
+        except BlockingIOError:  # SO_SNDTIMEO ran out
+            raise TimeoutError("timed out sending") from None
+        if not n:
+            break
+        done += n
+    return done
 
 
 def _read_into(fh: BinaryIO, view: memoryview) -> int:
