@@ -205,7 +205,7 @@ class FilePayload(SourcePayload, ThreadedBody):
             self._changed(f"{len(data)} bytes")
         # Growth that raced with the read (a progress callback appending, say) shows here,
         # as it would before a large file's last step.
-        now = os.stat(path).st_size
+        now = path.stat().st_size
         if now != self._state.source.size:
             self._changed(f"{now} bytes")
         await writer.write(data)
