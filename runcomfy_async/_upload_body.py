@@ -29,7 +29,7 @@ from aiohttp.payload import Payload
 from ._files import open_file
 from ._progress import ProgressRelay
 from ._transport import BodyAbort, ThreadedBody
-from ._upload_plan import UploadSource, changed_message
+from ._upload_plan import UploadSource, changed_message, unreadable_message
 from .types.uploads import BytesSent, FileStarted, UploadEvent, UploadMethod
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "MemoryPayload",
     "SourcePayload",
     "UploadProgress",
+    "checked_by_body",
     "multipart",
 ]
 
@@ -198,16 +199,18 @@ class FilePayload(SourcePayload, ThreadedBody):
         call, then written at once; cheaper than a sendfile for the typical caption or image."""
         path = self._state.source.path
         assert path is not None, "a file body is built for a source with a path"
-        data = await asyncio.to_thread(_read_head, path, total + 1)
-        if len(data) > total:
-            self._changed(f"more than {self._state.source.size} bytes")
-        if len(data) < total:
-            self._changed(f"{len(data)} bytes")
-        # Growth that raced with the read (a progress callback appending, say) shows here,
-        # as it would before a large file's last step.
-        now = path.stat().st_size
+        try:
+            data = await asyncio.to_thread(_read_head, path, total + 1)
+            # The size now also shows growth that raced with the read (a progress callback
+            # appending, say), as it would before a large file's last step.
+            now = path.stat().st_size
+        except OSError as exc:
+            self._state.changed = unreadable_message(self._state.source, exc)
+            raise BodyAbort(FileChanged(self._state.changed)) from exc
         if now != self._state.source.size:
             self._changed(f"{now} bytes")
+        if len(data) != total:  # changed and changed back meanwhile
+            self._changed(f"{len(data)} bytes when read")
         await writer.write(data)
         self._sent(total, total)
 
@@ -275,6 +278,12 @@ class FilePayload(SourcePayload, ThreadedBody):
     def _changed(self, now: str) -> None:
         self._state.changed = changed_message(self._state.source, now)
         raise BodyAbort(FileChanged(self._state.changed))
+
+
+def checked_by_body(source: UploadSource) -> bool:
+    """Whether a signed PUT's body itself finds a changed or vanished file before its first
+    byte goes out (a small file is read whole first), so no stat is needed beforehand."""
+    return source.path is not None and source.url is None and source.size <= _WHOLE_MAX
 
 
 def _read_head(path: Path, limit: int) -> bytes:
