@@ -30,6 +30,7 @@ from ._upload_body import (
     FormPayload,
     SourcePayload,
     UploadProgress,
+    checked_by_body,
     multipart,
 )
 from ._upload_plan import UploadSource
@@ -253,8 +254,9 @@ class _Engine:
         """PUT one file to its signed URL, retried on its own; a 403 means "get a fresh URL"."""
         source = state.source
         refreshes = 0
+        checked = checked_by_body(source)
         while True:
-            changed = await source.changed()
+            changed = None if checked else await source.changed()
             if changed is not None:
                 self._fail(state, FailureReason.FILE_CHANGED, changed)
                 return

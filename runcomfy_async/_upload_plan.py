@@ -35,6 +35,7 @@ __all__ = [
     "scan_paths",
     "set_problems",
     "to_sources",
+    "unreadable_message",
 ]
 
 #: Files per ``get-upload-endpoint`` call by default: 1,000 files cost two API calls.
@@ -95,11 +96,14 @@ class UploadSource:
         try:
             size = (await aiofiles.os.stat(self.path)).st_size
         except OSError as exc:
-            reason = exc.strerror or exc
-            return f"{self.path} can no longer be read ({reason}); restore it and re-run"
+            return unreadable_message(self, exc)
         if size != self.size:
             return changed_message(self, size)
         return None
+
+
+def unreadable_message(source: UploadSource, exc: OSError) -> str:
+    return f"{source.path} can no longer be read ({exc.strerror or exc}); restore it and re-run"
 
 
 def changed_message(source: UploadSource, now: int | str) -> str:

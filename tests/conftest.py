@@ -46,8 +46,37 @@ async def fast_rc(fast_emu: Emulator) -> AsyncIterator[RunComfy]:
         yield client
 
 
+#: Tests that spend most of their time waiting in real time (servers in child processes,
+#: wall-clock pacing, held answers), by node id prefix. They run first, so that on a few cores
+#: their waits overlap the CPU-bound tests (the chaos seeds) instead of idling the machine at
+#: the end of the run.
+WAITING_FIRST = (
+    "tests/test_fastapi_example.py::",
+    "tests/test_polling_fairness.py::",
+    "tests/test_chaos.py::test_job_watch_and_model_batch_survive_faults",
+    "tests/test_redis_outage.py::",
+    "tests/test_redis_limiter.py::",
+    "tests/test_chaos.py::test_create_whose_answer_was_lost_is_not_repeated",
+    "tests/test_cli.py::",
+)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Waiting tests first (:data:`WAITING_FIRST`), the rest in collection order; then the
+    xdist group fix below."""
+
+    def rank(item: pytest.Item) -> int:
+        return next(
+            (i for i, prefix in enumerate(WAITING_FIRST) if item.nodeid.startswith(prefix)),
+            len(WAITING_FIRST),
+        )
+
+    items.sort(key=rank)
+    _keep_xdist_groups(config, items)
+
+
+def _keep_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep ``--dist loadgroup`` working under pytest 9.
 
     pytest-xdist (3.8) puts each ``xdist_group`` test on one worker by appending ``@group`` to

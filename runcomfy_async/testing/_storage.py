@@ -28,6 +28,8 @@ from urllib.parse import quote, urlencode
 import attrs
 from aiohttp import web
 
+from .._files import open_file
+
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._state import EmulatorState
@@ -125,9 +127,40 @@ def _check_key(key: str) -> None:
         raise ValueError(f"invalid storage key {key!r}")
 
 
+class _Spool:
+    """A received body on its way to a temporary file: created with the first full batch, so a
+    body smaller than one batch is written in a single thread call (open, write, close); most
+    dataset files are that small."""
+
+    def __init__(self, temp: Path) -> None:
+        self.temp = temp
+        self._fh: IO[bytes] | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self._fh is None:
+            self._fh = await open_file(self.temp, "wb")
+        await asyncio.to_thread(self._fh.write, data)
+
+    async def finish(self, data: bytes) -> None:
+        if self._fh is None:
+            await asyncio.to_thread(self.temp.write_bytes, data)
+        else:
+            await asyncio.to_thread(_write_and_close, self._fh, data)
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def _write_and_close(fh: IO[bytes], data: bytes) -> None:
+    with fh:
+        fh.write(data)
+
+
 async def _copy(
     chunks: AsyncIterable[bytes],
-    fh: IO[bytes],
+    spool: _Spool,
     *,
     expected_size: int | None,
     max_size: int | None,
@@ -145,12 +178,11 @@ async def _copy(
         digest.update(chunk)
         buffer += chunk
         if len(buffer) >= CHUNK:
-            await asyncio.to_thread(fh.write, bytes(buffer))
+            await spool.write(bytes(buffer))
             buffer.clear()
-    if buffer:
-        await asyncio.to_thread(fh.write, bytes(buffer))
     if expected_size is not None and size != expected_size:
         raise WrongSize(expected_size, size)
+    await spool.finish(bytes(buffer))
     return size, digest.hexdigest()
 
 
@@ -267,17 +299,16 @@ class ObjectStorage:
             TooLarge: more than ``max_size`` bytes arrived.
             WrongSize: the body's length differs from ``expected_size``.
         """
-        temp = self.root / ".tmp" / uuid.uuid4().hex
-        fh: IO[bytes] = await asyncio.to_thread(temp.open, "wb")
+        spool = _Spool(self.root / ".tmp" / uuid.uuid4().hex)
         try:
-            size, sha256 = await _copy(chunks, fh, expected_size=expected_size, max_size=max_size)
+            size, sha256 = await _copy(
+                chunks, spool, expected_size=expected_size, max_size=max_size
+            )
         except BaseException:
             # cleanup that re-raises (a dropped connection or cancellation included)
-            fh.close()
-            temp.unlink(missing_ok=True)
+            spool.discard()
             raise
-        await asyncio.to_thread(fh.close)
-        return Received(temp_path=temp, size=size, sha256=sha256)
+        return Received(temp_path=spool.temp, size=size, sha256=sha256)
 
     def place(self, received: Received, bucket: str, key: str) -> StoredObject:
         """Atomically move a received body to ``bucket/key`` (a same-name object is replaced)."""
