@@ -481,7 +481,7 @@ def _shutdown(sock: socket.socket | None) -> None:
 
 
 class _Pool:
-    """Connections for worker-thread downloads: made, verified, and kept alive when idle.
+    """Connections for the worker threads: made, verified, and (downloads') kept alive when idle.
 
     At most :data:`POOL_SIZE` idle connections per ``(scheme, host, port)``; the transport
     closes them with itself. Every TLS connection is verified with the client's context.
@@ -508,8 +508,9 @@ class _Pool:
                 return
         conn.close()
 
-    def connect(self, key: _Key, *, connect: float | None, read: float | None
-                ) -> http.client.HTTPConnection:
+    def connect(
+        self, key: _Key, *, connect: float | None, read: float | None
+    ) -> http.client.HTTPConnection:
         """A fresh connection (TLS verified), with the read timeout set.
 
         Raises:
@@ -599,7 +600,8 @@ class _Worker(Generic[R]):
         return done
 
     async def wait(self, done: asyncio.Future[Any]) -> None:
-        """After :meth:`abort`: wait for the thread to end (its outcome is not wanted)."""
+        """After :meth:`abort`: wait for the thread to end (its outcome is not wanted); a
+        further cancellation meanwhile stops the wait, the caller is ending anyway."""
         with contextlib.suppress(BaseException):
             await asyncio.shield(done)
         if not done.done():  # cancelled again meanwhile: still let the thread finish
@@ -699,8 +701,8 @@ class _ThreadedPut:
 
 
 class _Head:
-    """A download answer's status line and headers as the thread read them, and the
-    connection it arrived on (``body``: an error answer's first 64 KiB, already read)."""
+    """A download answer's status and headers as the thread read them (``body``: an error
+    answer's first 64 KiB, already read; None for a success, whose body follows)."""
 
     def __init__(
         self, status: int, headers: list[tuple[str, str]], body: bytes | None
