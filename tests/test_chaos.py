@@ -57,6 +57,12 @@ SEEDS = _seeds()
 FILES = 1000  # 500 images + 500 captions
 #: Real seconds a "slow" fault holds the answer: beyond every read timeout of CHAOS_TIMEOUTS.
 SLOW = 1.5
+#: The emulator's clock runs this much faster than real time.
+SPEED = 1000.0
+#: Signed URLs keep their real 15 minutes despite the fast clock: expiry is the "expire_url"
+#: fault's job here. (At 900 simulated seconds a URL lived 0.9 s of real time, and a machine
+#: loaded enough to hold a file that long between its URL and its PUT failed a seed.)
+URL_TTL = 900 * SPEED
 CHAOS_TIMEOUTS = Timeouts(connect=2.0, read=1.0, total=10.0, transfer_read=1.0)
 CHAOS_RETRY = RetryPolicy(
     max_attempts=10, base_delay=0.01, max_delay=0.1, total_timeout=60.0, rate_limit_pause=0.2
@@ -266,7 +272,7 @@ async def test_bulk_upload_survives_the_fault_mix(
 ) -> None:
     """1,000 files under ~10% API and storage faults: each stored once, exact size and hash."""
     async with Emulator(
-        rate_limit=None, speed=1000.0, seed=seed, dataset_processing_seconds=0
+        rate_limit=None, speed=SPEED, seed=seed, dataset_processing_seconds=0, url_ttl=URL_TTL
     ) as emu, chaos_client(emu) as rc:
         ds = await rc.datasets.create("chaos")
         emu.clear_log()
@@ -303,7 +309,7 @@ async def test_cancelled_bulk_upload_resumes_under_faults(
     """Cancelled at a seeded moment, then re-run: only whole files were kept, the rest follow."""
     cancel_at = random.Random(seed).randint(1, FILES - 100)
     async with Emulator(
-        rate_limit=None, speed=1000.0, seed=seed, dataset_processing_seconds=0
+        rate_limit=None, speed=SPEED, seed=seed, dataset_processing_seconds=0, url_ttl=URL_TTL
     ) as emu, chaos_client(emu) as rc:
         ds = await rc.datasets.create("chaos")
         rules = inject_mix(emu, apis=("trainer", "storage"))
