@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = SMOKE if args.smoke else FULL
     repeats = args.repeats or sizes["repeats"]
-    tools = TOOLS
+    tools: tuple[str, ...] = TOOLS
     if not args.no_uvloop and not args.smoke and importlib.util.find_spec("uvloop"):
         tools = ("ours", "ours-uvloop", "aiohttp", "curl")
     shm = Path("/dev/shm")  # noqa: S108 (memory-backed scratch space, a private temp dir in it)
