@@ -47,32 +47,33 @@ async def fast_rc(fast_emu: Emulator) -> AsyncIterator[RunComfy]:
 
 
 #: Tests that spend most of their time waiting in real time (servers in child processes,
-#: wall-clock pacing, held answers), by node id prefix. They run first, so that on a few cores
-#: their waits overlap the CPU-bound tests (the chaos seeds) instead of idling the machine at
-#: the end of the run.
-WAITING_FIRST = (
-    "tests/test_fastapi_example.py::",
-    "tests/test_polling_fairness.py::",
-    "tests/test_chaos.py::test_job_watch_and_model_batch_survive_faults",
-    "tests/test_redis_outage.py::",
-    "tests/test_redis_limiter.py::",
-    "tests/test_chaos.py::test_create_whose_answer_was_lost_is_not_repeated",
-    "tests/test_cli.py::",
-)
+#: wall-clock pacing, held answers), by node id prefix, in two xdist groups of about two
+#: minutes each. Each group runs on one worker from the start of the run, so on two cores the
+#: waits of two workers overlap the CPU-bound tests (the chaos seeds) on the others, instead of
+#: all workers waiting at once and leaving the cores idle.
+WAITING_GROUPS = {
+    "waiting-a": (
+        "tests/test_fastapi_example.py::",
+        "tests/test_chaos.py::test_create_whose_answer_was_lost_is_not_repeated",
+    ),
+    "waiting-b": (
+        "tests/test_polling_fairness.py::",
+        "tests/test_chaos.py::test_job_watch_and_model_batch_survive_faults",
+        "tests/test_redis_outage.py::",
+        "tests/test_redis_limiter.py::",
+        "tests/test_cli.py::",
+    ),
+}
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Waiting tests first (:data:`WAITING_FIRST`), the rest in collection order; then the
-    xdist group fix below."""
-
-    def rank(item: pytest.Item) -> int:
-        return next(
-            (i for i, prefix in enumerate(WAITING_FIRST) if item.nodeid.startswith(prefix)),
-            len(WAITING_FIRST),
-        )
-
-    items.sort(key=rank)
+    """Put the waiting tests in their groups (:data:`WAITING_GROUPS`), then apply the xdist
+    group fix below."""
+    for item in items:
+        for group, prefixes in WAITING_GROUPS.items():
+            if item.nodeid.startswith(prefixes) and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(group))
     _keep_xdist_groups(config, items)
 
 
