@@ -55,25 +55,48 @@ WAITING_GROUPS = {
     "waiting-a": (
         "tests/test_fastapi_example.py::",
         "tests/test_chaos.py::test_create_whose_answer_was_lost_is_not_repeated",
+        "tests/test_redis_limiter.py::",
     ),
     "waiting-b": (
         "tests/test_polling_fairness.py::",
         "tests/test_chaos.py::test_job_watch_and_model_batch_survive_faults",
         "tests/test_redis_outage.py::",
-        "tests/test_redis_limiter.py::",
         "tests/test_cli.py::",
     ),
 }
 
 
+#: The longest CPU-bound tests, by node id prefix: spread evenly through the run (see below).
+CPU_BOUND = (
+    "tests/test_chaos.py::test_bulk_upload_survives_the_fault_mix",
+    "tests/test_chaos.py::test_cancelled_bulk_upload_resumes_under_faults",
+    "tests/test_properties.py::",
+)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the waiting tests in their groups (:data:`WAITING_GROUPS`), then apply the xdist
-    group fix below."""
+    """Put the waiting tests in their groups (:data:`WAITING_GROUPS`), spread the
+    :data:`CPU_BOUND` tests evenly among the others (in collection order they came in one
+    block, so the cores were saturated first and half idle later), then apply the xdist group
+    fix below."""
     for item in items:
         for group, prefixes in WAITING_GROUPS.items():
             if item.nodeid.startswith(prefixes) and not item.get_closest_marker("xdist_group"):
                 item.add_marker(pytest.mark.xdist_group(group))
+    heavy = [item for item in items if item.nodeid.startswith(CPU_BOUND)]
+    light = [item for item in items if not item.nodeid.startswith(CPU_BOUND)]
+    step = len(light) / max(len(heavy), 1)
+    spread: list[pytest.Item] = []
+    placed = 0
+    for done, item in enumerate(light):
+        # Only between modules, so that no module-scoped fixture is set up twice.
+        if spread and getattr(spread[-1], "module", None) is not getattr(item, "module", None):
+            while placed < len(heavy) and done >= (placed + 1) * step:
+                spread.append(heavy[placed])
+                placed += 1
+        spread.append(item)
+    items[:] = spread + heavy[placed:]
     _keep_xdist_groups(config, items)
 
 

@@ -149,9 +149,10 @@ def local_files(folder: Path) -> dict[str, tuple[int, str]]:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,000 small files: 500 images with their captions, sizes varied, content random."""
+    """1,000 small files: 500 images with their captions, sizes varied, content random (made
+    once a session: the seeds are spread through the run, see tests/conftest.py)."""
     root = tmp_path_factory.mktemp("chaos") / "dogs"
     root.mkdir()
     rng = random.Random(0)
@@ -161,7 +162,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def expected(folder: Path) -> dict[str, tuple[int, str]]:
     """What the dataset must hold at the end."""
     return local_files(folder)
