@@ -38,6 +38,7 @@ from runcomfy_async.types.models import (
     RequestStatus,
     ResultStatus,
 )
+from tests._servers import serving
 
 FLUX = "blackforestlabs/flux-1-kontext/pro/edit"
 FAST = PollPolicy(initial=0.02, factor=1.5, max_interval=0.1)
@@ -463,15 +464,8 @@ async def odd_server() -> AsyncIterator[tuple[str, list[str]]]:
     app.router.add_get("/v1/requests/{rid}/result", result)
     app.router.add_post("/v1/requests/{rid}/cancel", cancel)
     app.router.add_post("/v1/models/{model_id:.+}", submit)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base, seen
 
 
 @pytest.mark.asyncio

@@ -33,6 +33,7 @@ from runcomfy_async.testing import Emulator, RequestRecord
 from runcomfy_async.testing.trainer_jobs import jobs_of
 from runcomfy_async.types.jobs import Artifact
 from runcomfy_async.types.uploads import BytesSent, FileStarted, UploadEvent
+from tests._servers import serving
 from tests._tls import tls_contexts
 
 CONFIG_TEXT = "job: extension\nconfig:\n  name: x\n"
@@ -165,15 +166,8 @@ async def redirector() -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application()
     app.router.add_get("/hop/{n}/{target}", hop)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base, seen
 
 
 @pytest.mark.asyncio
