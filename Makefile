@@ -5,7 +5,7 @@ demo:
 test:
 	./scripts/test
 lint:
-	./scripts/test --co -q >/dev/null && .venv/bin/python -m ruff check runcomfy_async tests && .venv/bin/python -m mypy
+	./scripts/test --co -q >/dev/null && .venv/bin/python -m ruff check runcomfy_async tests && .venv/bin/python -m mypy && .venv/bin/python -m mypy --strict --explicit-package-bases tests benchmarks
 bench:
 	.venv/bin/python -m benchmarks
 docs:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from . import errors
 
@@ -65,39 +65,44 @@ class Pending(Coroutine[Any, Any, T]):
             f"result: write `await {self._call}` inside an `async def`"
         )
 
-    def __getattr__(self, name: str) -> Any:
-        # What the wrapped coroutine has (cr_running, cr_frame...) reads through: asyncio's
-        # task reprs and debuggers ask for it.
-        if hasattr(self._coro, name) or name.startswith("_"):
-            return getattr(self._coro, name)
-        raise self._refusal(f"asked for .{name}", _NotAwaitedAttribute)
+    # Hidden from type checkers: to them a Pending is only the coroutine it is, so a forgotten
+    # `await` is a type error (no such attribute, not iterable) and `asyncio.create_task(...)`
+    # infers the call's result type (an `Any` from `__getattr__` made it `Task[Any]`).
+    if not TYPE_CHECKING:
 
-    def __bool__(self) -> bool:
-        raise self._refusal("tested for truth")
+        def __getattr__(self, name: str) -> Any:
+            # What the wrapped coroutine has (cr_running, cr_frame...) reads through: asyncio's
+            # task reprs and debuggers ask for it.
+            if hasattr(self._coro, name) or name.startswith("_"):
+                return getattr(self._coro, name)
+            raise self._refusal(f"asked for .{name}", _NotAwaitedAttribute)
 
-    def __iter__(self) -> NoReturn:
-        raise self._refusal("iterated")
+        def __bool__(self) -> bool:
+            raise self._refusal("tested for truth")
 
-    def __aiter__(self) -> NoReturn:
-        raise self._refusal("iterated with `async for`")
+        def __iter__(self) -> NoReturn:
+            raise self._refusal("iterated")
 
-    def __len__(self) -> int:
-        raise self._refusal("asked for its length")
+        def __aiter__(self) -> NoReturn:
+            raise self._refusal("iterated with `async for`")
 
-    def __getitem__(self, key: object) -> NoReturn:
-        raise self._refusal("indexed")
+        def __len__(self) -> int:
+            raise self._refusal("asked for its length")
 
-    def __enter__(self) -> NoReturn:
-        raise self._refusal("entered with `with`")
+        def __getitem__(self, key: object) -> NoReturn:
+            raise self._refusal("indexed")
 
-    def __exit__(self, *exc_info: object) -> None:
-        """Never reached: entering refuses."""
+        def __enter__(self) -> NoReturn:
+            raise self._refusal("entered with `with`")
 
-    def __aenter__(self) -> NoReturn:
-        raise self._refusal("entered with `async with`")
+        def __exit__(self, *exc_info: object) -> None:
+            """Never reached: entering refuses."""
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Never reached: entering refuses."""
+        def __aenter__(self) -> NoReturn:
+            raise self._refusal("entered with `async with`")
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            """Never reached: entering refuses."""
 
 
 def awaitable(

@@ -190,7 +190,9 @@ class Driver:
         streams = {}
         for socket in self.sockets:
             streams[socket.name] = await socket.close()
-        return _placeholders({"steps": self.steps, "sockets": streams}, self.ids)
+        recorded = {"steps": self.steps, "sockets": streams}
+        transcript: dict[str, Any] = _placeholders(recorded, self.ids)
+        return transcript
 
 
 def _placeholders(value: Any, ids: Mapping[str, str]) -> Any:
@@ -310,7 +312,7 @@ def _invalid_prompts() -> list[tuple[str, Any]]:
     del base["4"]
 
     def variant(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
-        prompt = json.loads(json.dumps(base))
+        prompt: dict[str, Any] = json.loads(json.dumps(base))
         change(prompt)
         return prompt
 
@@ -399,7 +401,7 @@ async def uploads_and_loadimage(d: Driver) -> None:
     stored = await d.call(
         "POST", "/upload/image", label="into a subfolder", form=form(first, "recsub", only_in_sub)
     )
-    load = {
+    load: dict[str, Any] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": stored["name"]}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }

@@ -19,7 +19,7 @@ __all__ = ["VirtualClockLoop", "run_virtual"]
 T = TypeVar("T")
 
 
-class _WarpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _WarpSelector(selectors.DefaultSelector):
     """Never blocks on a timeout: reports the wait to the loop's clock instead."""
 
     def __init__(self, loop: VirtualClockLoop) -> None:

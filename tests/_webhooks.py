@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from runcomfy_async.webhooks import WebhookEvent, WebhookStatus
 
@@ -17,7 +18,7 @@ class Truth:
         self.states: dict[str, WebhookEvent] = {}
         self.calls: list[str] = []
 
-    def set(self, request_id: str, status: str, **fields: object) -> None:
+    def set(self, request_id: str, status: str, **fields: Any) -> None:
         """The API now reports ``status`` for the request."""
         self.states[request_id] = WebhookEvent(
             request_id=request_id, status=WebhookStatus(status), verified=True, **fields

@@ -47,18 +47,18 @@ async def test_misuse_names_the_await_and_leaves_no_warning(rc: RunComfy) -> Non
     pending = rc.datasets.list()
     assert "await rc.datasets.list()" in repr(pending)
     with pytest.raises(AsyncUsageError, match=r"write `await rc\.datasets\.list\(\)`"):
-        len(pending)
+        len(pending)  # type: ignore[arg-type]
     with pytest.raises(AsyncUsageError, match="indexed"):
-        rc.datasets.list()[0]
+        rc.datasets.list()[0]  # type: ignore[index]
     with pytest.raises(AsyncUsageError, match="iterated with `async for`"):
         async for _ in rc.datasets.list():  # type: ignore[attr-defined]
             pass
     with pytest.raises(AsyncUsageError, match=r"asked for \.status"):
-        rc.jobs.get("job-1").status().status  # noqa: B018
+        rc.jobs.get("job-1").status().status  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(rc.models.submit("acme/flux/dev", {"prompt": "x"}), "request_id")
     private = rc.datasets.list()
     with pytest.raises(AttributeError):
-        private._private  # noqa: B018
+        private._private  # type: ignore[attr-defined]  # noqa: B018
     assert await private == []
     gc.collect()
 

@@ -203,13 +203,13 @@ async def _sync_with(ctx: Ctx) -> None:
       "write `await rc.datasets.create(...)`")
 async def _forgotten_await(ctx: Ctx) -> None:
     ds = ctx.rc.datasets.create("dogs")
-    await ds.upload_folder(ctx.tmp)
+    await ds.upload_folder(ctx.tmp)  # type: ignore[attr-defined]
 
 
 @case("iterating an un-awaited list", "for info in rc.datasets.list():", errors.AsyncUsageError,
       "iterated without `await`", "`await rc.datasets.list()`")
 async def _iterate_unawaited(ctx: Ctx) -> None:
-    for _ in ctx.rc.datasets.list():
+    for _ in ctx.rc.datasets.list():  # type: ignore[attr-defined]
         pass
 
 
@@ -217,7 +217,7 @@ async def _iterate_unawaited(ctx: Ctx) -> None:
       errors.AsyncUsageError, "entered with `async with` without `await`",
       "`await rc.machines.launch(...)`")
 async def _enter_unawaited(ctx: Ctx) -> None:
-    async with ctx.rc.machines.launch("v-1"):
+    async with ctx.rc.machines.launch("v-1"):  # type: ignore[attr-defined]
         pass
 
 

@@ -49,7 +49,7 @@ class ThreadedEmulator:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.emu = self.call(Emulator(**kwargs).start())
+        self.emu: Emulator = self.call(Emulator(**kwargs).start())
 
     def call(self, coro: Any) -> Any:
         """Run a coroutine on the emulator's loop and return its result."""

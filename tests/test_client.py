@@ -29,7 +29,7 @@ from runcomfy_async import (
 from runcomfy_async._protocol import API, RequestSpec, Retry
 from runcomfy_async._transport import map_error
 from runcomfy_async.errors import UnsentTransportError
-from runcomfy_async.testing import Emulator
+from runcomfy_async.testing import Emulator, FaultKind
 
 LIST = RequestSpec(api=API.TRAINER, method="GET", path="/prod/v1/trainers/datasets")
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2)
@@ -71,7 +71,7 @@ async def test_server_429_pauses_every_caller_then_succeeds() -> None:
 
 @pytest.mark.parametrize("kind", ["500", "502", "503", "504", "reset", "html"])
 @pytest.mark.asyncio
-async def test_transient_failures_are_retried(kind: str) -> None:
+async def test_transient_failures_are_retried(kind: FaultKind) -> None:
     """5xx answers, HTML proxy pages and connection resets are retried to success."""
     async with Emulator(rate_limit=None) as emu, emu.client(rate=100.0, retry=FAST_RETRY) as rc:
         emu.inject(kind, api="trainer", count=2)

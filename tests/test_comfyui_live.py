@@ -118,7 +118,7 @@ async def test_upload_into_a_subfolder_feeds_load_image(comfy: ComfyUI, tmp_path
     source = tmp_path / f"live_{uuid.uuid4().hex[:8]}.png"
     source.write_bytes(tiny_png(3))
     uploaded = await comfy.upload_image(source, subfolder="live")
-    workflow = {
+    workflow: dict[str, Any] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": uploaded.filename}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }

@@ -91,6 +91,7 @@ async def test_design_public_surface(tmp_path: Path) -> None:
 
             wfs = await rc.machines.workflows()
             version_id = wfs[0].version_id
+            assert version_id is not None
             async with await rc.machines.launch(
                 version_id, server_type="large", estimated_duration=3600
             ) as m:

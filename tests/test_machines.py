@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,7 @@ async def test_missing_user_id_fails_before_sending(
     """Without a user id every machine call says where to find it and sends nothing."""
     monkeypatch.delenv("RUNCOMFY_USER_ID", raising=False)
     async with emu.client(user_id=None) as rc:
-        calls = [
+        calls: list[Awaitable[object]] = [
             rc.machines.workflows(),
             rc.machines.list(),
             rc.machines.launch("v1"),

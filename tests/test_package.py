@@ -89,13 +89,17 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+def _stderr(process: subprocess.Popen[str]) -> str:
+    return process.stderr.read() if process.stderr is not None else ""
+
+
 def exported(emulator: subprocess.Popen[str]) -> dict[str, str]:
     """The variables the emulator's ``export NAME=value`` lines set, read until all are there."""
     assert emulator.stdout is not None
     found: dict[str, str] = {}
     while not found.keys() >= REQUIRED_VARIABLES:
         line = emulator.stdout.readline()
-        assert line, f"the emulator stopped before announcing itself: {emulator.stderr.read()}"
+        assert line, f"the emulator stopped before announcing itself: {_stderr(emulator)}"
         words = shlex.split(line)
         if words[:1] == ["export"]:
             name, _, value = words[1].partition("=")

@@ -169,6 +169,7 @@ def test_examples_import_only_public_names() -> None:
 
     root = Path(__file__).resolve().parent.parent / "examples"
     private = []
+    modules: list[tuple[str, str | None]]
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
