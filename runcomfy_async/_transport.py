@@ -220,25 +220,39 @@ def _aborted(exc: BaseException) -> BaseException | None:
 
 def map_error(exc: BaseException, *, method: str, url: str) -> errors.TransportError:
     """Translate an aiohttp/asyncio failure into our tree (the URL has query secrets masked)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _transport_error(
+            exc.os_error, unsent=True, timed_out=False, method=method, url=url
+        )
+    # aiohttp's timeouts are TimeoutErrors; a connect timeout means nothing was sent.
+    unsent = isinstance(exc, aiohttp.ConnectionTimeoutError)
+    return _transport_error(exc, unsent=unsent, method=method, url=url)
+
+
+def _transport_error(
+    cause: BaseException, *, unsent: bool, method: str, url: str, timed_out: bool | None = None
+) -> errors.TransportError:
+    """The error for a failed exchange: unsent or not, timed out or not (by default: whether
+    ``cause`` is a ``TimeoutError``), the same words whichever road the exchange took."""
     safe = redact_url(url)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if timed_out is None:
+        timed_out = isinstance(cause, TimeoutError)
+    if unsent and timed_out:
         return errors.UnsentTimeoutError(
             f"timed out connecting to {safe} ({method}); the request was not sent",
             method=method,
             url=safe,
         )
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return errors.APITimeoutError(
-            f"timed out talking to {safe} ({method})",
-            method=method,
-            url=safe,
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if unsent:
         return errors.UnsentTransportError(
-            f"could not connect to {safe} ({method}): {exc.os_error}", method=method, url=safe
+            f"could not connect to {safe} ({method}): {cause}", method=method, url=safe
+        )
+    if timed_out:
+        return errors.APITimeoutError(
+            f"timed out talking to {safe} ({method})", method=method, url=safe
         )
     return errors.TransportError(
-        f"connection failed during {method} {safe}: {type(exc).__name__}: {exc}",
+        f"connection failed during {method} {safe}: {type(cause).__name__}: {cause}",
         method=method,
         url=safe,
     )
@@ -327,9 +341,9 @@ class Transport:
         if self._threaded and url.startswith(("https://", "http://")):
             timeout = exchange.timeout or self._api_timeout
             if isinstance(body, ThreadedBody) and body.size >= self._threaded_min:
-                put = _ThreadedPut(
-                    exchange, {**self.session.headers, **headers}, body, self._pool, timeout
-                )
+                # A direct upload's headers carry the token: keep them masked in reprs.
+                merged = _AuthHeaders({**self.session.headers, **headers})
+                put = _ThreadedPut(exchange, merged, body, self._pool, timeout)
                 return await put.run()
             if (
                 follow
@@ -438,35 +452,6 @@ def _key(url: str) -> tuple[_Key, str]:
     port = parts.port or (443 if scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return (scheme, parts.hostname or "", port), target
-
-
-def _thread_error(
-    exc: BaseException, *, unsent: bool, method: str, url: str
-) -> errors.TransportError:
-    """A worker thread's socket failure in the same classes :func:`map_error` gives aiohttp's."""
-    safe = redact_url(url)
-    if unsent and isinstance(exc, TimeoutError):
-        return errors.UnsentTimeoutError(
-            f"timed out connecting to {safe} ({method}); the request was not sent",
-            method=method,
-            url=safe,
-        )
-    if unsent:
-        return errors.UnsentTransportError(
-            f"could not connect to {safe} ({method}): {exc}", method=method, url=safe
-        )
-    if isinstance(exc, TimeoutError):
-        return errors.APITimeoutError(
-            f"timed out talking to {safe} ({method}); raise the client's timeout if the "
-            "network is slow",
-            method=method,
-            url=safe,
-        )
-    return errors.TransportError(
-        f"connection failed during {method} {safe}: {type(exc).__name__}: {exc}",
-        method=method,
-        url=safe,
-    )
 
 
 def _shutdown(sock: socket.socket | None) -> None:
@@ -658,9 +643,13 @@ class _ThreadedPut:
             raise abort.cause from None
         except _Unsent as exc:
             cause = exc.__cause__ or exc
-            raise _thread_error(cause, unsent=True, method=self._method, url=self._url) from cause
+            raise _transport_error(
+                cause, unsent=True, method=self._method, url=self._url
+            ) from cause
         except (OSError, http.client.HTTPException) as exc:
-            raise _thread_error(exc, unsent=False, method=self._method, url=self._url) from exc
+            raise _transport_error(
+                exc, unsent=False, method=self._method, url=self._url
+            ) from exc
         return Answer(
             status=status, headers=CIMultiDictProxy(CIMultiDict(headers)), body=data
         )
@@ -768,9 +757,9 @@ class _ThreadedGet(Generic[R]):
                 await self._worker.wait(done)
             if isinstance(exc, _Unsent):
                 cause = exc.__cause__ or exc
-                raise _thread_error(cause, unsent=True, method="GET", url=self._url) from cause
+                raise _transport_error(cause, unsent=True, method="GET", url=self._url) from cause
             if isinstance(exc, OSError | http.client.HTTPException):
-                raise _thread_error(exc, unsent=False, method="GET", url=self._url) from exc
+                raise _transport_error(exc, unsent=False, method="GET", url=self._url) from exc
             raise
         finally:
             if began:

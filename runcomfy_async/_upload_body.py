@@ -353,12 +353,10 @@ def checked_by_body(source: UploadSource) -> bool:
 
 
 def _read_head(path: Path, limit: int) -> bytes:
-    """Up to ``limit`` bytes from the start of a file, closed before returning."""
-    with path.open("rb", buffering=0) as fh:
-        data: bytes = fh.read(limit)
-        while len(data) < limit and (more := fh.read(limit - len(data))):
-            data += more
-        return data
+    """Up to ``limit`` bytes from the start of a file (fewer only at its end), closed before
+    returning."""
+    with path.open("rb") as fh:  # a buffered read goes on to ``limit`` or the end
+        return fh.read(limit)
 
 
 def _read_into(fh: BinaryIO, view: memoryview) -> int:
