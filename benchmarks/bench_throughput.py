@@ -21,7 +21,7 @@ CPU is its whole process (``wait4``). The receiver's CPU over each transfer is r
 ``/proc`` so the table shows how busy it was. Over HTTPS the certificate is generated at bench
 time and every client verifies it through the CA file (ours: ``RunComfy(ssl=...)``).
 
-Files (sparse) and downloads live in ``/dev/shm`` when it exists, so the disk is not the pacing
+Files (written in full, random bytes) and downloads live in ``/dev/shm`` when it exists, so the disk is not the pacing
 party either. Run: ``python -m benchmarks.bench_throughput [--smoke] [--only put|form|get]
 [--scheme http|https] [--repeats N]``. Writes ``results/throughput.json``. ``--profile`` instead
 records our client's transfers with py-spy into ``results/profiles/throughput-*.txt``.
@@ -59,7 +59,7 @@ FULL: dict[str, Any] = {
     "put": (16 * MIB, 256 * MIB, GIB),
     "form": (150_000_000,),
     "get": (16 * MIB, 256 * MIB, GIB),
-    "repeats": 3,
+    "repeats": 5,
 }
 SMOKE: dict[str, Any] = {"put": (2 * MIB,), "form": (2_000_000,), "get": (2 * MIB,), "repeats": 1}
 #: ``ours-uvloop`` (our client on uvloop's event loop) joins when uvloop is installed.
@@ -297,7 +297,8 @@ def _python(tool: str, op: str, base: str, dataset: str, path: Path, cafile: str
 
 
 def _target(work: Path, op: str, size: int) -> Path:
-    """The file to upload (sparse, read once so the page cache is warm), or for a download a
+    """The file to upload (written in full: a sparse file's holes read from the one zero page,
+    always in the CPU cache, which flatters every reader but ``sendfile``), or for a download a
     folder whose name is the size (the downloaded file goes inside it)."""
     if op == "get":
         folder = work / "get" / str(size)
@@ -305,11 +306,10 @@ def _target(work: Path, op: str, size: int) -> Path:
         return folder
     path = work / f"{op}_{size}.mp4"
     if not path.exists():
+        block = os.urandom(MIB)
         with path.open("wb") as fh:
-            fh.truncate(size)
-        with path.open("rb") as fh:
-            while fh.read(8 * MIB):
-                pass
+            for start in range(0, size, MIB):
+                fh.write(block[: size - start])
     return path
 
 

@@ -12,10 +12,10 @@ Two kinds of exchange take another road when the transport owns its session: a l
 (a signed PUT to storage, a direct multipart POST) is sent from a worker thread on a blocking
 socket (:class:`_ThreadedPut`: over TLS, OpenSSL encrypts straight from the read buffer into the
 socket, where asyncio's TLS transport copies every byte three times more; over plain HTTP the
-kernel's ``sendfile`` copies the file, with no step through the event loop), and a download's
-body is received by a worker thread (:class:`_ThreadedGet`) into one buffer that goes straight
-to disk, on keep-alive connections the transport pools. Each is still one exchange of this seam,
-answered the same way, through the same retry loop.
+kernel's ``sendfile`` or 64 KiB reads and sends, with no step through the event loop), and a
+download's body is received by a worker thread (:class:`_ThreadedGet`) into one buffer that
+goes straight to disk, on keep-alive connections the transport pools. Each is still one
+exchange of this seam, answered the same way, through the same retry loop.
 """
 
 from __future__ import annotations
@@ -597,8 +597,8 @@ class _ThreadedPut:
     """One PUT (or POST) of a :class:`ThreadedBody` from a thread on a blocking socket.
 
     The thread connects (verifying the certificate over TLS), sends the head and the body, and
-    reads the answer; the event loop only waits. Over plain HTTP a file body goes by the
-    kernel's ``sendfile`` (no copy through Python). Cancelling shuts the socket down, so the
+    reads the answer; the event loop only waits (the body decides how its bytes go:
+    :meth:`ThreadedBody.send_blocking`). Cancelling shuts the socket down, so the
     thread stops within one send and closes its file itself. An answer the server sent before
     it stopped reading (an expired signature's 403) is still read and returned.
     """

@@ -1,7 +1,8 @@
 """Transfers from worker threads on blocking sockets, over HTTP and HTTPS: downloads received by
 a thread on pooled keep-alive connections (resume, redirects, a stale pooled connection,
 cancellation, error answers) and large uploads sent by one (over plain HTTP by the kernel's
-``sendfile``), against the emulator over real sockets; HTTPS with a throwaway CA (trustme)."""
+``sendfile`` or by reads and sends), against the emulator over real sockets; HTTPS with a
+throwaway CA (trustme)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from runcomfy_async import (
     TransportError,
     UnsentTransportError,
     UploadError,
+    _upload_body,
 )
 from runcomfy_async._downloads import CHUNK, DownloadProgress, download_artifacts
 from runcomfy_async.testing import Emulator, RequestRecord
@@ -270,11 +272,15 @@ async def test_nothing_listening_is_an_unsent_error(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("change", ["grow", "shrink"])
+@pytest.mark.parametrize("road", ["sendfile", "reads"])
 async def test_plain_http_thread_upload_refuses_a_changed_file(
-    change: str, tmp_path: Path
+    change: str, road: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Over plain HTTP a large PUT goes by ``sendfile`` from the worker thread; a file that
-    grows or shrinks while it is sent fails as changed and nothing cut is stored."""
+    """Over plain HTTP a large PUT goes from the worker thread by ``sendfile`` or, above a
+    size, by reads and sends (here forced by lowering that size); a file that grows or shrinks
+    while it is sent fails as changed on either road and nothing cut is stored."""
+    if road == "reads":
+        monkeypatch.setattr(_upload_body, "_SENDFILE_MAX", 0)
     async with Emulator(rate_limit=None) as emu, emu.client(rate=1000.0, burst=100) as rc:
         ds = await rc.datasets.create("changes")
         path = tmp_path / "f.mp4"
