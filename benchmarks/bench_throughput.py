@@ -21,10 +21,11 @@ CPU is its whole process (``wait4``). The receiver's CPU over each transfer is r
 ``/proc`` so the table shows how busy it was. Over HTTPS the certificate is generated at bench
 time and every client verifies it through the CA file (ours: ``RunComfy(ssl=...)``).
 
-Files (written in full, random bytes) and downloads live in ``/dev/shm`` when it exists, so the disk is not the pacing
-party either. Run: ``python -m benchmarks.bench_throughput [--smoke] [--only put|form|get]
-[--scheme http|https] [--repeats N]``. Writes ``results/throughput.json``. ``--profile`` instead
-records our client's transfers with py-spy into ``results/profiles/throughput-*.txt``.
+Files (written in full, random bytes) and downloads live in ``/dev/shm`` when it exists, so the
+disk is not the pacing party either. Run: ``python -m benchmarks.bench_throughput [--smoke]
+[--only put|form|get] [--scheme http|https] [--repeats N]``. Writes ``results/throughput.json``.
+``--profile`` instead records our client's transfers with py-spy into
+``results/profiles/throughput-*.txt``.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ from disk, never from a consumed iterator. Sent through aiohttp (files under the
 worker-thread threshold, or a borrowed session): on a plain TCP connection the kernel copies the
 file to the socket itself (``loop.sendfile``: no read into Python, no copy); on TLS the file is
 read in 4 MiB steps in a worker thread, the next step read while the current one is written.
-Sent from the transport's worker thread (:meth:`FilePayload.send_blocking`): in 64 KiB reads
-each sent at once (over TLS encrypted straight into the socket), or by the kernel's ``sendfile``
-for a plain-socket file up to 64 MiB.
+Sent from the transport's worker thread (:meth:`FilePayload.send_blocking`): read into one
+buffer and sent, 1 MiB at a time on a plain socket, 64 KiB at a time over TLS (encrypted
+straight into the socket).
 A file whose size changes is caught before and during each send and stops that file for good.
 Progress is only queued here (:class:`~runcomfy_async._progress.ProgressRelay`), once per 4 MiB:
 no user code runs inside the body writer.
@@ -53,19 +53,18 @@ __all__ = [
     "multipart",
 ]
 
-#: Bytes per step (a read and a write, or one ``sendfile``), and per progress event.
+#: Bytes per step on the event loop (a read and a write, or one ``sendfile``), and per progress
+#: event.
 CHUNK_SIZE: Final = 4 << 20
 #: Files up to this size are read whole in one thread call and written at once.
 _WHOLE_MAX: Final = 1 << 20
-#: Bytes per read and TLS write in a worker thread: small enough to stay in the CPU cache
-#: between the read and the encryption (measured: about a third less CPU per GiB than 4 MiB).
-_THREAD_READ: Final = 64 << 10
-#: Plain-HTTP files up to this size go from a worker thread by ``sendfile``, larger ones by
-#: 64 KiB reads and sends. Measured on loopback against a memory-speed receiver: ``sendfile``
-#: is cheaper while the receiver's buffers take the file whole (16 MiB: 0.45 against 0.8 CPU
-#: s/GiB beyond fixed costs); under back-pressure its page references cost more than a copy
-#: that stays in the CPU cache (1 GiB: 0.63 against 0.81 CPU s/GiB, 1,670 against 1,260 MB/s).
-_SENDFILE_MAX: Final = 64 << 20
+#: Bytes per read and send in a worker thread. Over TLS small enough to stay in the CPU cache
+#: between the read and the encryption (64 KiB measured best); on a plain socket large enough
+#: that each send costs one system call for a MiB (measured on loopback, 1 GiB against a
+#: memory-speed receiver: 0.57 CPU s/GiB and curl's speed, against 0.77 for 64 KiB reads and
+#: 0.77-0.81 for ``sendfile``, whose page references cost more than a copy at these rates).
+_TLS_READ: Final = 64 << 10
+_PLAIN_READ: Final = 1 << 20
 
 
 class FileChanged(Exception):
@@ -160,23 +159,20 @@ class FilePayload(SourcePayload, ThreadedBody):
         self._started()
 
     def send_blocking(self, sock: socket.socket, stop: threading.Event) -> None:
-        """From a worker thread: on a plain socket made blocking, by the kernel's ``sendfile``
-        up to 64 MiB (where the system has it); else read 64 KiB at a time into one buffer and
-        sent (over TLS, OpenSSL encrypts from it straight into the socket). Progress goes to
-        the event loop once per 4 MiB, which also learns of a changed file by the exception."""
+        """From a worker thread: read into one buffer and sent, 1 MiB at a time on a plain
+        socket made blocking, 64 KiB at a time over TLS (OpenSSL encrypts from the buffer
+        straight into the socket). Progress goes to the event loop once per 4 MiB, which also
+        learns of a changed file by the exception."""
         loop = self._loop
         assert loop is not None, "started() runs first, on the event loop"
         source = self._state.source
         assert source.path is not None, "a file body is built for a source with a path"
         with source.path.open("rb", buffering=0) as fh:
             if isinstance(sock, ssl.SSLSocket):
-                self._read_send_blocking(loop, sock, fh, stop)
+                self._read_send_blocking(loop, sock, fh, stop, _TLS_READ)
                 return
             with _blocking(sock):
-                if hasattr(os, "sendfile") and source.size <= _SENDFILE_MAX:
-                    self._sendfile_blocking(loop, sock, fh, stop)
-                else:
-                    self._read_send_blocking(loop, sock, fh, stop)
+                self._read_send_blocking(loop, sock, fh, stop, _PLAIN_READ)
 
     def _read_send_blocking(
         self,
@@ -184,25 +180,26 @@ class FilePayload(SourcePayload, ThreadedBody):
         sock: socket.socket,
         fh: BinaryIO,
         stop: threading.Event,
+        step: int,
     ) -> None:
-        """64 KiB reads into one buffer, each sent at once (the bytes stay in the CPU cache
-        from the read to the send); progress and the stop flag once per 4 MiB step.
+        """Reads of ``step`` bytes into one buffer, each sent at once; progress and the stop
+        flag once per 4 MiB.
 
         The last read asks one byte more, so a file that grew is caught before its last byte
         goes out; a read that comes back empty early means it shrank.
         """
         total = self._state.source.size
-        buf = memoryview(bytearray(_THREAD_READ + 1))
-        full = buf[:_THREAD_READ]
+        buf = memoryview(bytearray(step + 1))
+        full = buf[:step]
         readinto, sendall = fh.readinto, sock.sendall  # type: ignore[attr-defined]
         sent = 0
         while sent < total and not stop.is_set():
             start, end = sent, min(sent + CHUNK_SIZE, total)
             while sent < end:
                 left = total - sent
-                if left > _THREAD_READ:
+                if left > step:
                     n = readinto(full)
-                    if n == _THREAD_READ:
+                    if n == step:
                         sendall(full)
                         sent += n
                         continue
@@ -215,30 +212,6 @@ class FilePayload(SourcePayload, ThreadedBody):
                 sendall(buf[:n])
                 sent += n
             loop.call_soon_threadsafe(self._sent, sent, sent - start)
-
-    def _sendfile_blocking(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        fh: BinaryIO,
-        stop: threading.Event,
-    ) -> None:
-        """The kernel copies the file to the socket, 4 MiB per step (one progress event each);
-        the size is checked before the last step, and a step cut short means it shrank."""
-        size = self._state.source.size
-        out, src = sock.fileno(), fh.fileno()
-        sent = 0
-        while sent < size and not stop.is_set():
-            want = min(CHUNK_SIZE, size - sent)
-            if want == size - sent:  # a file that grew must not be stored cut
-                now = os.fstat(src).st_size
-                if now != size:
-                    self._changed(f"{now} bytes")
-            done = _sendfile(out, src, sent, want)
-            sent += done
-            loop.call_soon_threadsafe(self._sent, sent, done)
-            if done < want:
-                self._changed(f"{sent} bytes")
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
@@ -372,18 +345,6 @@ def _blocking(sock: socket.socket) -> Iterator[None]:
         sock.settimeout(timeout)
 
 
-def _sendfile(out: int, src: int, offset: int, count: int) -> int:
-    """Send ``count`` bytes of ``src`` from ``offset`` on the blocking socket ``out``; fewer
-    only if the file ends first."""
-    done = 0
-    while done < count:
-        n = os.sendfile(out, src, offset + done, count - done)
-        if not n:
-            break
-        done += n
-    return done
-
-
 def checked_by_body(source: UploadSource) -> bool:
     """Whether a signed PUT's body itself finds a changed or vanished file before its first
     byte goes out (a small file is read whole first), so no stat is needed beforehand."""
@@ -422,14 +383,16 @@ class MemoryPayload(FilePayload):
     ``TextSource``): sent in steps with progress, whole again on a retry. Nothing can change."""
 
     def send_blocking(self, sock: socket.socket, stop: threading.Event) -> None:
-        """From a worker thread: the bytes in 64 KiB slices, progress once per 4 MiB."""
+        """From a worker thread: the bytes in slices as a file's reads would be (64 KiB over
+        TLS, 1 MiB on a plain socket), progress once per 4 MiB."""
         loop = self._loop
         assert loop is not None, "started() runs first, on the event loop"
         view = memoryview(self._data())
+        step = _TLS_READ if isinstance(sock, ssl.SSLSocket) else _PLAIN_READ
         sent = reported = 0
         while sent < len(view) and not stop.is_set():
-            sock.sendall(view[sent : sent + _THREAD_READ])
-            sent = min(sent + _THREAD_READ, len(view))
+            sock.sendall(view[sent : sent + step])
+            sent = min(sent + step, len(view))
             if sent - reported >= CHUNK_SIZE or sent == len(view):
                 loop.call_soon_threadsafe(self._sent, sent, sent - reported)
                 reported = sent

@@ -1,8 +1,7 @@
 """Transfers from worker threads on blocking sockets, over HTTP and HTTPS: downloads received by
 a thread on pooled keep-alive connections (resume, redirects, a stale pooled connection,
-cancellation, error answers) and large uploads sent by one (over plain HTTP by the kernel's
-``sendfile`` or by reads and sends), against the emulator over real sockets; HTTPS with a
-throwaway CA (trustme)."""
+cancellation, error answers) and large uploads sent by one, against the emulator over real
+sockets; HTTPS with a throwaway CA (trustme)."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,10 +25,10 @@ from runcomfy_async import (
     PermissionDeniedError,
     RetryPolicy,
     RunComfy,
+    Timeouts,
     TransportError,
     UnsentTransportError,
     UploadError,
-    _upload_body,
 )
 from runcomfy_async._downloads import CHUNK, DownloadProgress, download_artifacts
 from runcomfy_async.testing import Emulator, RequestRecord
@@ -272,15 +272,11 @@ async def test_nothing_listening_is_an_unsent_error(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("change", ["grow", "shrink"])
-@pytest.mark.parametrize("road", ["sendfile", "reads"])
 async def test_plain_http_thread_upload_refuses_a_changed_file(
-    change: str, road: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    change: str, tmp_path: Path
 ) -> None:
-    """Over plain HTTP a large PUT goes from the worker thread by ``sendfile`` or, above a
-    size, by reads and sends (here forced by lowering that size); a file that grows or shrinks
-    while it is sent fails as changed on either road and nothing cut is stored."""
-    if road == "reads":
-        monkeypatch.setattr(_upload_body, "_SENDFILE_MAX", 0)
+    """Over plain HTTP a large PUT goes from the worker thread on a blocking socket; a file
+    that grows or shrinks while it is sent fails as changed and nothing cut is stored."""
     async with Emulator(rate_limit=None) as emu, emu.client(rate=1000.0, burst=100) as rc:
         ds = await rc.datasets.create("changes")
         path = tmp_path / "f.mp4"
@@ -304,3 +300,31 @@ async def test_plain_http_thread_upload_refuses_a_changed_file(
         assert caught.value.report.failed[0].reason is FailureReason.FILE_CHANGED
         assert "f.mp4" not in emu.stored_files(ds.id)
         assert await _threads() == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_thread_upload_to_storage_that_stops_reading_times_out(
+    scheme: str, tmp_path: Path
+) -> None:
+    """Storage that takes the head and then stops reading for a long time: the worker thread's
+    send gives up once no byte went out for the transfer read timeout (the blocking socket's
+    send timeout), and the file fails as a timed-out network failure instead of hanging."""
+    server, client = tls_contexts() if scheme == "https" else (None, None)
+    path = tmp_path / "big.mp4"
+    path.write_bytes(os.urandom(16 << 20))  # far beyond what the socket buffers take
+    async with Emulator(rate_limit=None, ssl_context=server) as emu, emu.client(
+        rate=1000.0, burst=100, ssl=client, timeout=Timeouts(transfer_read=0.3),
+        retry=RetryPolicy(max_attempts=1),
+    ) as rc:
+        ds = await rc.datasets.create("stalled")
+        emu.inject("slow", api="storage", method="PUT", delay=10.0)
+        started = time.monotonic()
+        with pytest.raises(UploadError) as caught:
+            await ds.upload(path, direct_limit=0)
+        assert time.monotonic() - started < 8.0  # gave up long before storage would read on
+        (failed,) = caught.value.report.failed
+        assert failed.reason is FailureReason.NETWORK
+        assert "timed out talking to" in failed.message
+        assert await _threads() == []
+        assert "big.mp4" not in emu.stored_files(ds.id)
