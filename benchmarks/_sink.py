@@ -1,8 +1,8 @@
 """A receiver that is never the pacing party: HTTP/1.1 just enough for uploads and downloads.
 
-A raw asyncio ``BufferedProtocol`` (1 MiB receive buffer, bodies counted and dropped, never
-copied or parsed) standing in for both the Trainer API and object storage in the throughput
-benchmark. It answers:
+A raw asyncio ``BufferedProtocol`` (1 MiB page-aligned receive buffer, bodies counted and
+dropped, never copied or parsed) standing in for both the Trainer API and object storage in the
+throughput benchmark. It answers:
 
 - ``POST /prod/v1/trainers/datasets``: a dataset id.
 - ``POST .../datasets/{id}/get-upload-endpoint``: signed-URL targets pointing back at this sink.
@@ -37,9 +37,12 @@ import sys
 import threading
 from typing import Final
 
+from runcomfy_async._buffers import aligned_buffer
+
 BUFFER: Final = 1 << 20
 #: One block of download bytes, written over and over (never a whole file in memory).
-_BLOCK: Final = memoryview(b"\x00" * (4 << 20))
+_BLOCK: Final = aligned_buffer(4 << 20)
+_BLOCK[:] = os.urandom(len(_BLOCK))
 _LAST_MODIFIED: Final = "Mon, 30 Nov 2026 00:00:00 GMT"
 _DATASETS: Final = "/prod/v1/trainers/datasets"
 _ROUTE: Final = re.compile(rf"{_DATASETS}/([^/]+)/(get-upload-endpoint|upload|status)")
@@ -65,7 +68,7 @@ class Sink:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.view = memoryview(bytearray(BUFFER))
+        self.view = aligned_buffer(BUFFER)
         self.head = bytearray()
         self.request: tuple[str, str, dict[str, str]] | None = None
         self.state = "head"  # head | length | size | data | crlf | trailer

@@ -10,12 +10,12 @@ request could have reached the server decides the error's class (``UnsentTranspo
 
 Two kinds of exchange take another road when the transport owns its session: a large upload
 (a signed PUT to storage, a direct multipart POST) is sent from a worker thread on a blocking
-socket (:class:`_ThreadedPut`: over TLS, OpenSSL encrypts straight from the read buffer into the
-socket, where asyncio's TLS transport copies every byte three times more; over plain HTTP the
-kernel's ``sendfile`` or 64 KiB reads and sends, with no step through the event loop), and a
-download's body is received by a worker thread (:class:`_ThreadedGet`) into one buffer that
-goes straight to disk, on keep-alive connections the transport pools. Each is still one
-exchange of this seam, answered the same way, through the same retry loop.
+socket (:class:`_ThreadedPut`: reads into one page-aligned buffer, each sent at once; over TLS
+OpenSSL encrypts straight from it into the socket, where asyncio's TLS transport copies every
+byte three times more; no step through the event loop), and a download's body is received by
+a worker thread (:class:`_ThreadedGet`) into one page-aligned buffer that goes straight to
+disk, on keep-alive connections the transport pools. Each is still one exchange of this seam,
+answered the same way, through the same retry loop.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import errors
+from ._buffers import aligned_buffer
 from ._protocol import redact_url
 
 __all__ = [
@@ -800,7 +801,7 @@ class _ThreadedGet(Generic[R]):
             self._go.wait(self._read)
             if self._worker.stop.is_set() or not self._go.is_set():
                 return
-            view = memoryview(bytearray(RECV_BUFFER))
+            view = aligned_buffer(RECV_BUFFER)
             write = self._consumer.write
             while n := response.readinto(view):
                 write(view[:n])
