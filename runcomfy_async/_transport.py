@@ -801,19 +801,56 @@ class _ThreadedGet(Generic[R]):
             self._go.wait(self._read)
             if self._worker.stop.is_set() or not self._go.is_set():
                 return
-            view = aligned_buffer(RECV_BUFFER)
-            write = self._consumer.write
-            while n := response.readinto(view):
-                write(view[:n])
-                if self._worker.stop.is_set():
-                    return
-            reusable = True
+            if response.length is None:  # chunked or unframed: http.client takes it apart
+                view = aligned_buffer(RECV_BUFFER)
+                while n := response.readinto(view):
+                    self._consumer.write(view[:n])
+                    if self._worker.stop.is_set():
+                        return
+                reusable = True
+            else:
+                assert conn.sock is not None
+                reusable = self._framed(response, conn.sock, response.length)
         finally:
             response.close()
             if reusable and not self._worker.stop.is_set():
                 self._pool.give(key, conn)
             else:
                 conn.close()
+
+    def _framed(self, response: http.client.HTTPResponse, sock: socket.socket, left: int) -> bool:
+        """In the thread: a body of ``left`` bytes, a full buffer per write; whether it came
+        whole.
+
+        What http.client's file object already holds goes first; the rest is read straight
+        from the socket (over TLS one ``read`` per record, three Python calls fewer each than
+        through the file object: about a tenth less CPU per GiB).
+        """
+        if not left:
+            return True
+        view = aligned_buffer(RECV_BUFFER)
+        head = response.fp.read1(min(left, RECV_BUFFER))
+        got = len(head)
+        view[:got] = head
+        left -= got
+        tls = isinstance(sock, ssl.SSLSocket)
+        ended = not head
+        while True:
+            while left and got < RECV_BUFFER and not ended:
+                want = min(left, RECV_BUFFER - got)
+                n = (
+                    sock.read(want, view[got:])  # type: ignore[attr-defined]
+                    if tls
+                    else sock.recv_into(view[got:], want)
+                )
+                ended = not n
+                got += n
+                left -= n
+            if got:
+                self._consumer.write(view[:got])
+            if ended or not left or self._worker.stop.is_set():
+                return not left
+            got = 0
 
     def _request(
         self,
