@@ -29,6 +29,7 @@ from runcomfy_async import (
     TransportError,
     UnsentTransportError,
     UploadError,
+    _upload_body,
 )
 from runcomfy_async._downloads import CHUNK, DownloadProgress, download_artifacts
 from runcomfy_async.testing import Emulator, RequestRecord
@@ -272,11 +273,15 @@ async def test_nothing_listening_is_an_unsent_error(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("change", ["grow", "shrink"])
+@pytest.mark.parametrize("road", ["sendfile", "reads"])
 async def test_plain_http_thread_upload_refuses_a_changed_file(
-    change: str, tmp_path: Path
+    change: str, road: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Over plain HTTP a large PUT goes from the worker thread on a blocking socket; a file
-    that grows or shrinks while it is sent fails as changed and nothing cut is stored."""
+    """Over plain HTTP a large PUT goes from the worker thread on a blocking socket, by
+    ``sendfile`` or, above a size (here lowered to force it), by reads and sends; on either
+    road a file that grows or shrinks while it is sent fails as changed, nothing cut stored."""
+    if road == "reads":
+        monkeypatch.setattr(_upload_body, "_SENDFILE_MAX", 0)
     async with Emulator(rate_limit=None) as emu, emu.client(rate=1000.0, burst=100) as rc:
         ds = await rc.datasets.create("changes")
         path = tmp_path / "f.mp4"
