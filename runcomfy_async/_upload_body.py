@@ -66,7 +66,7 @@ _WHOLE_MAX: Final = 1 << 20
 _TLS_READ: Final = 1 << 20
 _PLAIN_READ: Final = 4 << 20
 #: Plain-socket files up to this size go by ``sendfile`` instead: no copy on our side, and
-#: the receiver's socket buffers take such a file nearly whole (16 MiB: 1.6x curl's speed in
+#: the receiver's socket buffers take such a file nearly whole (16 MiB: 1.3-1.6x curl's speed in
 #: the throughput benchmark, against 0.96-1.08x for reads). Larger ones meet back-pressure,
 #: where ``sendfile``'s page references cost more than a copy (1 GiB: 0.77-0.81 CPU s/GiB
 #: against 0.53-0.56 for reads).
