@@ -285,6 +285,8 @@ class _Engine:
                         f"storage refused {refreshes} signed URLs in a row ({exc})",
                     )
                     return
+                # The send failed and goes again with a fresh URL: say so, as for any retry.
+                self._retrying(state, state.attempts, _REFRESH_WINDOW, exc)
                 try:
                     target = await self.refresh(source)
                 except _NoTarget as no_target:

@@ -514,3 +514,30 @@ async def test_missing_and_empty_files_are_refused_before_any_request(
     assert emu.log == []
     with pytest.raises(errors.ValidationError, match="at least one file"):
         await ds.upload()
+
+
+@pytest.mark.asyncio
+async def test_an_expired_url_is_announced_as_a_retry(
+    ds: Dataset, emu: Emulator, tmp_path: Path
+) -> None:
+    """A send refused for an expired signature goes again with a fresh URL, announced by
+    FileRetrying like any other retry: a progress display counting files in flight from the
+    events never sees two sends of one file at once."""
+    emu.inject("expire_url", api="storage", count=2)
+    files = [make(tmp_path / f"k{i}.jpg", 1500) for i in range(3)]
+    events: list[UploadEvent] = []
+    report = await ds.upload(*files, direct_limit=1000, concurrency=1, progress=events.append)
+    assert report.ok
+    in_flight = peak = 0
+    for event in events:
+        if isinstance(event, FileStarted):
+            in_flight += 1
+            peak = max(peak, in_flight)
+        elif isinstance(event, FileDone | FileFailed | FileRetrying):
+            in_flight -= 1
+    assert (peak, in_flight) == (1, 0)
+    retries = [(e.filename, e.attempt) for e in events if isinstance(e, FileRetrying)]
+    assert retries == [("k0.jpg", 1), ("k0.jpg", 2)]  # the first file drew both refusals
+    assert [(e.filename, e.attempt) for e in events if isinstance(e, FileStarted)] == [
+        ("k0.jpg", 1), ("k0.jpg", 2), ("k0.jpg", 3), ("k1.jpg", 1), ("k2.jpg", 1)
+    ]
