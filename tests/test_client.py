@@ -55,6 +55,10 @@ async def test_rate_is_kept_without_429() -> None:
 async def test_server_429_pauses_every_caller_then_succeeds() -> None:
     """A 429 with Retry-After pauses the whole bucket; every call then succeeds."""
     async with Emulator(rate_limit=None) as emu, emu.client(rate=5.0, burst=1) as rc:
+        # One call first, so the connection is open: a first call slowed by its connect on a
+        # busy machine could still be on its way when the next token is due, and that call
+        # (sent before any 429 existed) would then arrive just after the 429.
+        await rc.request(LIST)
         emu.inject("429", api="trainer", count=1, retry_after=1.0)
         start = time.monotonic()
         results = await asyncio.gather(*(rc.request(LIST) for _ in range(4)))
